@@ -1,0 +1,77 @@
+"""Common interface of every backbone: a module mapping an image batch to named feature maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from .layers import ShapeSpec
+
+__all__ = ["Backbone"]
+
+
+class Backbone(nn.Module):
+    """Base class of the bottom-up networks and of the FPN.
+
+    ``forward(x)`` takes ``x (Tensor[N, C, H, W])`` and returns ``dict[str, Tensor]`` holding
+    exactly :attr:`out_features`, in that order. Subclasses fill ``_feature_strides`` and
+    ``_feature_channels`` for every feature they can produce and set ``_out_features``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._out_features: list[str] = []
+        self._feature_strides: dict[str, int] = {}
+        self._feature_channels: dict[str, int] = {}
+
+    def _set_out_features(self, out_features: Sequence[str], what: str) -> None:
+        """Validate and store the requested output names.
+
+        Args:
+            out_features: names requested by the config.
+            what: config key to name in the error message.
+
+        Raises:
+            ValueError: if a name is not a feature of this network or the list is empty.
+        """
+        out_features = list(out_features)
+        unknown = [f for f in out_features if f not in self._feature_strides]
+        if not out_features or unknown:
+            raise ValueError(
+                f"{what} = {out_features} is invalid for {type(self).__name__}: "
+                f"choose a non-empty subset of {list(self._feature_strides)}"
+            )
+        self._out_features = out_features
+
+    @property
+    def out_features(self) -> list[str]:
+        """Names of the returned feature maps, high to low resolution."""
+        return list(self._out_features)
+
+    @property
+    def out_feature_strides(self) -> dict[str, int]:
+        """Stride (w.r.t. the input image) of each returned feature map."""
+        return {f: self._feature_strides[f] for f in self._out_features}
+
+    @property
+    def out_feature_channels(self) -> dict[str, int]:
+        """Channel count of each returned feature map."""
+        return {f: self._feature_channels[f] for f in self._out_features}
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        """``{name: ShapeSpec(channels, stride)}`` for each returned feature map."""
+        return {
+            f: ShapeSpec(channels=self._feature_channels[f], stride=self._feature_strides[f])
+            for f in self._out_features
+        }
+
+    @property
+    def size_divisibility(self) -> int:
+        """Input height and width must be padded to a multiple of this (0: no constraint)."""
+        return 0
+
+    @property
+    def padding_constraints(self) -> dict[str, int]:
+        """Extra padding requirements, as detectron2: ``{"square_size": 0}`` means none."""
+        return {"square_size": 0}

@@ -1,0 +1,388 @@
+"""CenterMask ROI heads (inference): multi-level RoIAlign pooling, the spatial-attention mask
+head and the MaskIoU head.
+
+Parameter names follow upstream centermask2 (``roi_heads.mask_head.mask_fcn1.weight``,
+``roi_heads.maskiou_head.maskiou_fc1.weight`` ...). Boxes come from FCOS as fixed-size padded
+tensors; padded rows are computed like any other box and zeroed at the end, so every real
+row is exactly what upstream computes for it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .ops.roi_align import roi_align
+
+__all__ = [
+    "assign_boxes_to_levels_by_ratio",
+    "assign_boxes_to_levels_by_area",
+    "ROIPooler",
+    "SpatialAttention",
+    "SpatialAttentionMaskHead",
+    "MaskIoUHead",
+    "CenterROIHeads",
+]
+
+
+def assign_boxes_to_levels_by_ratio(
+    boxes: Tensor, image_areas: Tensor, min_level: int, max_level: int
+) -> Tensor:
+    """CenterMask's adaptive RoI assignment: ``ceil(max_level - log2(image_area / box_area))``.
+
+    Args:
+        boxes (Tensor[M, 4]): xyxy in network-input pixels.
+        image_areas (Tensor[M]): area of the (unpadded, resized) image each box belongs to.
+        min_level, max_level: pyramid levels available (e.g. 3 and 5).
+
+    Returns:
+        Tensor[M] int64: level index relative to ``min_level``.
+    """
+    box_areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    levels = torch.ceil(max_level - torch.log2(image_areas.to(box_areas.dtype) / box_areas + sys.float_info.epsilon))
+    levels = torch.clamp(levels, min=min_level, max=max_level)
+    return levels.to(torch.int64) - min_level
+
+
+def assign_boxes_to_levels_by_area(
+    boxes: Tensor, min_level: int, max_level: int, canonical_box_size: int = 224, canonical_level: int = 4
+) -> Tensor:
+    """FPN paper's assignment: ``floor(canonical_level + log2(sqrt(area) / canonical_box_size))``.
+
+    Args:
+        boxes (Tensor[M, 4]): xyxy.
+
+    Returns:
+        Tensor[M] int64: level index relative to ``min_level``.
+    """
+    sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    levels = torch.floor(canonical_level + torch.log2(sizes / canonical_box_size + sys.float_info.epsilon))
+    levels = torch.clamp(levels, min=min_level, max=max_level)
+    return levels.to(torch.int64) - min_level
+
+
+class ROIPooler(nn.Module):
+    """Pools every box from the pyramid level chosen for it.
+
+    Args:
+        output_size: pooled resolution (e.g. 14).
+        scales: ``1 / stride`` of each input level, finest first (e.g. ``(1/8, 1/16, 1/32)``).
+        sampling_ratio: RoIAlign samples per bin side; 0 = adaptive.
+        pooler_type: ``"ROIAlignV2"`` (aligned) or ``"ROIAlign"``.
+        assign_crit: ``"ratio"`` (CenterMask) or ``"area"`` (FPN).
+    """
+
+    def __init__(
+        self,
+        *,
+        output_size: int,
+        scales: tuple[float, ...],
+        sampling_ratio: int = 0,
+        pooler_type: str = "ROIAlignV2",
+        assign_crit: str = "ratio",
+        canonical_box_size: int = 224,
+        canonical_level: int = 4,
+    ) -> None:
+        super().__init__()
+        if pooler_type not in ("ROIAlignV2", "ROIAlign"):
+            raise ValueError(
+                f"MODEL.ROI_MASK_HEAD.POOLER_TYPE={pooler_type!r} is not supported; use 'ROIAlignV2' or 'ROIAlign'"
+            )
+        if assign_crit not in ("ratio", "area"):
+            raise ValueError(f"MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION must be 'ratio' or 'area', got {assign_crit!r}")
+        min_level, max_level = -math.log2(scales[0]), -math.log2(scales[-1])
+        if not (math.isclose(min_level, round(min_level)) and math.isclose(max_level, round(max_level))):
+            raise ValueError(f"pooler scales {scales} must be powers of 1/2")
+        self.min_level, self.max_level = int(round(min_level)), int(round(max_level))
+        if len(scales) != self.max_level - self.min_level + 1:
+            raise ValueError(f"pooler scales {scales} do not form a pyramid")
+        self.output_size = int(output_size)
+        self.scales = tuple(float(s) for s in scales)
+        self.sampling_ratio = int(sampling_ratio)
+        self.aligned = pooler_type == "ROIAlignV2"
+        self.assign_crit = assign_crit
+        self.canonical_box_size = canonical_box_size
+        self.canonical_level = canonical_level
+
+    def assign_levels(self, boxes: Tensor, image_areas: Tensor) -> Tensor:
+        """boxes (Tensor[M, 4]), image_areas (Tensor[M]) -> level offsets Tensor[M] int64."""
+        if self.assign_crit == "ratio":
+            return assign_boxes_to_levels_by_ratio(boxes, image_areas, self.min_level, self.max_level)
+        return assign_boxes_to_levels_by_area(
+            boxes, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+        )
+
+    def forward(self, features: list[Tensor], boxes: Tensor, image_sizes: Tensor) -> Tensor:
+        """
+        Args:
+            features: per level Tensor[B, C, Hl, Wl], finest first.
+            boxes (Tensor[B, K, 4]): xyxy in network-input pixels.
+            image_sizes (Tensor[B, 2]): valid (h, w) of each image.
+
+        Returns:
+            Tensor[B * K, C, R, R], rows in image-major order.
+        """
+        b, k, _ = boxes.shape
+        flat_boxes = boxes.reshape(b * k, 4)
+        batch_idx = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None].expand(b, k).reshape(b * k, 1)
+        rois = torch.cat((batch_idx, flat_boxes), dim=1)
+        if len(features) == 1:
+            return roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio, self.aligned)
+        areas = (image_sizes[:, 0] * image_sizes[:, 1]).to(torch.float32)
+        image_areas = areas[:, None].expand(b, k).reshape(b * k)
+        levels = self.assign_levels(flat_boxes, image_areas)
+        out = features[0].new_zeros((b * k, features[0].shape[1], self.output_size, self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            idx = torch.nonzero(levels == level).flatten()
+            if idx.numel() == 0:
+                continue
+            out[idx] = roi_align(feature, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned)
+        return out
+
+
+class _Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` with optional ``norm`` submodule and activation (detectron2 naming:
+    the norm's parameters live under ``<conv>.norm``)."""
+
+    def __init__(self, *args: Any, norm: nn.Module | None = None, activation: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.norm = norm
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = super().forward(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation:
+            x = F.relu(x)
+        return x
+
+
+def _make_norm(norm: str, channels: int) -> nn.Module | None:
+    if norm == "":
+        return None
+    if norm == "GN":
+        return nn.GroupNorm(32, channels)
+    if norm == "BN":
+        return nn.BatchNorm2d(channels)
+    raise ValueError(f"MODEL.ROI_MASK_HEAD.NORM={norm!r} is not supported; use '', 'GN' or 'BN'")
+
+
+class SpatialAttention(nn.Module):
+    """Spatial attention: ``x * sigmoid(conv3x3([mean_c(x), max_c(x)]))``."""
+
+    def __init__(self, kernel_size: int = 3) -> None:
+        super().__init__()
+        if kernel_size not in (3, 7):
+            raise ValueError(f"spatial attention kernel size must be 3 or 7, got {kernel_size}")
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (Tensor[M, C, R, R]) -> Tensor[M, C, R, R]."""
+        avg = torch.mean(x, dim=1, keepdim=True)
+        mx = torch.amax(x, dim=1, keepdim=True)
+        return x * torch.sigmoid(self.conv(torch.cat((avg, mx), dim=1)))
+
+
+class SpatialAttentionMaskHead(nn.Module):
+    """CenterMask's SAG-Mask head: ``num_conv`` 3x3 convs + ReLU, spatial attention,
+    2x deconv + ReLU, 1x1 per-class predictor.
+
+    Args:
+        in_channels: pooled feature channels.
+        conv_dim: channels of the convs.
+        num_conv: number of 3x3 convs.
+        num_classes: mask classes (1 when class-agnostic).
+        norm: '' (none), 'GN' or 'BN'.
+    """
+
+    def __init__(self, *, in_channels: int, conv_dim: int, num_conv: int, num_classes: int, norm: str = "") -> None:
+        super().__init__()
+        self.num_conv = num_conv
+        for k in range(num_conv):
+            conv = _Conv2d(
+                in_channels if k == 0 else conv_dim,
+                conv_dim,
+                kernel_size=3,
+                stride=1,
+                padding=1,
+                bias=not norm,
+                norm=_make_norm(norm, conv_dim),
+                activation=True,
+            )
+            self.add_module(f"mask_fcn{k + 1}", conv)
+        self.spatialAtt = SpatialAttention()
+        self.deconv = nn.ConvTranspose2d(conv_dim if num_conv > 0 else in_channels, conv_dim, 2, stride=2, padding=0)
+        self.predictor = nn.Conv2d(conv_dim, num_classes, kernel_size=1, stride=1, padding=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (Tensor[M, C, R, R]) -> mask logits Tensor[M, num_classes, 2R, 2R]."""
+        for k in range(self.num_conv):
+            x = getattr(self, f"mask_fcn{k + 1}")(x)
+        x = self.spatialAtt(x)
+        x = F.relu(self.deconv(x))
+        return self.predictor(x)
+
+
+class MaskIoUHead(nn.Module):
+    """Predicts the IoU of each predicted mask with its (unknown) ground truth, per class.
+
+    Input: pooled features (Tensor[M, C, R, R]) concatenated with the max-pooled predicted mask.
+    The last conv has stride 2, then three fully connected layers.
+    """
+
+    def __init__(self, *, in_channels: int, conv_dim: int, num_conv: int, resolution: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_conv = num_conv
+        for k in range(num_conv):
+            conv = _Conv2d(
+                in_channels + 1 if k == 0 else conv_dim,
+                conv_dim,
+                kernel_size=3,
+                stride=2 if k + 1 == num_conv else 1,
+                padding=1,
+                activation=True,
+            )
+            self.add_module(f"maskiou_fcn{k + 1}", conv)
+        out_res = resolution // 2
+        self.maskiou_fc1 = nn.Linear(conv_dim * out_res * out_res, 1024)
+        self.maskiou_fc2 = nn.Linear(1024, 1024)
+        self.maskiou = nn.Linear(1024, num_classes)
+        self.pooling = nn.MaxPool2d(kernel_size=2, stride=2)
+
+    def forward(self, features: Tensor, masks: Tensor) -> Tensor:
+        """
+        Args:
+            features (Tensor[M, C, R, R]): pooled features.
+            masks (Tensor[M, 1, 2R, 2R]): predicted mask probabilities of the predicted class.
+
+        Returns:
+            Tensor[M, num_classes]: predicted mask IoU per class.
+        """
+        x = torch.cat((features, self.pooling(masks)), dim=1)
+        for k in range(self.num_conv):
+            x = getattr(self, f"maskiou_fcn{k + 1}")(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.maskiou_fc1(x))
+        x = F.relu(self.maskiou_fc2(x))
+        return self.maskiou(x)
+
+
+class CenterROIHeads(nn.Module):
+    """Mask and MaskIoU branches run on the FCOS detections.
+
+    Args:
+        in_features: FPN levels pooled from, e.g. ``["p3", "p4", "p5"]``.
+        mask_pooler, mask_head: pooling and mask head.
+        maskiou_head: optional; without it ``mask_scores`` equal the box scores.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_features: list[str],
+        mask_pooler: ROIPooler,
+        mask_head: SpatialAttentionMaskHead,
+        maskiou_head: MaskIoUHead | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = list(in_features)
+        self.mask_pooler = mask_pooler
+        self.mask_head = mask_head
+        self.maskiou_head = maskiou_head
+
+    @classmethod
+    def from_config(cls, cfg: Any, feature_strides: dict[str, int], feature_channels: dict[str, int]) -> CenterROIHeads:
+        m = cfg.MODEL
+        if not m.MASK_ON:
+            raise NotImplementedError("MODEL.MASK_ON=False is not supported: CenterMask2 models predict masks")
+        if m.KEYPOINT_ON:
+            raise NotImplementedError("MODEL.KEYPOINT_ON=True is not supported by this toolkit")
+        in_features = list(m.ROI_HEADS.IN_FEATURES)
+        missing = [f for f in in_features if f not in feature_strides]
+        if missing:
+            raise ValueError(
+                f"MODEL.ROI_HEADS.IN_FEATURES names {missing}, which the backbone does not produce "
+                f"(it produces {sorted(feature_strides)})"
+            )
+        channels = {feature_channels[f] for f in in_features}
+        if len(channels) != 1:
+            raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES levels must have equal channels, got {channels}")
+        in_channels = channels.pop()
+        res = m.ROI_MASK_HEAD.POOLER_RESOLUTION
+        pooler = ROIPooler(
+            output_size=res,
+            scales=tuple(1.0 / feature_strides[f] for f in in_features),
+            sampling_ratio=m.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO,
+            pooler_type=m.ROI_MASK_HEAD.POOLER_TYPE,
+            assign_crit=m.ROI_MASK_HEAD.ASSIGN_CRITERION,
+        )
+        if m.ROI_MASK_HEAD.NAME != "SpatialAttentionMaskHead":
+            raise ValueError(
+                f"MODEL.ROI_MASK_HEAD.NAME={m.ROI_MASK_HEAD.NAME!r} is not supported; "
+                "CenterMask uses 'SpatialAttentionMaskHead'"
+            )
+        num_classes = m.ROI_HEADS.NUM_CLASSES
+        mask_head = SpatialAttentionMaskHead(
+            in_channels=in_channels,
+            conv_dim=m.ROI_MASK_HEAD.CONV_DIM,
+            num_conv=m.ROI_MASK_HEAD.NUM_CONV,
+            num_classes=1 if m.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else num_classes,
+            norm=m.ROI_MASK_HEAD.NORM,
+        )
+        maskiou_head = None
+        if m.MASKIOU_ON:
+            maskiou_head = MaskIoUHead(
+                in_channels=m.ROI_MASK_HEAD.CONV_DIM,
+                conv_dim=m.ROI_MASKIOU_HEAD.CONV_DIM,
+                num_conv=m.ROI_MASKIOU_HEAD.NUM_CONV,
+                resolution=res,
+                num_classes=num_classes,
+            )
+        return cls(in_features=in_features, mask_pooler=pooler, mask_head=mask_head, maskiou_head=maskiou_head)
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        boxes: Tensor,
+        scores: Tensor,
+        classes: Tensor,
+        valid: Tensor,
+        image_sizes: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """
+        Args:
+            features: FPN outputs, each Tensor[B, C, Hl, Wl].
+            boxes (Tensor[B, K, 4]), scores (Tensor[B, K]), classes (Tensor[B, K] int64),
+            valid (Tensor[B, K] bool): FCOS detections, padded.
+            image_sizes (Tensor[B, 2] int64): valid (h, w) of each image.
+
+        Returns:
+            masks (Tensor[B, K, M, M]): mask probabilities of the predicted class (0 on padding rows),
+            mask_scores (Tensor[B, K]): ``scores * maskiou[class]`` (``scores`` without a MaskIoU head).
+        """
+        b, k = scores.shape
+        pooled = self.mask_pooler([features[f] for f in self.in_features], boxes, image_sizes)
+        logits = self.mask_head(pooled)  # [B*K, C or 1, M, M]
+        flat_classes = classes.reshape(b * k)
+        if logits.shape[1] == 1:
+            selected = logits[:, 0]
+        else:
+            selected = torch.gather(
+                logits, 1, flat_classes[:, None, None, None].expand(b * k, 1, logits.shape[2], logits.shape[3])
+            )[:, 0]
+        probs = selected.sigmoid()  # [B*K, M, M]
+        if self.maskiou_head is not None:
+            maskiou = self.maskiou_head(pooled, probs[:, None])
+            iou = torch.gather(maskiou, 1, flat_classes[:, None])[:, 0].reshape(b, k)
+            mask_scores = scores * iou
+        else:
+            mask_scores = scores
+        zero = torch.zeros((), dtype=probs.dtype, device=probs.device)
+        masks = torch.where(valid[:, :, None, None], probs.reshape(b, k, probs.shape[1], probs.shape[2]), zero)
+        return masks, torch.where(valid, mask_scores, zero)

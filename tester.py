@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Run a CenterMask2 model over images and write COCO results (and metrics with annotations).
+
+PyTorch backend (a checkpoint and its config):
+
+    python tester.py --backend torch --config-file configs/centermask/centermask_V_39_eSE_FPN_ms_3x.yaml \\
+        --images datasets/coco/val2017 --coco-json datasets/coco/annotations/instances_val2017.json \\
+        --output-dir output/V_39 MODEL.WEIGHTS centermask2-V-39-eSE-FPN-ms-3x.pth MODEL.DEVICE cpu
+
+Writes OUTPUT_DIR/coco_instances_results.json and, with --coco-json, OUTPUT_DIR/metrics.json.
+Without --coco-json every image in --images is run and no metrics are computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("tester")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Run CenterMask2 over a folder of images (optionally a COCO dataset) and write "
+        "coco_instances_results.json (and metrics.json with --coco-json).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Trailing KEY VALUE pairs override the config, e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu.",
+    )
+    p.add_argument("--backend", choices=["torch"], default="torch", help="inference backend (default: torch)")
+    p.add_argument("--config-file", required=True, help="model config YAML, e.g. configs/centermask/<name>.yaml")
+    p.add_argument("--images", required=True, help="folder of images (COCO file_name is relative to it)")
+    p.add_argument("--coco-json", default=None, help="COCO annotation file: which images to run and how to score them")
+    p.add_argument("--output-dir", required=True, help="where results and metrics are written")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    p.add_argument(
+        "--pad-to",
+        default=None,
+        metavar="HxW",
+        help="pad every resized image to this fixed size (e.g. 1344x1344), as a static-shape model sees it; "
+        "default: pad only to a multiple of the size divisibility, as upstream",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--allow-incomplete-weights", action="store_true", help="load a checkpoint with missing keys")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    import torch
+
+    from centermask2.checkpoint import load_weights
+    from centermask2.config import load_config
+    from centermask2.evaluation import evaluate_coco
+    from centermask2.inference import (
+        InputSpec,
+        TorchBackend,
+        atomic_write_json,
+        category_mapping,
+        list_images,
+        parse_hw,
+        run_inference,
+    )
+    from centermask2.modeling import build_model
+
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        pad_to = parse_hw(args.pad_to)
+        records = list_images(args.images, args.coco_json)
+        if not cfg.MODEL.WEIGHTS:
+            raise ValueError("no weights given: append MODEL.WEIGHTS /path/to/model.pth to the command")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model = build_model(cfg)
+        load_weights(model, cfg.MODEL.WEIGHTS, allow_incomplete=args.allow_incomplete_weights)
+        backend = TorchBackend(model, cfg.MODEL.DEVICE)
+        spec = InputSpec(
+            min_size=int(cfg.INPUT.MIN_SIZE_TEST),
+            max_size=int(cfg.INPUT.MAX_SIZE_TEST),
+            input_format=cfg.INPUT.FORMAT,
+            size_divisibility=model.size_divisibility,
+            pad_to=pad_to,
+        )
+        ids, _names = category_mapping(args.coco_json, cfg.MODEL.FCOS.NUM_CLASSES)
+    except (ValueError, FileNotFoundError, NotImplementedError, KeyError) as exc:
+        logger.error("error: %s", exc)
+        return 2
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("Running %s on %d image(s) from %s", Path(args.config_file).name, len(records), args.images)
+    results, summary = run_inference(
+        backend, records, spec, ids, batch_size=args.batch_size, progress=not args.no_progress
+    )
+    results_path = out_dir / "coco_instances_results.json"
+    atomic_write_json(results, results_path)
+    logger.info("Inference: %s", summary.format())
+    logger.info("Results: %s", results_path)
+    if args.coco_json:
+        evaluate_coco(results, args.coco_json, output_dir=out_dir)
+        logger.info("Metrics: %s", out_dir / "metrics.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
