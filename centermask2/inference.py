@@ -36,6 +36,7 @@ __all__ = [
     "load_and_resize",
     "pad_batch",
     "parse_hw",
+    "resolve_device",
     "category_mapping",
     "InferenceSummary",
     "run_inference",
@@ -105,7 +106,7 @@ class TorchBackend:
     input_dtype = "uint8"
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
 
     @torch.inference_mode()
@@ -114,6 +115,19 @@ class TorchBackend:
         sizes = torch.from_numpy(np.ascontiguousarray(inputs["image_sizes"])).to(self.device)
         out = self.model(self.model.normalize(images, sizes), sizes)
         return {k: v.cpu().numpy() for k, v in out.items()}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``MODEL.DEVICE`` as a torch device; ``cuda`` without a usable GPU falls back to the CPU
+    with a warning (detectron2's default config says ``cuda``)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"MODEL.DEVICE={device!r} is not a device; use 'cpu' or 'cuda' (or 'cuda:N')") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available here; running on the CPU (pass MODEL.DEVICE cpu)", device)
+        return torch.device("cpu")
+    return dev
 
 
 def parse_hw(text: str | None) -> tuple[int, int] | None:

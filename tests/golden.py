@@ -1,21 +1,20 @@
 """Helpers for the golden upstream cases in tests/data/golden_<case>/.
 
-The checkpoints are stored as recipes (weights_recipe.json + weights_exact.npz): tensors under
-"generated" are uniform(-scale, scale) draws from numpy's PCG64 seeded with
-``(crc32(name) + base_seed) mod 2**32``; the rest are stored exactly.
+The checkpoints are stored as recipes (see :mod:`centermask2.sample`).
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import pickle
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_util
+
+from centermask2.sample import recipe_arrays as _recipe_arrays
+from centermask2.sample import write_checkpoint as _write_checkpoint
 
 DATA = Path(__file__).parent / "data"
 CASES = {"V_39": DATA / "golden_V_39", "lite_V_19_slim_dw": DATA / "golden_lite_V_19_slim_dw"}
@@ -27,32 +26,12 @@ def case_info(case: str) -> dict:
 
 
 def recipe_arrays(case: str) -> dict[str, np.ndarray]:
-    root = CASES[case]
-    recipe = json.loads((root / "weights_recipe.json").read_text())
-    exact = np.load(root / recipe["exact_npz"])
-    out = {}
-    for name in recipe["order"]:
-        gen = recipe["generated"].get(name)
-        if gen is None:
-            out[name] = exact[name]
-            continue
-        seed = (zlib.crc32(name.encode()) + recipe["base_seed"]) % (2**32)
-        shape = tuple(gen["shape"])
-        u = np.random.Generator(np.random.PCG64(seed)).random(int(np.prod(shape)))
-        out[name] = ((u * 2.0 - 1.0) * gen["scale"]).astype(np.float32).reshape(shape)
-    return out
+    return _recipe_arrays(CASES[case])
 
 
 def write_checkpoint(case: str, path: Path, fmt: str = "pth") -> Path:
     """Write the case's weights as a detectron2 .pth or a model-zoo style .pkl."""
-    arrays = recipe_arrays(case)
-    if fmt == "pkl":
-        with open(path, "wb") as f:
-            pickle.dump({"model": arrays, "__author__": "recipe"}, f)
-    else:
-        torch.save({"model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()},
-                    "iteration": 0}, path)
-    return path
+    return _write_checkpoint(CASES[case], path, fmt)
 
 
 def _box_iou_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -100,7 +100,8 @@ def test_paste_full_mask_covers_box_pixels():
 
 
 def test_paste_soft_output_and_bad_shapes():
-    soft = paste_masks_in_image(torch.full((1, 28, 28), 0.5), torch.tensor([[2.0, 2.0, 10.0, 10.0]]), (12, 12), -1)
+    half = torch.full((1, 28, 28), 0.5)
+    soft = paste_masks_in_image(half, torch.tensor([[2.0, 2.0, 10.0, 10.0]]), (12, 12), threshold=-1)
     assert soft.dtype == torch.uint8 and soft[0, 5, 5].item() == 127
     with pytest.raises(ValueError, match="square"):
         paste_masks_in_image(torch.zeros(1, 28, 14), torch.zeros(1, 4), (10, 10))
@@ -156,7 +157,8 @@ def test_detector_postprocess_variants():
     )
     assert none["boxes"].shape == (0, 4) and none["masks"].shape == (0, 20, 30)
     with pytest.raises(ValueError, match="NaN"):
-        detector_postprocess(torch.tensor([[0.0, 0.0, float("nan"), 1.0]]), [1.0], [0], None, None, (5, 5), (5, 5))
+        nan_box = torch.tensor([[0.0, 0.0, float("nan"), 1.0]])
+        detector_postprocess(nan_box, [1.0], [0], None, None, (5, 5), (5, 5))
     with pytest.raises(ValueError, match="must match"):
         detector_postprocess(boxes, [0.5, 0.4], [0], None, None, (10, 10), (20, 30))
 

@@ -271,12 +271,13 @@ class CfgNode(dict):
         self._merge_staged(updates)
 
     def _merge_staged(self, updates: list[tuple[Mapping[str, Any], Callable[[str], str]]]) -> None:
+        # Validate on a copy first, so a bad value leaves this node untouched; then apply the
+        # same (now known-good) merge in place, keeping references to sections valid.
         staged = self.clone()
         for data, origin in updates:
             _merge_mapping(staged, data, prefix="", root=staged, origin=origin, loose=False)
-        dict.clear(self)
-        for key, value in staged.items():
-            dict.__setitem__(self, key, value)
+        for data, origin in updates:
+            _merge_mapping(self, data, prefix="", root=self, origin=origin, loose=False)
 
 
 def _rebuild_node(data: dict[str, Any], frozen: bool) -> CfgNode:
@@ -384,7 +385,9 @@ def _resolve_base(ref: Any, including_file: str) -> str:
     return os.path.join(os.path.dirname(including_file), ref)
 
 
-def _load_yaml_tree(path: str, chain: tuple[str, ...], included_by: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+def _load_yaml_tree(
+    path: str, chain: tuple[str, ...], included_by: str | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Load ``path`` with its bases; also return which file set each dotted key."""
     real = os.path.realpath(path)
     if real in chain:
@@ -442,9 +445,14 @@ def _merge_mapping(
         full_key = f"{prefix}{key}"
         source = origin(full_key)
         if not isinstance(key, str):
-            raise ConfigError(f"Config key {full_key!r} (in {source}) must be a string, got {type(key).__name__}.")
+            raise ConfigError(
+                f"Config key {full_key!r} (in {source}) must be a string, got {type(key).__name__}."
+            )
         if key == BASE_KEY:
-            raise ConfigError(f"{BASE_KEY} is only allowed at the top level of a YAML file (found {full_key!r} in {source}).")
+            raise ConfigError(
+                f"{BASE_KEY} is only allowed at the top level of a YAML file "
+                f"(found {full_key!r} in {source})."
+            )
         child_loose = loose or (not prefix and key in _LOOSE_SECTIONS)
         if key not in node:
             if not child_loose:
@@ -519,7 +527,10 @@ def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise _type_error(key, source, value, default, f"{_type_name(default)} (a list or tuple)")
         prototype = _element_prototype(default)
-        items = [value[i] if prototype is None else _coerce(value[i], prototype, f"{key}[{i}]", source) for i in range(len(value))]
+        items = [
+            item if prototype is None else _coerce(item, prototype, f"{key}[{i}]", source)
+            for i, item in enumerate(value)
+        ]
         return type(default)(_plain_copy(items))
     # Any other default type (none in the shipped defaults): require the same type.
     if type(value) is type(default):
@@ -545,22 +556,29 @@ def _type_error(key: str, source: str, value: Any, default: Any, expected: str) 
 
 
 def _did_you_mean(name: str, candidates: list[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(name, [c for c in candidates if isinstance(c, str)], n=1, cutoff=0.6)
+    names = [c for c in candidates if isinstance(c, str)]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     return f" Did you mean '{prefix}{close[0]}'?" if close else ""
 
 
-def _unknown_key_error(full_key: str, node: CfgNode, prefix: str, root: CfgNode, source: str) -> UnknownConfigKeyError:
+def _unknown_key_error(
+    full_key: str, node: CfgNode, prefix: str, root: CfgNode, source: str
+) -> UnknownConfigKeyError:
     leaf = full_key[len(prefix):]
     message = f"Unknown config key '{full_key}' (in {source})."
     hint = _did_you_mean(leaf, list(node.keys()), prefix)
     if not hint:
         # The key may exist in another section (e.g. MODEL.NUM_CLASSES -> MODEL.FCOS.NUM_CLASSES).
         elsewhere = [k for k in _dotted_keys(root) if k.rsplit(".", 1)[-1] == leaf]
-        if elsewhere:
-            hint = " Did you mean " + " or ".join(f"'{k}'" for k in elsewhere[:3]) + "?"
+        if len(elsewhere) == 1:
+            hint = f" Did you mean '{elsewhere[0]}'?"
+        elif elsewhere:
+            hint = " Did you mean one of " + ", ".join(f"'{k}'" for k in elsewhere[:5]) + "?"
     if not hint:
         keys = sorted(k for k in node.keys() if isinstance(k, str))
-        shown = ", ".join(keys[:_MAX_LISTED_KEYS]) + (f", ... ({len(keys)} keys)" if len(keys) > _MAX_LISTED_KEYS else "")
+        shown = ", ".join(keys[:_MAX_LISTED_KEYS])
+        if len(keys) > _MAX_LISTED_KEYS:
+            shown += f", ... ({len(keys)} keys)"
         where = f"under '{prefix[:-1]}'" if prefix else "at the top level"
         hint = f" Valid keys {where}: {shown}."
     return UnknownConfigKeyError(message + hint)

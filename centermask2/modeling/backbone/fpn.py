@@ -52,7 +52,8 @@ class LastLevelP6P7(nn.Module):
             x (Tensor[N, C_in, H, W]): input level.
 
         Returns:
-            list[Tensor]: ``[p6 (Tensor[N, C, ceil(H/2), ceil(W/2)]), p7 (Tensor[N, C, ceil(H/4), ceil(W/4)])]``.
+            list[Tensor]: ``[p6, p7]``, ``p6 (Tensor[N, C, ceil(H/2), ceil(W/2)])``,
+            ``p7 (Tensor[N, C, ceil(H/4), ceil(W/4)])``.
         """
         p6 = self.p6(x)
         p7 = self.p7(F.relu(p6))
@@ -146,7 +147,7 @@ class FPN(Backbone):
             raise ValueError(f"MODEL.FPN.FUSE_TYPE must be 'sum' or 'avg', got {fuse_type!r}")
         strides = [available[f] for f in in_features]
         channels = [bottom_up.out_feature_channels[f] for f in in_features]
-        for prev, cur in zip(strides[:-1], strides[1:]):
+        for prev, cur in zip(strides[:-1], strides[1:], strict=True):
             if cur != 2 * prev:
                 raise ValueError(
                     f"MODEL.FPN.IN_FEATURES {in_features} have strides {strides}, which do not "
@@ -157,7 +158,7 @@ class FPN(Backbone):
         lateral_convs: list[Conv2d] = []
         output_convs: list[Conv2d] = []
         level = 0
-        for stride, in_ch in zip(strides, channels):
+        for stride, in_ch in zip(strides, channels, strict=True):
             level = int(math.log2(stride))
             lateral = Conv2d(
                 in_ch, out_channels, kernel_size=1, bias=use_bias, norm=get_norm(norm, out_channels)
@@ -248,4 +249,4 @@ class FPN(Backbone):
             else:
                 top_input = results[self._out_features.index(source)]
             results.extend(self.top_block(top_input))
-        return dict(zip(self._out_features, results))
+        return dict(zip(self._out_features, results, strict=True))

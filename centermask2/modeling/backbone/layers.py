@@ -313,9 +313,7 @@ class DeformConv2d(nn.Module):
         self.deformable_groups = deformable_groups
         self.modulated = modulated
         self.layer_name = layer_name
-        self.weight = nn.Parameter(
-            torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size)
-        )
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size))
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_channels))
         else:

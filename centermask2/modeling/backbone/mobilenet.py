@@ -122,9 +122,7 @@ class MobileNetV2(Backbone):
             for i in range(n):
                 block_stride = s if i == 0 else 1
                 self.features.append(
-                    InvertedResidual(
-                        in_channels=width, out_channels=c, stride=block_stride, expand_ratio=t
-                    )
+                    InvertedResidual(in_channels=width, out_channels=c, stride=block_stride, expand_ratio=t)
                 )
                 width = c
                 stride *= block_stride
@@ -133,13 +131,9 @@ class MobileNetV2(Backbone):
                     name = f"res{_RETURN_INDICES.index(index) + 2}"
                     self._feature_strides[name] = stride
                     self._feature_channels[name] = c
-        self._return_names = {
-            idx: f"res{k + 2}" for k, idx in enumerate(_RETURN_INDICES)
-        }
+        self._return_names = {idx: f"res{k + 2}" for k, idx in enumerate(_RETURN_INDICES)}
         self._set_out_features(out_features, "MODEL.RESNETS.OUT_FEATURES")
-        self._last_index = max(
-            idx for idx, name in self._return_names.items() if name in self._out_features
-        )
+        self._last_index = max(idx for idx, name in self._return_names.items() if name in self._out_features)
         self._init_weights()
         for layer in self.features[:freeze_at]:
             for p in layer.parameters():

@@ -346,9 +346,7 @@ class OSAModule(nn.Module):
             else:
                 unit = nn.Sequential(
                     OrderedDict(
-                        _conv_unit(
-                            unit_in, stage_channels, prefix, kernel_size=3, stride=1, norm=norm
-                        )
+                        _conv_unit(unit_in, stage_channels, prefix, kernel_size=3, stride=1, norm=norm)
                     )
                 )
             self.layers.append(unit)
@@ -356,9 +354,7 @@ class OSAModule(nn.Module):
         aggregated = in_channels + layers_per_block * stage_channels
         self.concat = nn.Sequential(
             OrderedDict(
-                _conv_unit(
-                    aggregated, concat_channels, f"{name}_concat", kernel_size=1, stride=1, norm=norm
-                )
+                _conv_unit(aggregated, concat_channels, f"{name}_concat", kernel_size=1, stride=1, norm=norm)
             )
         )
         self.ese = ESEModule(channels=concat_channels)
@@ -474,9 +470,7 @@ class VoVNet(Backbone):
             if spec.depthwise:
                 stem_units += _separable_unit(c_in, c_out, f"stem_{idx}", stride=stride, norm=norm)
             else:
-                stem_units += _conv_unit(
-                    c_in, c_out, f"stem_{idx}", kernel_size=3, stride=stride, norm=norm
-                )
+                stem_units += _conv_unit(c_in, c_out, f"stem_{idx}", kernel_size=3, stride=stride, norm=norm)
         self.stem = nn.Sequential(OrderedDict(stem_units))
         self._feature_strides = {"stem": 4}
         self._feature_channels = {"stem": stem_ch[2]}
@@ -580,4 +574,3 @@ class VoVNet(Backbone):
 def build_vovnet_backbone(cfg: Any) -> VoVNet:
     """Build the VoVNet bottom-up network from a config (see :meth:`VoVNet.from_config`)."""
     return VoVNet.from_config(cfg)
-

@@ -1,0 +1,89 @@
+"""End-to-end: tester.py --backend torch on the golden cases reproduces upstream results and metrics."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from golden import CASES, CONFIGS, assert_results_match, case_info, write_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ap_close(got: dict, want: dict, tol: float) -> None:
+    for task in ("bbox", "segm"):
+        for key in ("AP", "AP50", "AP75"):
+            assert abs(got[task][key] - want[task][key]) <= tol, (task, key, got[task][key], want[task][key])
+
+
+@pytest.mark.parametrize(
+    "case,fmt,pad",
+    [
+        ("lite_V_19_slim_dw", "pth", None),
+        ("lite_V_19_slim_dw", "pkl", None),
+        ("lite_V_19_slim_dw", "pth", "1344x1344"),
+        ("V_39", "pth", None),
+        pytest.param("V_39", "pkl", None, marks=pytest.mark.slow),
+        pytest.param("V_39", "pth", "1344x1344", marks=pytest.mark.slow),
+    ],
+)
+def test_tester_matches_upstream(tmp_path, case, fmt, pad):
+    root = CASES[case]
+    ckpt = write_checkpoint(case, tmp_path / f"model dir/ckpt.{fmt}", fmt)  # a path with a space
+    suffix = "_pad1344" if pad else ""
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, str(ROOT / "tester.py"), "--backend", "torch",
+        "--config-file", str(CONFIGS / case_info(case)["config"]),
+        "--images", str(root / "images"),
+        "--coco-json", str(root / f"annotations_gt{suffix}.json"),
+        "--output-dir", str(out), "--no-progress",
+    ]
+    if pad:
+        cmd += ["--pad-to", pad]
+    cmd += ["MODEL.WEIGHTS", str(ckpt), "MODEL.DEVICE", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    expected = json.loads((root / f"coco_instances_results{suffix}.json").read_text())
+    actual = json.loads((out / "coco_instances_results.json").read_text())
+    assert_results_match(expected, actual)
+    _ap_close(json.loads((out / "metrics.json").read_text()), json.loads((root / f"metrics_gt{suffix}.json").read_text()), 0.1)
+    assert "Inference:" in proc.stdout + proc.stderr
+
+
+def test_tester_folder_without_annotations(tmp_path):
+    case = "lite_V_19_slim_dw"
+    ckpt = write_checkpoint(case, tmp_path / "ckpt.pth")
+    import tester
+
+    rc = tester.main([
+        "--config-file", str(CONFIGS / case_info(case)["config"]), "--images", str(CASES[case] / "images"),
+        "--output-dir", str(tmp_path / "out"), "--no-progress", "MODEL.WEIGHTS", str(ckpt),
+    ])
+    assert rc == 0
+    results = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
+    assert {r["image_id"] for r in results} == {1, 2}
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["MODEL.WEIGHTS", "https://example.com/model.pth"], "download it"),
+        (["MODEL.WEIGHTS", "missing.pth"], "missing.pth"),
+        (["MODEL.FCOS.NMS_THRESH", "0.5"], "NMS_TH"),
+        ([], "MODEL.WEIGHTS"),
+    ],
+)
+def test_tester_errors_are_clear(tmp_path, caplog, extra, message):
+    import tester
+
+    case = "lite_V_19_slim_dw"
+    rc = tester.main([
+        "--config-file", str(CONFIGS / case_info(case)["config"]), "--images", str(CASES[case] / "images"),
+        "--output-dir", str(tmp_path / "out"), "--no-progress", *extra,
+    ])
+    assert rc == 2
+    assert message in caplog.text
