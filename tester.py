@@ -61,13 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from centermask2.inference import (
         InputSpec,
         TorchBackend,
-        atomic_write_json,
         category_mapping,
         list_images,
         parse_hw,
         run_inference,
     )
     from centermask2.modeling import build_model
+    from centermask2.utils import atomic_write_json
 
     try:
         cfg = load_config(args.config_file, args.opts)

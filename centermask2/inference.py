@@ -40,7 +40,6 @@ __all__ = [
     "category_mapping",
     "InferenceSummary",
     "run_inference",
-    "atomic_write_json",
 ]
 
 logger = logging.getLogger(__name__)
@@ -337,19 +336,3 @@ def run_inference(
         bar.close()
     summary.wall_s = time.perf_counter() - start
     return results, summary
-
-
-def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write JSON through a temp file in the same folder and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from pycocotools import mask as mask_util
 
 from centermask2.sample import recipe_arrays as _recipe_arrays

@@ -132,7 +132,7 @@ def test_read_image_orientation_6_rotates_clockwise(tmp_path):
 def test_read_image_converts_modes_to_bgr(tmp_path, mode):
     rgb = Image.fromarray(_two_colour_rgb())
     if mode == "I;16":
-        img = Image.fromarray((np.arange(20 * 40, dtype=np.uint16).reshape(20, 40) * 7))
+        img = Image.fromarray(np.arange(20 * 40, dtype=np.uint16).reshape(20, 40) * 7)
     else:
         img = rgb.convert(mode)
     suffix = ".jpg" if mode == "CMYK" else ".png"

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +28,8 @@ import pycocotools.mask as mask_util
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from ..utils import atomic_write_json
 
 __all__ = [
     "instances_to_coco_json",
@@ -274,22 +275,6 @@ def _log_per_category(iou_type: str, per_category: Mapping[str, float]) -> None:
     )
 
 
-def _atomic_write_json(obj: Any, path: str) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temp file in the same folder and os.replace."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 def evaluate_coco(
     results: Sequence[Mapping[str, Any]],
     coco_json: str | os.PathLike,
@@ -355,7 +340,7 @@ def evaluate_coco(
     if output_dir is not None:
         out = os.fspath(output_dir)
         os.makedirs(out, exist_ok=True)
-        _atomic_write_json(results, os.path.join(out, "coco_instances_results.json"))
-        _atomic_write_json(metrics, os.path.join(out, "metrics.json"))
+        atomic_write_json(results, os.path.join(out, "coco_instances_results.json"))
+        atomic_write_json(metrics, os.path.join(out, "metrics.json"))
         logger.info("Wrote metrics.json and coco_instances_results.json to %s", out)
     return metrics

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .backbone.layers import Conv2d, get_norm
 from .ops.roi_align import roi_align
 
 __all__ = [
@@ -145,34 +146,6 @@ class ROIPooler(nn.Module):
         return out
 
 
-class _Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` with optional ``norm`` submodule and activation (detectron2 naming:
-    the norm's parameters live under ``<conv>.norm``)."""
-
-    def __init__(self, *args: Any, norm: nn.Module | None = None, activation: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.norm = norm
-        self.activation = activation
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = super().forward(x)
-        if self.norm is not None:
-            x = self.norm(x)
-        if self.activation:
-            x = F.relu(x)
-        return x
-
-
-def _make_norm(norm: str, channels: int) -> nn.Module | None:
-    if norm == "":
-        return None
-    if norm == "GN":
-        return nn.GroupNorm(32, channels)
-    if norm == "BN":
-        return nn.BatchNorm2d(channels)
-    raise ValueError(f"MODEL.ROI_MASK_HEAD.NORM={norm!r} is not supported; use '', 'GN' or 'BN'")
-
-
 class SpatialAttention(nn.Module):
     """Spatial attention: ``x * sigmoid(conv3x3([mean_c(x), max_c(x)]))``."""
 
@@ -205,15 +178,15 @@ class SpatialAttentionMaskHead(nn.Module):
         super().__init__()
         self.num_conv = num_conv
         for k in range(num_conv):
-            conv = _Conv2d(
+            conv = Conv2d(
                 in_channels if k == 0 else conv_dim,
                 conv_dim,
                 kernel_size=3,
                 stride=1,
                 padding=1,
                 bias=not norm,
-                norm=_make_norm(norm, conv_dim),
-                activation=True,
+                norm=get_norm(norm, conv_dim),
+                activation=F.relu,
             )
             self.add_module(f"mask_fcn{k + 1}", conv)
         self.spatialAtt = SpatialAttention()
@@ -240,13 +213,13 @@ class MaskIoUHead(nn.Module):
         super().__init__()
         self.num_conv = num_conv
         for k in range(num_conv):
-            conv = _Conv2d(
+            conv = Conv2d(
                 in_channels + 1 if k == 0 else conv_dim,
                 conv_dim,
                 kernel_size=3,
                 stride=2 if k + 1 == num_conv else 1,
                 padding=1,
-                activation=True,
+                activation=F.relu,
             )
             self.add_module(f"maskiou_fcn{k + 1}", conv)
         out_res = resolution // 2
