@@ -27,77 +27,116 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run CenterMask2 over a folder of images (optionally a COCO dataset) and write "
         "coco_instances_results.json (and metrics.json with --coco-json).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Trailing KEY VALUE pairs override the config, e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu.",
+        epilog="With --backend torch, trailing KEY VALUE pairs override the config, "
+        "e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu.",
     )
-    p.add_argument("--backend", choices=["torch"], default="torch", help="inference backend (default: torch)")
-    p.add_argument("--config-file", required=True, help="model config YAML, e.g. configs/centermask/<name>.yaml")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="inference backend (default: torch)")
+    p.add_argument("--config-file", help="[torch] model config YAML, e.g. configs/centermask/<name>.yaml")
+    p.add_argument("--model", help="[onnx] exported .onnx model (its metadata gives every setting)")
+    p.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu", help="[onnx] execution provider")
     p.add_argument("--images", required=True, help="folder of images (COCO file_name is relative to it)")
     p.add_argument("--coco-json", default=None, help="COCO annotation file: which images to run and how to score them")
     p.add_argument("--output-dir", required=True, help="where results and metrics are written")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="images per forward pass (default 1; a static ONNX model's own)"
+    )
     p.add_argument(
         "--pad-to",
         default=None,
         metavar="HxW",
-        help="pad every resized image to this fixed size (e.g. 1344x1344), as a static-shape model sees it; "
-        "default: pad only to a multiple of the size divisibility, as upstream",
+        help="[torch] pad every resized image to this fixed size (e.g. 1344x1344), as a static-shape model "
+        "sees it; default: pad only to a multiple of the size divisibility, as upstream",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--allow-incomplete-weights", action="store_true", help="load a checkpoint with missing keys")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the backend's choice)")
+    p.add_argument("--allow-incomplete-weights", action="store_true", help="[torch] load a checkpoint with missing keys")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="[torch] config overrides: KEY VALUE ...")
     return p
+
+
+def _torch_setup(args: argparse.Namespace):
+    """(backend, InputSpec, batch size, num classes) for --backend torch."""
+    import torch
+
+    from centermask2.backends import TorchBackend
+    from centermask2.checkpoint import load_weights
+    from centermask2.config import load_config
+    from centermask2.inference import InputSpec, parse_hw
+    from centermask2.modeling import build_model
+
+    if not args.config_file:
+        raise ValueError("--backend torch needs --config-file (and MODEL.WEIGHTS /path/to/model.pth)")
+    if args.model:
+        raise ValueError("--model is for --backend onnx; with --backend torch pass MODEL.WEIGHTS")
+    cfg = load_config(args.config_file, args.opts)
+    pad_to = parse_hw(args.pad_to)
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError("no weights given: append MODEL.WEIGHTS /path/to/model.pth to the command")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = build_model(cfg)
+    load_weights(model, cfg.MODEL.WEIGHTS, allow_incomplete=args.allow_incomplete_weights)
+    spec = InputSpec(
+        min_size=int(cfg.INPUT.MIN_SIZE_TEST),
+        max_size=int(cfg.INPUT.MAX_SIZE_TEST),
+        input_format=cfg.INPUT.FORMAT,
+        size_divisibility=model.size_divisibility,
+        pad_to=pad_to,
+    )
+    return TorchBackend(model, cfg.MODEL.DEVICE), spec, args.batch_size or 1, int(cfg.MODEL.FCOS.NUM_CLASSES)
+
+
+def _onnx_setup(args: argparse.Namespace):
+    """(backend, InputSpec, batch size, num classes) for --backend onnx."""
+    from centermask2.backends import OnnxRuntimeBackend
+    from centermask2.inference import InputSpec
+
+    if not args.model:
+        raise ValueError("--backend onnx needs --model model.onnx (export one with convert_model_into_onnx.py)")
+    if args.config_file or args.opts or args.pad_to:
+        raise ValueError(
+            "--config-file, --pad-to and KEY VALUE overrides are for --backend torch; an ONNX model carries its "
+            "own settings"
+        )
+    backend = OnnxRuntimeBackend(args.model, provider=args.provider, threads=args.threads)
+    meta = backend.metadata
+    spec = InputSpec(
+        min_size=meta.min_size,
+        max_size=meta.max_size,
+        input_format=meta.input_format,
+        size_divisibility=meta.size_divisibility,
+        pad_to=meta.input_size,
+    )
+    batch = args.batch_size or meta.batch_size or 1
+    if meta.batch_size is not None and batch > meta.batch_size:
+        raise ValueError(f"{args.model!r} is a static model with batch size {meta.batch_size}; --batch-size {batch} is too large")
+    return backend, spec, batch, len(meta.category_ids)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    import torch
-
-    from centermask2.checkpoint import load_weights
-    from centermask2.config import load_config
     from centermask2.evaluation import evaluate_coco
-    from centermask2.inference import (
-        InputSpec,
-        TorchBackend,
-        category_mapping,
-        list_images,
-        parse_hw,
-        run_inference,
-    )
-    from centermask2.modeling import build_model
+    from centermask2.inference import category_mapping, list_images, run_inference
     from centermask2.utils import atomic_write_json
 
     try:
-        cfg = load_config(args.config_file, args.opts)
-        pad_to = parse_hw(args.pad_to)
         records = list_images(args.images, args.coco_json)
-        if not cfg.MODEL.WEIGHTS:
-            raise ValueError("no weights given: append MODEL.WEIGHTS /path/to/model.pth to the command")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        model = build_model(cfg)
-        load_weights(model, cfg.MODEL.WEIGHTS, allow_incomplete=args.allow_incomplete_weights)
-        backend = TorchBackend(model, cfg.MODEL.DEVICE)
-        spec = InputSpec(
-            min_size=int(cfg.INPUT.MIN_SIZE_TEST),
-            max_size=int(cfg.INPUT.MAX_SIZE_TEST),
-            input_format=cfg.INPUT.FORMAT,
-            size_divisibility=model.size_divisibility,
-            pad_to=pad_to,
-        )
-        ids, _names = category_mapping(args.coco_json, cfg.MODEL.FCOS.NUM_CLASSES)
-    except (ValueError, FileNotFoundError, NotImplementedError, KeyError) as exc:
+        setup = _torch_setup if args.backend == "torch" else _onnx_setup
+        backend, spec, batch_size, num_classes = setup(args)
+        ids, _names = category_mapping(args.coco_json, num_classes)
+        if args.backend == "onnx" and args.coco_json is None:
+            ids = backend.metadata.category_ids
+    except (ValueError, FileNotFoundError, NotImplementedError, KeyError, ImportError) as exc:
         logger.error("error: %s", exc)
         return 2
 
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("Running %s on %d image(s) from %s", Path(args.config_file).name, len(records), args.images)
-    results, summary = run_inference(
-        backend, records, spec, ids, batch_size=args.batch_size, progress=not args.no_progress
-    )
+    what = Path(args.config_file).name if args.backend == "torch" else Path(args.model).name
+    logger.info("Running %s (%s) on %d image(s) from %s", what, args.backend, len(records), args.images)
+    results, summary = run_inference(backend, records, spec, ids, batch_size=batch_size, progress=not args.no_progress)
     results_path = out_dir / "coco_instances_results.json"
     atomic_write_json(results, results_path)
     logger.info("Inference: %s", summary.format())

@@ -31,12 +31,10 @@ __all__ = [
     "ImageRecord",
     "InputSpec",
     "Backend",
-    "TorchBackend",
     "list_images",
     "load_and_resize",
     "pad_batch",
     "parse_hw",
-    "resolve_device",
     "category_mapping",
     "InferenceSummary",
     "run_inference",
@@ -92,41 +90,6 @@ class Backend(Protocol):
     input_dtype: str
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-
-class TorchBackend:
-    """The PyTorch model behind the common backend interface.
-
-    Inputs: ``images`` np.ndarray[B, 3, H, W] uint8 raw pixels (padding arbitrary),
-    ``image_sizes`` np.ndarray[B, 2] int64. Normalization and zero padding happen in
-    :meth:`CenterMask.normalize`, exactly as upstream.
-    """
-
-    input_dtype = "uint8"
-
-    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
-        self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-
-    @torch.inference_mode()
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = torch.from_numpy(np.ascontiguousarray(inputs["images"])).to(self.device)
-        sizes = torch.from_numpy(np.ascontiguousarray(inputs["image_sizes"])).to(self.device)
-        out = self.model(self.model.normalize(images, sizes), sizes)
-        return {k: v.cpu().numpy() for k, v in out.items()}
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``MODEL.DEVICE`` as a torch device; ``cuda`` without a usable GPU falls back to the CPU
-    with a warning (detectron2's default config says ``cuda``)."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"MODEL.DEVICE={device!r} is not a device; use 'cpu' or 'cuda' (or 'cuda:N')") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE=%s but CUDA is not available here; running on the CPU (pass MODEL.DEVICE cpu)", device)
-        return torch.device("cpu")
-    return dev
 
 
 def parse_hw(text: str | None) -> tuple[int, int] | None:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .ops.nms import batched_nms
+from .ops.registry import padded_batched_nms
 
 __all__ = ["Scale", "FCOSHead", "FCOS", "compute_locations"]
 
@@ -227,7 +227,7 @@ class FCOS(nn.Module):
             else:
                 candidate = cls_prob > self.score_thresh
                 score = cls_prob * ctr
-            k = min(self.pre_nms_topk, h * w * c)
+            k = torch.sym_min(self.pre_nms_topk, h * w * c)
             ranked = torch.where(candidate, score, torch.full_like(score, -1.0))
             top_score, top_idx = ranked.topk(k, dim=1, sorted=True)
             valid = torch.gather(candidate, 1, top_idx)
@@ -256,26 +256,14 @@ class FCOS(nn.Module):
             boxes (Tensor[B, N, 4]), scores (Tensor[B, N]), classes (Tensor[B, N] int64),
             valid (Tensor[B, N] bool): candidates of every level.
         """
-        b, n = scores.shape
-        if n < self.max_detections:  # tiny inputs: pad with invalid candidates so top-k is defined
-            pad = self.max_detections - n
-            boxes = torch.cat((boxes, boxes.new_zeros((b, pad, 4))), dim=1)
-            scores = torch.cat((scores, scores.new_zeros((b, pad))), dim=1)
-            classes = torch.cat((classes, classes.new_zeros((b, pad))), dim=1)
-            valid = torch.cat((valid, valid.new_zeros((b, pad))), dim=1)
-            n = self.max_detections
-        num_classes = self.fcos_head.num_classes
-        image_idx = torch.arange(b, device=boxes.device)[:, None].expand(b, n)
-        flat_valid = torch.nonzero(valid.reshape(-1)).flatten()
-        keep = batched_nms(
-            boxes.reshape(-1, 4)[flat_valid],
-            scores.reshape(-1)[flat_valid],
-            (image_idx * num_classes + classes).reshape(-1)[flat_valid],
-            self.nms_thresh,
-        )
-        kept = torch.zeros(b * n, dtype=torch.bool, device=boxes.device)
-        kept[flat_valid[keep]] = True
-        kept = kept.reshape(b, n)
+        b = scores.shape[0]
+        # always append max_detections invalid rows so the final top-k is defined for any input size
+        pad = self.max_detections
+        boxes = torch.cat((boxes, boxes.new_zeros((b, pad, 4))), dim=1)
+        scores = torch.cat((scores, scores.new_zeros((b, pad))), dim=1)
+        classes = torch.cat((classes, classes.new_zeros((b, pad))), dim=1)
+        valid = torch.cat((valid, valid.new_zeros((b, pad))), dim=1)
+        kept = padded_batched_nms(boxes, scores, classes, valid, self.nms_thresh, self.fcos_head.num_classes)
         k = self.max_detections
         ranked = torch.where(kept, scores, torch.full_like(scores, -1.0))
         top_score, top_idx = ranked.topk(k, dim=1, sorted=True)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .backbone.layers import Conv2d, get_norm
-from .ops.roi_align import roi_align
+from .ops.registry import multilevel_roi_align
 
 __all__ = [
     "assign_boxes_to_levels_by_ratio",
@@ -133,17 +133,13 @@ class ROIPooler(nn.Module):
         batch_idx = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None].expand(b, k).reshape(b * k, 1)
         rois = torch.cat((batch_idx, flat_boxes), dim=1)
         if len(features) == 1:
-            return roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio, self.aligned)
-        areas = (image_sizes[:, 0] * image_sizes[:, 1]).to(torch.float32)
-        image_areas = areas[:, None].expand(b, k).reshape(b * k)
-        levels = self.assign_levels(flat_boxes, image_areas)
-        out = features[0].new_zeros((b * k, features[0].shape[1], self.output_size, self.output_size))
-        for level, (feature, scale) in enumerate(zip(features, self.scales)):
-            idx = torch.nonzero(levels == level).flatten()
-            if idx.numel() == 0:
-                continue
-            out[idx] = roi_align(feature, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned)
-        return out
+            levels = torch.zeros((b * k,), dtype=torch.int64, device=boxes.device)
+        else:
+            areas = (image_sizes[:, 0] * image_sizes[:, 1]).to(torch.float32)
+            levels = self.assign_levels(flat_boxes, areas[:, None].expand(b, k).reshape(b * k))
+        return multilevel_roi_align(
+            features, rois, levels, self.output_size, list(self.scales), self.sampling_ratio, self.aligned
+        )
 
 
 class SpatialAttention(nn.Module):

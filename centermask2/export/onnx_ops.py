@@ -1,0 +1,106 @@
+"""ONNX lowerings of the model's named ops (default ONNX domain only).
+
+Used as ``custom_translation_table`` of PyTorch's ONNX exporter (``torch.onnx.export(...,
+dynamo=True)``). Each function receives the op's inputs as ONNX values and emits standard
+operators; the attributes they cannot express raise instead of producing a wrong graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from onnxscript import opset18 as op
+
+from ..modeling.ops import registry  # noqa: F401  (registers the torch.library ops)
+
+__all__ = ["translation_table"]
+
+_BOOL = 9  # onnx.TensorProto.BOOL
+_INT64 = 7  # onnx.TensorProto.INT64
+
+
+def padded_batched_nms_onnx(boxes: Any, scores: Any, classes: Any, valid: Any, iou_threshold: float, num_classes: int) -> Any:
+    """``NonMaxSuppression`` with one ONNX "class" per model class.
+
+    Scores become ``[B, num_classes, N]`` holding each candidate's score in its own class row
+    and -1 elsewhere; a score threshold of -0.5 keeps exactly the valid candidates of each
+    class, so suppression happens only within an image and class, on the original
+    coordinates (no offset trick). Selected ``(batch, box)`` pairs are scattered into a
+    ``[B, N]`` boolean mask.
+    """
+    class_ids = op.Range(op.Constant(value_int=0), op.Constant(value_int=num_classes), op.Constant(value_int=1))
+    member = op.And(
+        op.Equal(op.Unsqueeze(classes, op.Constant(value_ints=[1])), op.Unsqueeze(class_ids, op.Constant(value_ints=[0, 2]))),
+        op.Unsqueeze(valid, op.Constant(value_ints=[1])),
+    )
+    class_scores = op.Where(member, op.Unsqueeze(scores, op.Constant(value_ints=[1])), op.CastLike(op.Constant(value_float=-1.0), scores))
+    max_per_class = op.Shape(scores, start=1, end=2)
+    selected = op.NonMaxSuppression(
+        boxes,
+        class_scores,
+        max_per_class,
+        op.Constant(value_floats=[float(iou_threshold)]),
+        op.Constant(value_floats=[-0.5]),
+    )
+    batch_box = op.Gather(selected, op.Constant(value_ints=[0, 2]), axis=1)
+    updates = op.Expand(op.Constant(value_ints=[1]), op.Shape(selected, start=0, end=1))
+    zeros = op.Mul(op.Cast(valid, to=_INT64), op.Constant(value_int=0))
+    return op.Cast(op.ScatterND(zeros, batch_box, updates), to=_BOOL)
+
+
+def multilevel_roi_align_onnx(
+    features: Sequence[Any],
+    rois: Any,
+    levels: Any,
+    output_size: int,
+    scales: Sequence[float],
+    sampling_ratio: int,
+    aligned: bool,
+) -> Any:
+    """One ``RoiAlign`` per level on every box, merged with ``Where`` on the level index.
+
+    ``RoiAlign`` (opset >= 16) with ``coordinate_transformation_mode="half_pixel"`` is
+    detectron2's ``ROIAlignV2`` (aligned=True); ``sampling_ratio=0`` is the same adaptive rule.
+    """
+    if not aligned:
+        raise NotImplementedError(
+            "exporting ROIAlign with aligned=False (MODEL.ROI_MASK_HEAD.POOLER_TYPE 'ROIAlign') is not "
+            "supported: ONNX RoiAlign's output_half_pixel mode does not clamp small boxes like detectron2"
+        )
+    boxes = op.Slice(rois, op.Constant(value_ints=[1]), op.Constant(value_ints=[5]), op.Constant(value_ints=[1]))
+    batch_index = op.Cast(
+        op.Squeeze(
+            op.Slice(rois, op.Constant(value_ints=[0]), op.Constant(value_ints=[1]), op.Constant(value_ints=[1])),
+            op.Constant(value_ints=[1]),
+        ),
+        to=_INT64,
+    )
+    out = None
+    for level, (feature, scale) in enumerate(zip(features, scales)):
+        pooled = op.RoiAlign(
+            feature,
+            boxes,
+            batch_index,
+            coordinate_transformation_mode="half_pixel",
+            mode="avg",
+            output_height=int(output_size),
+            output_width=int(output_size),
+            sampling_ratio=int(sampling_ratio),
+            spatial_scale=float(scale),
+        )
+        if out is None:
+            out = pooled
+        else:
+            on_level = op.Unsqueeze(op.Equal(levels, op.Constant(value_int=level)), op.Constant(value_ints=[1, 2, 3]))
+            out = op.Where(on_level, pooled, out)
+    return out
+
+
+def translation_table() -> dict[Callable, Callable]:
+    """``{torch op overload: ONNX lowering}`` for ``torch.onnx.export(custom_translation_table=...)``."""
+    return {
+        torch.ops.centermask2.padded_batched_nms.default: padded_batched_nms_onnx,
+        torch.ops.centermask2.multilevel_roi_align.default: multilevel_roi_align_onnx,
+    }

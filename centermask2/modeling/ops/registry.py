@@ -1,0 +1,103 @@
+"""The model's data-dependent steps as named ``torch.library`` ops with fixed-shape interfaces.
+
+Each op's eager implementation is the plain-PyTorch reference in this package; exporters see
+an opaque node with a known output shape and lower it (``centermask2/export/onnx_ops.py``
+maps them to ONNX ``NonMaxSuppression`` and ``RoiAlign``). Model code calls these ops and
+never asks whether it is being exported.
+
+* ``centermask2::padded_batched_nms`` — class-aware NMS per image on padded candidates.
+* ``centermask2::multilevel_roi_align`` — RoIAlign of every box on the level assigned to it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .nms import batched_nms
+from .roi_align import roi_align
+
+__all__ = ["padded_batched_nms", "multilevel_roi_align"]
+
+
+@torch.library.custom_op("centermask2::padded_batched_nms", mutates_args=())
+def padded_batched_nms(
+    boxes: Tensor, scores: Tensor, classes: Tensor, valid: Tensor, iou_threshold: float, num_classes: int
+) -> Tensor:
+    """Greedy class-aware NMS within each image of a padded batch of candidates.
+
+    Args:
+        boxes (Tensor[B, N, 4]): xyxy.
+        scores (Tensor[B, N]).
+        classes (Tensor[B, N] int64): 0 <= class < num_classes.
+        valid (Tensor[B, N] bool): False rows are ignored (padding, below threshold).
+        iou_threshold (float): a box is dropped when IoU > threshold with a kept box of its class.
+        num_classes (int): number of classes.
+
+    Returns:
+        Tensor[B, N] bool: True for kept candidates.
+    """
+    b, n = scores.shape
+    image = torch.arange(b, device=boxes.device)[:, None].expand(b, n)
+    flat = torch.nonzero(valid.reshape(-1)).flatten()
+    keep = batched_nms(
+        boxes.reshape(-1, 4)[flat],
+        scores.reshape(-1)[flat],
+        (image * num_classes + classes).reshape(-1)[flat],
+        iou_threshold,
+    )
+    kept = torch.zeros(b * n, dtype=torch.bool, device=boxes.device)
+    kept[flat[keep]] = True
+    return kept.reshape(b, n)
+
+
+@padded_batched_nms.register_fake
+def _padded_batched_nms_fake(
+    boxes: Tensor, scores: Tensor, classes: Tensor, valid: Tensor, iou_threshold: float, num_classes: int
+) -> Tensor:
+    return torch.empty_like(valid)
+
+
+@torch.library.custom_op("centermask2::multilevel_roi_align", mutates_args=())
+def multilevel_roi_align(
+    features: list[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    output_size: int,
+    scales: list[float],
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """Pool every box from its assigned pyramid level.
+
+    Args:
+        features: per level Tensor[B, C, Hl, Wl], finest first.
+        rois (Tensor[M, 5]): ``(batch_index, x1, y1, x2, y2)`` in input pixels.
+        levels (Tensor[M] int64): index into ``features`` for every box.
+        output_size (int): pooled resolution R.
+        scales: ``1 / stride`` of every level.
+        sampling_ratio (int): RoIAlign samples per bin side, 0 = adaptive.
+        aligned (bool): half-pixel shift (``ROIAlignV2``).
+
+    Returns:
+        Tensor[M, C, R, R].
+    """
+    out = features[0].new_zeros((rois.shape[0], features[0].shape[1], output_size, output_size))
+    for level, (feature, scale) in enumerate(zip(features, scales)):
+        idx = torch.nonzero(levels == level).flatten()
+        if idx.numel():
+            out[idx] = roi_align(feature, rois[idx], output_size, scale, sampling_ratio, aligned)
+    return out
+
+
+@multilevel_roi_align.register_fake
+def _multilevel_roi_align_fake(
+    features: list[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    output_size: int,
+    scales: list[float],
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    return features[0].new_empty((rois.shape[0], features[0].shape[1], output_size, output_size))
