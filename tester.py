@@ -59,7 +59,7 @@ def _torch_setup(args: argparse.Namespace):
     import torch
 
     from centermask2.backends import TorchBackend
-    from centermask2.checkpoint import load_weights
+    from centermask2.checkpoint import check_weights_path, load_weights
     from centermask2.config import load_config
     from centermask2.inference import InputSpec, parse_hw
     from centermask2.modeling import build_model
@@ -70,8 +70,7 @@ def _torch_setup(args: argparse.Namespace):
         raise ValueError("--model is for --backend onnx; with --backend torch pass MODEL.WEIGHTS")
     cfg = load_config(args.config_file, args.opts)
     pad_to = parse_hw(args.pad_to)
-    if not cfg.MODEL.WEIGHTS:
-        raise ValueError("no weights given: append MODEL.WEIGHTS /path/to/model.pth to the command")
+    check_weights_path(cfg.MODEL.WEIGHTS)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_model(cfg)

@@ -33,6 +33,7 @@ __all__ = [
     "LoadReport",
     "UnsafeCheckpointError",
     "apply_state_dict",
+    "check_weights_path",
     "load_state_dict_file",
     "load_weights",
 ]
@@ -153,8 +154,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
 # ---------------------------------------------------------------------------------------
 # Reading files
 # ---------------------------------------------------------------------------------------
-def _check_local_file(path: str | os.PathLike[str]) -> str:
-    """Validate that ``path`` names an existing local file and return it as ``str``."""
+def check_weights_path(path: str | os.PathLike[str]) -> str:
+    """Validate that ``path`` names an existing local file (not a URL) and return it as ``str``.
+
+    Cheap: call it before any heavy work so a bad ``MODEL.WEIGHTS`` fails at once.
+    """
     text = os.fspath(path)
     if not isinstance(text, str):
         text = os.fsdecode(text)
@@ -272,7 +276,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         UnsafeCheckpointError: A ``.pkl`` references a disallowed global (subclass of ValueError).
         FileNotFoundError: The file does not exist.
     """
-    local = _check_local_file(path)
+    local = check_weights_path(path)
     with open(local, "rb") as f:
         head = f.read(len(_LEGACY_TORCH_MAGIC))
     if not head:

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from golden import CASES, CONFIGS, case_info, recipe_arrays
 
 from centermask2.config import load_config
 from centermask2.inference import InputSpec, load_and_resize, pad_batch
 from centermask2.modeling import OUTPUT_NAMES, build_model
+from golden import CASES, CONFIGS, case_info, recipe_arrays
 
 STATE_DICTS = sorted((Path(__file__).parent / "data" / "state_dicts").glob("*.json"))
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from golden import CASES, CONFIGS, assert_results_match, case_info, write_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -223,6 +223,7 @@ def export_onnx(
     import onnx
 
     from .onnx_ops import translation_table
+    from .opset import NATIVE_OPSET, downgrade_opset
 
     settings.validate(model.size_divisibility)
     if len(class_names) != len(category_ids):
@@ -247,7 +248,7 @@ def export_onnx(
             module,
             sample,
             dynamo=True,
-            opset_version=settings.opset,
+            opset_version=max(settings.opset, NATIVE_OPSET),
             input_names=list(INPUT_NAMES),
             output_names=list(OUTPUT_NAMES),
             dynamic_shapes=dynamic_shapes,
@@ -256,6 +257,8 @@ def export_onnx(
             verbose=False,
         )
     proto = program.model_proto
+    if settings.opset < NATIVE_OPSET:
+        downgrade_opset(proto, settings.opset)
     if simplify:
         proto = _simplify(proto)
     for key, value in build_metadata(model, cfg, settings, class_names, category_ids).items():
