@@ -1,0 +1,119 @@
+"""Where detections come from: a PyTorch checkpoint, an ONNX model or a results file.
+
+Shared by the stage scripts so that ``tester.py`` and ``visualizer.py`` set up backends the
+same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .backends import OnnxRuntimeBackend, TorchBackend
+from .inference import InputSpec, parse_hw
+
+__all__ = ["ModelSource", "torch_source", "onnx_source"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSource:
+    """A ready backend and how to feed it.
+
+    Attributes:
+        backend: :class:`TorchBackend` or :class:`OnnxRuntimeBackend`.
+        spec: resize / padding rules for its input.
+        batch_size: images per call.
+        category_ids: dataset category id per contiguous class.
+        class_names: class name per contiguous class.
+        label: short description for logs and pictures.
+    """
+
+    backend: Any
+    spec: InputSpec
+    batch_size: int
+    category_ids: list[int]
+    class_names: list[str]
+    label: str
+
+
+def torch_source(
+    config_file: str | os.PathLike,
+    opts: Sequence[str] = (),
+    *,
+    pad_to: str | None = None,
+    batch_size: int | None = None,
+    threads: int | None = None,
+    allow_incomplete: bool = False,
+) -> ModelSource:
+    """Build the PyTorch model of a config and load ``MODEL.WEIGHTS`` (a local file)."""
+    import torch
+
+    from .checkpoint import check_weights_path, load_weights
+    from .config import load_config
+    from .data.coco_metadata import coco_class_names, coco_contiguous_to_dataset_id
+    from .modeling import build_model
+
+    cfg = load_config(config_file, opts)
+    pad = parse_hw(pad_to)
+    check_weights_path(cfg.MODEL.WEIGHTS)
+    if threads:
+        torch.set_num_threads(threads)
+    model = build_model(cfg)
+    load_weights(model, cfg.MODEL.WEIGHTS, allow_incomplete=allow_incomplete)
+    spec = InputSpec(
+        min_size=int(cfg.INPUT.MIN_SIZE_TEST),
+        max_size=int(cfg.INPUT.MAX_SIZE_TEST),
+        input_format=cfg.INPUT.FORMAT,
+        size_divisibility=model.size_divisibility,
+        pad_to=pad,
+    )
+    num_classes = int(cfg.MODEL.FCOS.NUM_CLASSES)
+    if num_classes == 80:
+        ids, names = coco_contiguous_to_dataset_id(), coco_class_names()
+    else:
+        ids, names = list(range(num_classes)), [f"class_{i}" for i in range(num_classes)]
+    return ModelSource(
+        backend=TorchBackend(model, cfg.MODEL.DEVICE),
+        spec=spec,
+        batch_size=batch_size or 1,
+        category_ids=ids,
+        class_names=names,
+        label=f"PyTorch {os.path.basename(os.fspath(config_file))}",
+    )
+
+
+def onnx_source(
+    model_path: str | os.PathLike,
+    *,
+    provider: str = "cpu",
+    threads: int | None = None,
+    batch_size: int | None = None,
+) -> ModelSource:
+    """Open an exported model in ONNX Runtime; every setting comes from its metadata."""
+    backend = OnnxRuntimeBackend(model_path, provider=provider, threads=threads)
+    meta = backend.metadata
+    spec = InputSpec(
+        min_size=meta.min_size,
+        max_size=meta.max_size,
+        input_format=meta.input_format,
+        size_divisibility=meta.size_divisibility,
+        pad_to=meta.input_size,
+    )
+    batch = batch_size or meta.batch_size or 1
+    if meta.batch_size is not None and batch > meta.batch_size:
+        raise ValueError(
+            f"{os.fspath(model_path)!r} is a static model with batch size {meta.batch_size}; batch size {batch} is too large"
+        )
+    return ModelSource(
+        backend=backend,
+        spec=spec,
+        batch_size=batch,
+        category_ids=list(meta.category_ids),
+        class_names=list(meta.class_names),
+        label=f"ONNX Runtime {os.path.basename(os.fspath(model_path))}",
+    )
