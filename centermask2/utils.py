@@ -26,11 +26,22 @@ def atomic_write_bytes(data: bytes | memoryview, path: str | os.PathLike) -> Non
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates 0600; give the file the permissions a plain open() would (engines may run as another user)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once: os.umask can only be read by setting it
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike, **dump_kwargs: Any) -> None:
