@@ -9,6 +9,14 @@ PyTorch backend (a checkpoint and its config):
 
 Writes OUTPUT_DIR/coco_instances_results.json and, with --coco-json, OUTPUT_DIR/metrics.json.
 Without --coco-json every image in --images is run and no metrics are computed.
+
+Offline .bin pipeline, stage 2 (bins from preprocess_inputs_to_bin.py through ONNX Runtime):
+
+    python tester.py --model V_39_1344.onnx --bins BINS --output RAW [--provider cpu] [--threads N] \\
+        [--index-base 0|1] [--resume]
+
+Writes RAW/<stem>_<k>.bin per output k (model order) and RAW/manifest.json; then
+postprocess_bin_outputs.py turns them into results. Exit status 1 if a bad input bin was skipped.
 """
 
 from __future__ import annotations
@@ -25,18 +33,35 @@ logger = logging.getLogger("tester")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Run CenterMask2 over a folder of images (optionally a COCO dataset) and write "
-        "coco_instances_results.json (and metrics.json with --coco-json).",
+        "coco_instances_results.json (and metrics.json with --coco-json); or, with --bins, run the .bin inputs "
+        "of preprocess_inputs_to_bin.py through an ONNX model and write raw output bins.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="With --backend torch, trailing KEY VALUE pairs override the config, "
         "e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu.",
     )
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="inference backend (default: torch)")
+    p.add_argument(
+        "--backend", choices=["torch", "onnx"], default=None,
+        help="inference backend (default: torch; onnx with --bins)",
+    )
     p.add_argument("--config-file", help="[torch] model config YAML, e.g. configs/centermask/<name>.yaml")
     p.add_argument("--model", help="[onnx] exported .onnx model (its metadata gives every setting)")
     p.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu", help="[onnx] execution provider")
-    p.add_argument("--images", required=True, help="folder of images (COCO file_name is relative to it)")
+    p.add_argument("--images", help="folder of images (COCO file_name is relative to it)")
     p.add_argument("--coco-json", default=None, help="COCO annotation file: which images to run and how to score them")
-    p.add_argument("--output-dir", required=True, help="where results and metrics are written")
+    p.add_argument(
+        "--output-dir", "--output", dest="output_dir", required=True,
+        help="where results and metrics are written (with --bins: the folder of raw output bins)",
+    )
+    p.add_argument(
+        "--bins", metavar="BINS",
+        help="[bins] run the bins of preprocess_inputs_to_bin.py (BINS/bin_info.json) through --model and write "
+        "raw output bins to --output instead of results",
+    )
+    p.add_argument(
+        "--index-base", type=int, choices=[0, 1], default=0,
+        help="[bins] number output files <stem>_<k>.bin from 0 (ais_bench, default) or 1 (older benchmark tools)",
+    )
+    p.add_argument("--resume", action="store_true", help="[bins] skip images whose output bins are all complete")
     p.add_argument(
         "--batch-size", type=int, default=None, help="images per forward pass (default 1; a static ONNX model's own)"
     )
@@ -112,9 +137,54 @@ def _onnx_setup(args: argparse.Namespace):
     return backend, spec, batch, len(meta.category_ids)
 
 
+def _run_bins(args: argparse.Namespace) -> int:
+    """--bins mode: stage 2 of the offline pipeline. 0 ok, 1 bad input bins skipped, 2 setup error."""
+    from centermask2.backends import OnnxRuntimeBackend
+    from centermask2.bin_runner import run_bins
+
+    try:
+        if args.backend == "torch":
+            raise ValueError("--bins runs an exported model: use --model model.onnx (--backend onnx)")
+        if not args.model:
+            raise ValueError("--bins needs --model model.onnx, the model the bins were made for")
+        unused = [name for name, value in (
+            ("--images", args.images), ("--coco-json", args.coco_json), ("--config-file", args.config_file),
+            ("--pad-to", args.pad_to), ("--batch-size", args.batch_size),
+        ) if value is not None] + (["KEY VALUE overrides"] if args.opts else [])
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)} cannot be used with --bins (the bins and the model fix the input; "
+                "postprocess_bin_outputs.py scores the results)"
+            )
+        backend = OnnxRuntimeBackend(args.model, provider=args.provider, threads=args.threads)
+        logger.info("Running %s (%s) on the bins of %s", Path(args.model).name, args.provider, args.bins)
+        summary = run_bins(backend, args.bins, args.output_dir, index_base=args.index_base, resume=args.resume,
+                           progress=not args.no_progress, model_name=args.model)
+    except (ValueError, OSError, ImportError, RuntimeError) as exc:
+        logger.error("error: %s", exc)
+        return 2
+    logger.info("Model: %s", summary.format())
+    logger.info("Raw outputs: %s", args.output_dir)
+    if summary.skipped:
+        logger.error("%d bin(s) were skipped and have no outputs:", len(summary.skipped))
+        for name, reason in summary.skipped:
+            logger.error("  %s: %s", name, reason)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.bins is not None:
+        return _run_bins(args)
+    if args.images is None:
+        logger.error("error: give --images DIR (or --bins BINS --model model.onnx for the offline pipeline)")
+        return 2
+    args.backend = args.backend or "torch"
+    if args.index_base or args.resume:
+        logger.error("error: --index-base and --resume are for --bins")
+        return 2
 
     from centermask2.evaluation import evaluate_coco
     from centermask2.inference import category_mapping, list_images, run_inference
