@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="folder of images (COCO file_name is relative to it)")
     p.add_argument("--coco-json", default=None, help="COCO annotation file: which images to run and how to score them")
     p.add_argument(
+        "--dataset",
+        default=None,
+        help="a registered dataset instead of --images/--coco-json: coco_2017_val or coco_2017_train, found under "
+        "$DETECTRON2_DATASETS (default ./datasets) as detectron2 lays it out",
+    )
+    p.add_argument(
         "--output-dir", "--output", dest="output_dir", required=True,
         help="where results and metrics are written (with --bins: the folder of raw output bins)",
     )
@@ -79,42 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _torch_setup(args: argparse.Namespace):
-    """(backend, InputSpec, batch size, num classes) for --backend torch."""
-    import torch
+def _setup(args: argparse.Namespace):
+    """The ModelSource of --backend torch or onnx, after checking the arguments fit it."""
+    from centermask2.sources import onnx_source, torch_source
 
-    from centermask2.backends import TorchBackend
-    from centermask2.checkpoint import check_weights_path, load_weights
-    from centermask2.config import load_config
-    from centermask2.inference import InputSpec, parse_hw
-    from centermask2.modeling import build_model
-
-    if not args.config_file:
-        raise ValueError("--backend torch needs --config-file (and MODEL.WEIGHTS /path/to/model.pth)")
-    if args.model:
-        raise ValueError("--model is for --backend onnx; with --backend torch pass MODEL.WEIGHTS")
-    cfg = load_config(args.config_file, args.opts)
-    pad_to = parse_hw(args.pad_to)
-    check_weights_path(cfg.MODEL.WEIGHTS)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = build_model(cfg)
-    load_weights(model, cfg.MODEL.WEIGHTS, allow_incomplete=args.allow_incomplete_weights)
-    spec = InputSpec(
-        min_size=int(cfg.INPUT.MIN_SIZE_TEST),
-        max_size=int(cfg.INPUT.MAX_SIZE_TEST),
-        input_format=cfg.INPUT.FORMAT,
-        size_divisibility=model.size_divisibility,
-        pad_to=pad_to,
-    )
-    return TorchBackend(model, cfg.MODEL.DEVICE), spec, args.batch_size or 1, int(cfg.MODEL.FCOS.NUM_CLASSES)
-
-
-def _onnx_setup(args: argparse.Namespace):
-    """(backend, InputSpec, batch size, num classes) for --backend onnx."""
-    from centermask2.backends import OnnxRuntimeBackend
-    from centermask2.inference import InputSpec
-
+    if args.backend == "torch":
+        if not args.config_file:
+            raise ValueError("--backend torch needs --config-file (and MODEL.WEIGHTS /path/to/model.pth)")
+        if args.model:
+            raise ValueError("--model is for --backend onnx; with --backend torch pass MODEL.WEIGHTS")
+        return torch_source(
+            args.config_file,
+            args.opts,
+            pad_to=args.pad_to,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            allow_incomplete=args.allow_incomplete_weights,
+        )
     if not args.model:
         raise ValueError("--backend onnx needs --model model.onnx (export one with convert_model_into_onnx.py)")
     if args.config_file or args.opts or args.pad_to:
@@ -122,19 +109,7 @@ def _onnx_setup(args: argparse.Namespace):
             "--config-file, --pad-to and KEY VALUE overrides are for --backend torch; an ONNX model carries its "
             "own settings"
         )
-    backend = OnnxRuntimeBackend(args.model, provider=args.provider, threads=args.threads)
-    meta = backend.metadata
-    spec = InputSpec(
-        min_size=meta.min_size,
-        max_size=meta.max_size,
-        input_format=meta.input_format,
-        size_divisibility=meta.size_divisibility,
-        pad_to=meta.input_size,
-    )
-    batch = args.batch_size or meta.batch_size or 1
-    if meta.batch_size is not None and batch > meta.batch_size:
-        raise ValueError(f"{args.model!r} is a static model with batch size {meta.batch_size}; --batch-size {batch} is too large")
-    return backend, spec, batch, len(meta.category_ids)
+    return onnx_source(args.model, provider=args.provider, threads=args.threads, batch_size=args.batch_size)
 
 
 def _run_bins(args: argparse.Namespace) -> int:
@@ -148,7 +123,8 @@ def _run_bins(args: argparse.Namespace) -> int:
         if not args.model:
             raise ValueError("--bins needs --model model.onnx, the model the bins were made for")
         unused = [name for name, value in (
-            ("--images", args.images), ("--coco-json", args.coco_json), ("--config-file", args.config_file),
+            ("--images", args.images), ("--coco-json", args.coco_json), ("--dataset", args.dataset),
+            ("--config-file", args.config_file),
             ("--pad-to", args.pad_to), ("--batch-size", args.batch_size),
         ) if value is not None] + (["KEY VALUE overrides"] if args.opts else [])
         if unused:
@@ -178,8 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.bins is not None:
         return _run_bins(args)
-    if args.images is None:
-        logger.error("error: give --images DIR (or --bins BINS --model model.onnx for the offline pipeline)")
+    if args.images is None and args.dataset is None:
+        logger.error(
+            "error: give --images DIR (or --dataset coco_2017_val, or --bins BINS --model model.onnx for the "
+            "offline pipeline)"
+        )
         return 2
     args.backend = args.backend or "torch"
     if args.index_base or args.resume:
@@ -187,25 +166,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from centermask2.evaluation import evaluate_coco
-    from centermask2.inference import category_mapping, list_images, run_inference
+    from centermask2.inference import category_mapping, list_images, resolve_dataset, run_inference
     from centermask2.utils import atomic_write_json
 
     try:
+        if args.dataset:
+            args.images, args.coco_json = resolve_dataset(args.dataset)
         records = list_images(args.images, args.coco_json)
-        setup = _torch_setup if args.backend == "torch" else _onnx_setup
-        backend, spec, batch_size, num_classes = setup(args)
-        ids, _names = category_mapping(args.coco_json, num_classes)
-        if args.backend == "onnx" and args.coco_json is None:
-            ids = backend.metadata.category_ids
+        source = _setup(args)
+        ids = source.category_ids
+        if args.coco_json:
+            ids, _names = category_mapping(args.coco_json, len(source.category_ids))
     except (ValueError, FileNotFoundError, NotImplementedError, KeyError, ImportError) as exc:
         logger.error("error: %s", exc)
         return 2
 
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    what = Path(args.config_file).name if args.backend == "torch" else Path(args.model).name
-    logger.info("Running %s (%s) on %d image(s) from %s", what, args.backend, len(records), args.images)
-    results, summary = run_inference(backend, records, spec, ids, batch_size=batch_size, progress=not args.no_progress)
+    logger.info("Running %s on %d image(s) from %s", source.label, len(records), args.images)
+    results, summary = run_inference(
+        source.backend, records, source.spec, ids, batch_size=source.batch_size, progress=not args.no_progress
+    )
     results_path = out_dir / "coco_instances_results.json"
     atomic_write_json(results, results_path)
     logger.info("Inference: %s", summary.format())

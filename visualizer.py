@@ -60,7 +60,8 @@ def _source_records(kind: str, value: str, args: argparse.Namespace, images: lis
     from centermask2.sources import onnx_source, torch_source
 
     if kind == "results":
-        return Path(value).name, load_coco_results(value), {}
+        path = Path(value)
+        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name, load_coco_results(value), {}
     if kind == "onnx":
         source = onnx_source(value, provider=args.provider)
     else:

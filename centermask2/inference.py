@@ -32,6 +32,8 @@ __all__ = [
     "InputSpec",
     "Backend",
     "list_images",
+    "DATASETS",
+    "resolve_dataset",
     "load_and_resize",
     "pad_batch",
     "parse_hw",
@@ -137,6 +139,32 @@ def list_images(images_dir: str | os.PathLike, coco_json: str | os.PathLike | No
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {str(root)!r}")
     numeric = all(p.stem.isdigit() for p in files)
     return [ImageRecord(int(p.stem) if numeric else i + 1, p.name, p) for i, p in enumerate(files)]
+
+
+#: detectron2's COCO layout under the dataset root: name -> (image folder, annotation file)
+DATASETS = {
+    "coco_2017_val": ("coco/val2017", "coco/annotations/instances_val2017.json"),
+    "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
+    "coco_2017_val_100": ("coco/val2017", "coco/annotations/instances_val2017_100.json"),
+}
+
+
+def resolve_dataset(name: str, root: str | os.PathLike | None = None) -> tuple[str, str]:
+    """Image folder and annotation file of a registered dataset, detectron2 style.
+
+    The root is ``root``, else ``$DETECTRON2_DATASETS``, else ``./datasets``; e.g.
+    ``coco_2017_val`` -> ``<root>/coco/val2017`` and ``<root>/coco/annotations/instances_val2017.json``.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))} (or pass --images/--coco-json)")
+    base = Path(root or os.environ.get("DETECTRON2_DATASETS", "datasets"))
+    images, ann = (base / p for p in DATASETS[name])
+    if not images.is_dir() or not ann.is_file():
+        raise FileNotFoundError(
+            f"dataset {name!r} expects {str(images)!r} and {str(ann)!r}; set DETECTRON2_DATASETS to the folder that "
+            "holds coco/ (see the README's walkthrough)"
+        )
+    return str(images), str(ann)
 
 
 def load_and_resize(path: str | os.PathLike, spec: InputSpec) -> tuple[np.ndarray, tuple[int, int]]:

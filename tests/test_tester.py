@@ -87,3 +87,29 @@ def test_tester_errors_are_clear(tmp_path, caplog, extra, message):
     ])
     assert rc == 2
     assert message in caplog.text
+
+
+def test_dataset_root_like_detectron2(tmp_path, monkeypatch):
+    import shutil
+
+    from centermask2.inference import resolve_dataset
+
+    root = tmp_path / "data sets"
+    (root / "coco" / "annotations").mkdir(parents=True)
+    shutil.copytree(CASES["lite_V_19_slim_dw"] / "images", root / "coco" / "val2017")
+    shutil.copy(CASES["lite_V_19_slim_dw"] / "annotations_gt.json", root / "coco" / "annotations" / "instances_val2017.json")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
+    images, ann = resolve_dataset("coco_2017_val")
+    assert images == str(root / "coco" / "val2017") and ann.endswith("instances_val2017.json")
+    with pytest.raises(FileNotFoundError, match="DETECTRON2_DATASETS"):
+        resolve_dataset("coco_2017_train")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        resolve_dataset("voc")
+
+    import tester
+
+    ckpt = write_checkpoint("lite_V_19_slim_dw", tmp_path / "ckpt.pth")
+    rc = tester.main(["--config-file", str(CONFIGS / case_info("lite_V_19_slim_dw")["config"]), "--dataset",
+                      "coco_2017_val", "--output-dir", str(tmp_path / "out"), "--no-progress", "MODEL.WEIGHTS", str(ckpt)])
+    assert rc == 0
+    assert (tmp_path / "out" / "metrics.json").exists()

@@ -8,11 +8,13 @@ Sample: CenterMask-Lite V-19-slim-dw with random, calibrated weights and two ima
 Steps:
 
 1. materialize the checkpoint as a detectron2 ``.pth``;
-2. PyTorch: ``tester.py --backend torch`` (scores against the sample annotations);
+2. PyTorch: ``tester.py --backend torch`` (scores against the sample annotations), with upstream's
+   default padding and padded to 1344x1344;
 3. export a static 1344x1344 uint8 ONNX model (``convert_model_into_onnx.py``);
 4. ``preprocess_inputs_to_bin.py`` -> ``tester.py --bins`` (ONNX Runtime) ->
    ``postprocess_bin_outputs.py`` (COCO results and metrics);
-5. ``visualizer.py``: pictures of the offline pipeline's results, and PyTorch vs ONNX side by side;
+5. ``visualizer.py``: pictures of the offline pipeline's results, and PyTorch vs ONNX Runtime
+   (both on 1344x1344 input) side by side;
 6. compare every AP with upstream's for the same checkpoint and images.
 
 ``--quick`` skips steps 3-4 (no export).
@@ -85,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     if not args.quick:
+        _step("2b. PyTorch model padded to 1344x1344, as the static ONNX model sees its input")
+        _run("tester.py --pad-to", tester.main, [
+            "--backend", "torch", "--config-file", config, "--images", images, "--pad-to", "1344x1344",
+            "--coco-json", str(SAMPLE_DIR / "annotations_gt_pad1344.json"), "--output-dir", str(out / "torch_1344"),
+            "MODEL.WEIGHTS", str(ckpt), "MODEL.DEVICE", "cpu",
+        ])
+        checks.append(("PyTorch, padded to 1344", out / "torch_1344" / "metrics.json",
+                       SAMPLE_DIR / "metrics_gt_pad1344.json"))
         onnx_path = out / "sample_1344x1344_uint8.onnx"
         _step("3. Export a static ONNX model (convert_model_into_onnx.py)")
         _run("convert_model_into_onnx.py", convert_model_into_onnx.main, [
@@ -123,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     if not args.quick:
         _run("visualizer.py --compare", visualizer.main, [
-            "--results", str(out / "torch" / "coco_instances_results.json"), "--compare", str(results),
+            "--results", str(out / "torch_1344" / "coco_instances_results.json"), "--compare", str(results),
             "--images", images, "--output-dir", str(out / "pictures_torch_vs_onnx"), "--score-threshold", "0.5",
             "--no-progress",
         ])
