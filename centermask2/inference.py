@@ -30,6 +30,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageRecord",
     "InputSpec",
+    "spec_from_metadata",
     "Backend",
     "list_images",
     "DATASETS",
@@ -84,6 +85,20 @@ class InputSpec:
                 )
             if max(h, w) < self.min_size:
                 logger.warning("pad size %dx%d is smaller than MIN_SIZE_TEST=%d", h, w, self.min_size)
+
+
+def spec_from_metadata(meta: Any, pad_to: tuple[int, int] | None = None) -> InputSpec:
+    """The input rules an exported model carries (:class:`~centermask2.export.onnx.ModelMetadata`).
+
+    ``pad_to`` defaults to a static model's input size (None for a dynamic one).
+    """
+    return InputSpec(
+        min_size=meta.min_size,
+        max_size=meta.max_size,
+        input_format=meta.input_format,
+        size_divisibility=meta.size_divisibility,
+        pad_to=pad_to if pad_to is not None else meta.input_size,
+    )
 
 
 class Backend(Protocol):

@@ -37,7 +37,7 @@ from PIL import Image
 
 from .binio import INFO_JSON, INFO_TXT, SIZES_DIR, BinImage, BinInfo, expected_nbytes, read_array, write_array
 from .data.transforms import get_resize_shape
-from .inference import ImageRecord, InputSpec, load_and_resize, pad_batch
+from .inference import ImageRecord, InputSpec, load_and_resize, pad_batch, spec_from_metadata
 
 __all__ = [
     "BIN_DTYPES",
@@ -192,13 +192,7 @@ def spec_from_model(
             f"--input-dtype {input_dtype} contradicts {name!r}, whose images input is {meta.input_dtype}; "
             "leave --input-dtype out (the model's is used)"
         )
-    spec = InputSpec(
-        min_size=meta.min_size,
-        max_size=meta.max_size,
-        input_format=meta.input_format,
-        size_divisibility=meta.size_divisibility,
-        pad_to=(int(size[0]), int(size[1])),
-    )
+    spec = spec_from_metadata(meta, pad_to=(int(size[0]), int(size[1])))
     return PreprocessSpec(input=spec, dtype=meta.input_dtype, model=name)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import OnnxRuntimeBackend, TorchBackend
-from .inference import InputSpec, parse_hw
+from .inference import InputSpec, parse_hw, spec_from_metadata
 
 __all__ = ["ModelSource", "torch_source", "onnx_source"]
 
@@ -97,13 +97,7 @@ def onnx_source(
     """Open an exported model in ONNX Runtime; every setting comes from its metadata."""
     backend = OnnxRuntimeBackend(model_path, provider=provider, threads=threads)
     meta = backend.metadata
-    spec = InputSpec(
-        min_size=meta.min_size,
-        max_size=meta.max_size,
-        input_format=meta.input_format,
-        size_divisibility=meta.size_divisibility,
-        pad_to=meta.input_size,
-    )
+    spec = spec_from_metadata(meta)
     batch = batch_size or meta.batch_size or 1
     if meta.batch_size is not None and batch > meta.batch_size:
         raise ValueError(

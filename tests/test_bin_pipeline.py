@@ -405,12 +405,15 @@ def test_problem_list_is_capped():
 
 
 @pytest.mark.slow
-def test_v39_uint8_end_to_end(tmp_path):
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_v39_end_to_end(tmp_path, dtype):
     case = "V_39"
     root = CASES[case]
-    model = _export(tmp_path, "v39_u8", case=case)
+    model = _export(tmp_path, f"v39_{dtype}", case=case, input_dtype=dtype)
     bins = _preprocess(tmp_path / "bins", root / "images", "--coco-json", root / "annotations_gt_pad1344.json",
                        "--model", model)
     raw = tmp_path / "raw"
-    _ok(_run_bins(model, bins, raw))
+    index_base = ["--index-base", "1"] if dtype == "float32" else []
+    _ok(_run_bins(model, bins, raw, *index_base))
+    assert (raw / ("000000000001_6.bin" if index_base else "000000000001_0.bin")).is_file()
     _postprocess_golden(raw, bins, tmp_path / "eval", case=case)

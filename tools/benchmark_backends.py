@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from centermask2.backends import OnnxRuntimeBackend, TorchBackend
     from centermask2.checkpoint import load_weights
     from centermask2.config import load_config
-    from centermask2.inference import InputSpec, load_and_resize, pad_batch, parse_hw
+    from centermask2.inference import load_and_resize, pad_batch, parse_hw, spec_from_metadata
     from centermask2.modeling import build_model
 
     torch.set_num_threads(args.threads)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     load_weights(model, args.weights)
     torch_backend = TorchBackend(model, "cuda" if args.provider != "cpu" else "cpu")
 
-    spec = InputSpec(min_size=meta.min_size, max_size=meta.max_size, size_divisibility=meta.size_divisibility, pad_to=(h, w))
+    spec = spec_from_metadata(meta, pad_to=(h, w))
     if args.image:
         images, sizes = pad_batch([load_and_resize(args.image, spec)[0]], spec)
     else:

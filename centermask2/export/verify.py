@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backends import OnnxRuntimeBackend, TorchBackend
-from ..inference import InputSpec, load_and_resize, pad_batch
+from ..inference import load_and_resize, pad_batch, spec_from_metadata
 from ..modeling import CenterMask
 from ..modeling.ops.nms import box_iou
 
@@ -94,13 +94,7 @@ def verify_onnx(model: CenterMask, onnx_path: str | os.PathLike, image: str | os
     """Run PyTorch and ONNX Runtime on ``image``, preprocessed as the ONNX model expects."""
     onnx_backend = OnnxRuntimeBackend(onnx_path)
     meta = onnx_backend.metadata
-    spec = InputSpec(
-        min_size=meta.min_size,
-        max_size=meta.max_size,
-        input_format=meta.input_format,
-        size_divisibility=meta.size_divisibility,
-        pad_to=meta.input_size,
-    )
+    spec = spec_from_metadata(meta)
     resized, _ = load_and_resize(image, spec)
     images, sizes = pad_batch([resized], spec)
     inputs = {"images": images, "image_sizes": sizes}
