@@ -192,8 +192,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("Inference: %s", summary.format())
     logger.info("Results: %s", results_path)
     if args.coco_json:
+        if summary.failed:
+            logger.warning("%d image(s) could not be read; they count as having no detections", len(summary.failed))
         evaluate_coco(results, args.coco_json, output_dir=out_dir)
         logger.info("Metrics: %s", out_dir / "metrics.json")
+    if summary.failed:
+        logger.error("%d image(s) could not be read and were skipped:", len(summary.failed))
+        for name, reason in summary.failed:
+            logger.error("  %s: %s", name, reason)
+        return 1
     return 0
 
 

@@ -116,8 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     total_match = [0, 0, 0]
     written = 0
+    unreadable: list[str] = []
     for rec in tqdm(images, desc="drawing", unit="img", disable=args.no_progress):
-        image = read_image(rec.path, format="BGR")
+        try:
+            image = read_image(rec.path, format="BGR")
+        except (ValueError, OSError) as exc:
+            logger.warning("skipping %s: %s", rec.file_name, exc)
+            unreadable.append(rec.file_name)
+            continue
         drawn = []
         kept_per_source = []
         for by_image in per_source:
@@ -144,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info(
             "Comparison over all images: %d vs %d detections, %d matched (same class, box IoU >= 0.9)", *total_match
         )
+    if unreadable:
+        logger.error("%d image(s) could not be read: %s", len(unreadable), ", ".join(unreadable))
+        return 1
     return 0
 
 

@@ -243,7 +243,7 @@ def category_mapping(
 
 @dataclass
 class InferenceSummary:
-    """What a run did and how long it took (seconds)."""
+    """What a run did and how long it took (seconds); ``failed`` lists unreadable images and why."""
 
     num_images: int = 0
     num_detections: int = 0
@@ -252,6 +252,7 @@ class InferenceSummary:
     postprocess_s: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
     wall_s: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
     def per_image_model_ms(self) -> list[float]:
         return [1000.0 * t / b for t, b in zip(self.model_s, self.batch_sizes)]
@@ -260,8 +261,9 @@ class InferenceSummary:
         n = max(self.num_images, 1)
         per_img = self.per_image_model_ms()
         median = statistics.median(per_img) if per_img else float("nan")
+        failed = f" ({len(self.failed)} unreadable, skipped)" if self.failed else ""
         return (
-            f"{self.num_images} images, {self.num_detections} detections in {self.wall_s:.1f} s "
+            f"{self.num_images} images{failed}, {self.num_detections} detections in {self.wall_s:.1f} s "
             f"({self.num_images / max(self.wall_s, 1e-9):.2f} img/s). Per image: model median {median:.1f} ms, "
             f"mean {1000 * sum(self.model_s) / n:.1f} ms; pre-processing {1000 * sum(self.preprocess_s) / n:.1f} ms; "
             f"post-processing {1000 * sum(self.postprocess_s) / n:.1f} ms"
@@ -310,7 +312,19 @@ def run_inference(
     try:
         for batch in _batches(records, batch_size):
             t0 = time.perf_counter()
-            loaded = [load_and_resize(r.path, spec) for r in batch]
+            batch_total = len(batch)
+            loaded, readable = [], []
+            for rec in batch:
+                try:
+                    loaded.append(load_and_resize(rec.path, spec))
+                    readable.append(rec)
+                except (ValueError, OSError) as exc:  # unreadable image: name it, keep going
+                    logger.warning("skipping %s: %s", rec.file_name, exc)
+                    summary.failed.append((rec.file_name, str(exc)))
+            if not readable:
+                bar.update(batch_total)
+                continue
+            batch = readable
             images, sizes = pad_batch([im for im, _ in loaded], spec)
             t1 = time.perf_counter()
             out = backend.run({"images": images, "image_sizes": sizes})
@@ -337,7 +351,7 @@ def run_inference(
             summary.postprocess_s.append(t3 - t2)
             summary.batch_sizes.append(len(batch))
             summary.num_images += len(batch)
-            bar.update(len(batch))
+            bar.update(batch_total)
     finally:
         bar.close()
     summary.wall_s = time.perf_counter() - start

@@ -113,3 +113,25 @@ def test_dataset_root_like_detectron2(tmp_path, monkeypatch):
                       "coco_2017_val", "--output-dir", str(tmp_path / "out"), "--no-progress", "MODEL.WEIGHTS", str(ckpt)])
     assert rc == 0
     assert (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_unreadable_image_is_named_and_the_rest_is_run(tmp_path, caplog):
+    import shutil
+
+    import tester
+
+    case = "lite_V_19_slim_dw"
+    images = tmp_path / "imgs"
+    images.mkdir()
+    shutil.copy(CASES[case] / "images" / "000000000002.png", images / "000000000002.png")
+    (images / "000000000003.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (images / "000000000004.png").write_bytes(b"")
+    ckpt = write_checkpoint(case, tmp_path / "ckpt.pth")
+    rc = tester.main([
+        "--config-file", str(CONFIGS / case_info(case)["config"]), "--images", str(images),
+        "--output-dir", str(tmp_path / "out"), "--no-progress", "--batch-size", "2", "MODEL.WEIGHTS", str(ckpt),
+    ])
+    assert rc == 1
+    results = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
+    assert {r["image_id"] for r in results} == {2}
+    assert "000000000003.jpg" in caplog.text and "000000000004.png" in caplog.text
