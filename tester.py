@@ -29,6 +29,9 @@ from pathlib import Path
 
 logger = logging.getLogger("tester")
 
+#: per-image progress of a run, kept next to the results until they are written (for --resume)
+PARTIAL_NAME = "coco_instances_results.partial.jsonl"
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -67,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--index-base", type=int, choices=[0, 1], default=0,
         help="[bins] number output files <stem>_<k>.bin from 0 (ais_bench, default) or 1 (older benchmark tools)",
     )
-    p.add_argument("--resume", action="store_true", help="[bins] skip images whose output bins are all complete")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run: skip images already done (image mode: their results are kept in "
+        "OUTPUT_DIR/coco_instances_results.partial.jsonl; --bins: their output bins are complete)")
     p.add_argument(
         "--batch-size", type=int, default=None, help="images per forward pass (default 1; a static ONNX model's own)"
     )
@@ -161,12 +165,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     args.backend = args.backend or "torch"
-    if args.index_base or args.resume:
-        logger.error("error: --index-base and --resume are for --bins")
+    if args.index_base:
+        logger.error("error: --index-base is for --bins")
         return 2
 
     from centermask2.evaluation import evaluate_coco
-    from centermask2.inference import category_mapping, list_images, resolve_dataset, run_inference
+    from centermask2.inference import (
+        PartialResults,
+        category_mapping,
+        list_images,
+        resolve_dataset,
+        run_inference,
+    )
     from centermask2.utils import atomic_write_json
 
     try:
@@ -184,11 +194,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     logger.info("Running %s on %d image(s) from %s", source.label, len(records), args.images)
-    results, summary = run_inference(
-        source.backend, records, source.spec, ids, batch_size=source.batch_size, progress=not args.no_progress
-    )
+    partial = PartialResults(out_dir / PARTIAL_NAME, identity=f"{source.label}, {source.spec}")
+    try:
+        done = partial.load() if args.resume else {}
+    except ValueError as exc:
+        logger.error("error: %s", exc)
+        return 2
+    if not args.resume and partial.path.is_file():
+        logger.warning("%s holds an interrupted run's progress; starting over (pass --resume to continue it)", partial.path)
+    wanted = {r.image_id for r in records}
+    done = {k: v for k, v in done.items() if k in wanted}
+    partial.start(done)
+    try:
+        results, summary = run_inference(
+            source.backend, records, source.spec, ids, batch_size=source.batch_size, progress=not args.no_progress,
+            done=done, on_results=partial.append,
+        )
+    finally:
+        partial.close()
     results_path = out_dir / "coco_instances_results.json"
     atomic_write_json(results, results_path)
+    partial.finish()
     logger.info("Inference: %s", summary.format())
     logger.info("Results: %s", results_path)
     if args.coco_json:

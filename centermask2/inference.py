@@ -13,7 +13,7 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from .data.coco_metadata import coco_class_names, coco_contiguous_to_dataset_id
 from .data.transforms import get_resize_shape, read_image, resize_image
 from .evaluation.coco import instances_to_coco_json, load_coco_categories
 from .postprocessing import detector_postprocess
+from .utils import atomic_write_bytes
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -40,6 +41,7 @@ __all__ = [
     "parse_hw",
     "category_mapping",
     "InferenceSummary",
+    "PartialResults",
     "run_inference",
 ]
 
@@ -285,6 +287,8 @@ def run_inference(
     mask_threshold: float = 0.5,
     progress: bool = True,
     on_image: Callable[[ImageRecord, dict[str, torch.Tensor]], None] | None = None,
+    done: Mapping[int, list[dict[str, Any]]] | None = None,
+    on_results: Callable[[ImageRecord, list[dict[str, Any]]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], InferenceSummary]:
     """Run ``backend`` over ``records`` and build COCO result records.
 
@@ -297,6 +301,9 @@ def run_inference(
         mask_threshold: binarization threshold of pasted masks (0.5 upstream).
         progress: show a tqdm progress bar.
         on_image: optional callback with each image's post-processed detections.
+        done: COCO records of images already processed (by image id, e.g. from
+            :class:`PartialResults`); those images are not run again.
+        on_results: optional callback with each newly processed image's COCO records.
 
     Returns:
         (COCO result dicts in image order, timing summary).
@@ -308,9 +315,14 @@ def run_inference(
     summary = InferenceSummary()
     results: list[dict[str, Any]] = []
     start = time.perf_counter()
-    bar = tqdm(total=len(records), unit="img", disable=not progress, desc="inference")
+    done = dict(done or {})
+    todo = [r for r in records if r.image_id not in done]
+    if done:
+        logger.info("Resuming: %d of %d image(s) already done", len(records) - len(todo), len(records))
+    new: dict[int, list[dict[str, Any]]] = {}
+    bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="inference")
     try:
-        for batch in _batches(records, batch_size):
+        for batch in _batches(todo, batch_size):
             t0 = time.perf_counter()
             batch_total = len(batch)
             loaded, readable = [], []
@@ -341,7 +353,10 @@ def run_inference(
                     output_hw=loaded[i][1],
                     mask_threshold=mask_threshold,
                 )
-                results.extend(instances_to_coco_json(det, rec.image_id, contiguous_to_dataset_id))
+                records_i = instances_to_coco_json(det, rec.image_id, contiguous_to_dataset_id)
+                new[rec.image_id] = records_i
+                if on_results is not None:
+                    on_results(rec, records_i)
                 summary.num_detections += int(det["boxes"].shape[0])
                 if on_image is not None:
                     on_image(rec, det)
@@ -355,4 +370,66 @@ def run_inference(
     finally:
         bar.close()
     summary.wall_s = time.perf_counter() - start
+    for rec in records:  # input order, resumed and new together
+        results.extend(done.get(rec.image_id, new.get(rec.image_id, [])))
     return results, summary
+
+
+class PartialResults:
+    """Per-image results of a run in progress, appended to a JSON-lines file as they come.
+
+    A run killed at any point loses at most the image being written; ``load`` ignores a
+    half-written last line. :meth:`finish` removes the file once the final results are saved.
+    """
+
+    def __init__(self, path: str | os.PathLike, identity: str = "") -> None:
+        """``identity`` describes the run (model, input rules); resuming another run's file is refused."""
+        self.path = Path(path)
+        self.identity = identity
+        self._file: Any = None
+
+    def load(self) -> dict[int, list[dict[str, Any]]]:
+        """Records of the images finished by an earlier run, by image id."""
+        done: dict[int, list[dict[str, Any]]] = {}
+        if not self.path.is_file():
+            return done
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    logger.warning("ignoring an incomplete line of %s (the run was interrupted there)", self.path)
+                    continue
+                if isinstance(entry, dict) and "identity" in entry:
+                    if entry["identity"] != self.identity:
+                        raise ValueError(
+                            f"{str(self.path)!r} holds the progress of another run ({entry['identity']}), not of "
+                            f"this one ({self.identity}); use another output folder or run without --resume"
+                        )
+                    continue
+                try:
+                    done[int(entry["image_id"])] = list(entry["records"])
+                except (KeyError, TypeError, ValueError):
+                    logger.warning("ignoring a malformed line of %s", self.path)
+        return done
+
+    def start(self, keep: Mapping[int, list[dict[str, Any]]]) -> None:
+        """Open the file for appending, holding exactly ``keep`` (rewritten atomically)."""
+        lines = json.dumps({"identity": self.identity}) + "\n"
+        lines += "".join(json.dumps({"image_id": k, "records": v}) + "\n" for k, v in keep.items())
+        atomic_write_bytes(lines.encode("utf-8"), self.path)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finish()/close()
+
+    def append(self, record: ImageRecord, records: list[dict[str, Any]]) -> None:
+        self._file.write(json.dumps({"image_id": record.image_id, "records": records}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def finish(self) -> None:
+        """Close and delete the file (the final results are written)."""
+        self.close()
+        self.path.unlink(missing_ok=True)

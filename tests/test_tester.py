@@ -135,3 +135,54 @@ def test_unreadable_image_is_named_and_the_rest_is_run(tmp_path, caplog):
     results = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
     assert {r["image_id"] for r in results} == {2}
     assert "000000000003.jpg" in caplog.text and "000000000004.png" in caplog.text
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path):
+    """tester.py killed mid-run, then --resume: same results file as an uninterrupted run."""
+    import shutil
+    import signal
+    import time
+
+    case = "lite_V_19_slim_dw"
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(10):
+        src = CASES[case] / "images" / f"00000000000{1 + i % 2}.png"
+        shutil.copy(src, images / f"{100 + i:012d}.png")
+    ckpt = write_checkpoint(case, tmp_path / "ckpt.pth")
+    base = [sys.executable, str(ROOT / "tester.py"), "--config-file", str(CONFIGS / case_info(case)["config"]),
+            "--images", str(images), "--no-progress", "--threads", "1"]
+    weights = ["MODEL.WEIGHTS", str(ckpt), "MODEL.DEVICE", "cpu"]
+
+    full = tmp_path / "full"
+    assert subprocess.run(base + ["--output-dir", str(full)] + weights, capture_output=True).returncode == 0
+
+    out = tmp_path / "interrupted"
+    partial = out / "coco_instances_results.partial.jsonl"
+    proc = subprocess.Popen(base + ["--output-dir", str(out)] + weights, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if partial.is_file() and len(partial.read_text().splitlines()) >= 4:  # identity line + 3 images
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "coco_instances_results.json").exists()
+    done_before = len(partial.read_text().splitlines()) - 1
+
+    resumed = subprocess.run(base + ["--output-dir", str(out), "--resume"] + weights, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{done_before} of 10 image(s) already done" in resumed.stdout + resumed.stderr
+    assert json.loads((out / "coco_instances_results.json").read_text()) == json.loads(
+        (full / "coco_instances_results.json").read_text()
+    )
+    assert not partial.exists()
+
+    # another run's progress is not resumed silently
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "coco_instances_results.partial.jsonl").write_text('{"identity": "something else"}\n')
+    refused = subprocess.run(base + ["--output-dir", str(other), "--resume"] + weights, capture_output=True, text=True)
+    assert refused.returncode == 2 and "another run" in refused.stdout + refused.stderr
