@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
 from .layers import ShapeSpec
 
@@ -43,6 +43,23 @@ class Backbone(nn.Module):
                 f"choose a non-empty subset of {list(self._feature_strides)}"
             )
         self._out_features = out_features
+
+    def _forward_stages(self, x: Tensor) -> dict[str, Tensor]:
+        """Run ``self.stem`` then the modules named in ``self.stage_names`` in order, keeping the
+        outputs named in :attr:`out_features` (``"stem"`` included). For stem + stages networks.
+
+        Args:
+            x (Tensor[N, C, H, W]): normalized images.
+        """
+        outputs: dict[str, Tensor] = {}
+        x = self.stem(x)
+        if "stem" in self._out_features:
+            outputs["stem"] = x
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            if name in self._out_features:
+                outputs[name] = x
+        return outputs
 
     @property
     def out_features(self) -> list[str]:

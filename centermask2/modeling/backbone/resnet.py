@@ -510,15 +510,7 @@ class ResNet(Backbone):
         """
         if x.dim() != 4:
             raise ValueError(f"ResNet takes an input of shape (N, C, H, W), got {tuple(x.shape)}")
-        outputs: dict[str, torch.Tensor] = {}
-        x = self.stem(x)
-        if "stem" in self._out_features:
-            outputs["stem"] = x
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            if name in self._out_features:
-                outputs[name] = x
-        return outputs
+        return self._forward_stages(x)
 
 
 def build_resnet_backbone(cfg: Any) -> ResNet:

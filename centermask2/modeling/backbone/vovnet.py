@@ -560,15 +560,7 @@ class VoVNet(Backbone):
             dict[str, Tensor]: ``{name: Tensor[N, C_name, ceil(H / s), ceil(W / s)]}`` for each
             name in ``out_features`` (stride ``s``; pooling rounds up).
         """
-        outputs: dict[str, torch.Tensor] = {}
-        x = self.stem(x)
-        if "stem" in self._out_features:
-            outputs["stem"] = x
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            if name in self._out_features:
-                outputs[name] = x
-        return outputs
+        return self._forward_stages(x)
 
 
 def build_vovnet_backbone(cfg: Any) -> VoVNet:
