@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from .binio import (
     output_path,
     write_array,
 )
+from .utils import ensure_writable_dir, remove_stale_temp_files
 
 __all__ = [
     "DEFAULT_MASK_SIZE",
@@ -158,33 +158,7 @@ def prepare_output_dir(folder: str | os.PathLike) -> Path:
     Raises:
         PermissionError: the folder (or a parent) cannot be created or written; names it.
     """
-    path = Path(folder)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write_test.", suffix=".tmp", dir=path)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as exc:
-        raise PermissionError(
-            f"output folder {str(path)!r} is not writable ({exc.strerror or exc}); choose another --output "
-            "or fix its permissions"
-        ) from exc
-    return path
-
-
-def _remove_stale_temp_files(folder: Path, names: set[str]) -> int:
-    """Delete temp files an interrupted run left behind (``.<name>.<random>.tmp`` of our outputs)."""
-    removed = 0
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            n = entry.name
-            if not (n.startswith(".") and n.endswith(".tmp")):
-                continue
-            target = n[1:].rsplit(".", 2)[0]  # ".<target>.<random>.tmp" -> "<target>"
-            if target in names and entry.is_file():
-                os.remove(entry.path)
-                removed += 1
-    return removed
+    return ensure_writable_dir(folder)
 
 
 def _is_complete(folder: Path, stem: str, specs: Sequence[OutputSpec], index_base: int) -> bool:
@@ -355,7 +329,7 @@ def run_bins(
             )
     manifest.save(out_dir)
     names = {output_path(out_dir, s, spec.index, index_base).name for s in stems for spec in specs} | {MANIFEST}
-    stale = _remove_stale_temp_files(out_dir, names)
+    stale = remove_stale_temp_files(out_dir, names.__contains__)
     if stale:
         logger.info("Removed %d temporary file(s) left by an interrupted run in %s", stale, out_dir)
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import re
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -38,6 +36,7 @@ from PIL import Image
 from .binio import INFO_JSON, INFO_TXT, SIZES_DIR, BinImage, BinInfo, expected_nbytes, read_array, write_array
 from .data.transforms import get_resize_shape
 from .inference import ImageRecord, InputSpec, load_and_resize, pad_batch, spec_from_metadata
+from .utils import ensure_writable_dir, remove_stale_temp_files
 
 __all__ = [
     "BIN_DTYPES",
@@ -62,8 +61,6 @@ _SIZES_DTYPE = "int64"
 # EXIF tag 0x0112 'Orientation'; values 5-8 transpose the image (swap height and width).
 _EXIF_ORIENTATION_TAG = 274
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
-# Temp files of utils.atomic_write_bytes (".<name>.<random>.tmp") and of the writability probe.
-_TEMP_FILE = re.compile(r"^\.(?:.+\.bin|" + re.escape(INFO_JSON) + "|" + re.escape(INFO_TXT) + r"|write_test)\.\w+\.tmp$")
 # How often (s) a pool worker checks that the main process is still alive.
 _PARENT_POLL_S = 1.0
 
@@ -272,17 +269,8 @@ def prepare_output_dir(
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"output {str(path)!r} exists and is not a folder; choose another --output")
-    try:
-        (path / SIZES_DIR).mkdir(parents=True, exist_ok=True)
-        for d in (path, path / SIZES_DIR):
-            fd, probe = tempfile.mkstemp(prefix=".write_test.", suffix=".tmp", dir=d)
-            os.close(fd)
-            os.remove(probe)
-    except OSError as exc:
-        raise PermissionError(
-            f"output folder {str(path)!r} is not writable ({exc.strerror or exc}); choose another --output or "
-            "fix its permissions"
-        ) from exc
+    ensure_writable_dir(path)
+    ensure_writable_dir(path / SIZES_DIR)
     if resume and spec is not None and (path / INFO_JSON).is_file():
         try:
             old = BinInfo.load(path / INFO_JSON)
@@ -419,10 +407,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 def _remove_leftovers(folder: Path) -> None:
     """Delete temp files an interrupted run left behind, and the info files of any earlier run."""
     for d in (folder, folder / SIZES_DIR):
-        for entry in os.scandir(d):
-            if entry.is_file() and _TEMP_FILE.match(entry.name):
-                logger.debug("removing leftover temp file %s", entry.path)
-                os.remove(entry.path)
+        remove_stale_temp_files(d, lambda name: name.endswith(".bin") or name in (INFO_JSON, INFO_TXT))
     for name in (INFO_JSON, INFO_TXT):
         # rewritten at the end; until then the folder must not claim to be complete
         (folder / name).unlink(missing_ok=True)

@@ -6,10 +6,11 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "ensure_writable_dir", "remove_stale_temp_files"]
 
 
 def atomic_write_bytes(data: bytes | memoryview, path: str | os.PathLike) -> None:
@@ -47,3 +48,48 @@ _UMASK = _read_umask()  # read once: os.umask can only be read by setting it
 def atomic_write_json(obj: Any, path: str | os.PathLike, **dump_kwargs: Any) -> None:
     """Write ``obj`` as JSON atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(json.dumps(obj, **dump_kwargs).encode("utf-8"), path)
+
+
+_PROBE = "write_test"
+
+
+def ensure_writable_dir(folder: str | os.PathLike, option: str = "--output") -> Path:
+    """Create ``folder`` (and parents) if needed and check a file can be written in it.
+
+    Raises:
+        PermissionError: it cannot be created or written; the message names it and ``option``.
+    """
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{_PROBE}.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise PermissionError(
+            f"output folder {str(path)!r} is not writable ({exc.strerror or exc}); choose another {option} "
+            "or fix its permissions"
+        ) from exc
+    return path
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, is_ours: Callable[[str], bool]) -> int:
+    """Delete temp files an interrupted run left in ``folder``.
+
+    Those are the ``.<name>.<random>.tmp`` files of :func:`atomic_write_bytes` (for names
+    ``is_ours`` accepts) and of the :func:`ensure_writable_dir` probe.
+
+    Returns:
+        how many files were removed.
+    """
+    removed = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(".") and name.endswith(".tmp") and entry.is_file()):
+                continue
+            target = name[1 : -len(".tmp")].rsplit(".", 1)[0]  # ".<target>.<random>.tmp" -> "<target>"
+            if target == _PROBE or is_ours(target):
+                os.remove(entry.path)
+                removed += 1
+    return removed
