@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output-dir",
         metavar="DIR",
-        help="where to write metrics.json and coco_instances_results.json (optional)",
+        help="where to write metrics.json (and, in .bin mode, coco_instances_results.json)",
     )
     bin_group = parser.add_argument_group(".bin mode (stage 3 of the offline pipeline)")
     bin_group.add_argument(
@@ -169,12 +169,11 @@ def _run_bins(args: argparse.Namespace) -> int:
         results, summary = postprocess_bins(args.outputs, info, manifest, ids, skip=skip,
                                             progress=not args.no_progress)
         logger.info("Post-processing: %s", summary.format())
+        atomic_write_json(results, out_dir / "coco_instances_results.json")
         if args.coco_json:
             t0 = time.perf_counter()
             metrics = evaluate_coco(results, args.coco_json, output_dir=out_dir)
             logger.info("Evaluation: %.1f s", time.perf_counter() - t0)
-        else:
-            atomic_write_json(results, out_dir / "coco_instances_results.json")
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

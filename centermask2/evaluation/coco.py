@@ -285,8 +285,8 @@ def evaluate_coco(
     Args:
         results: COCO result dicts with dataset category ids (see :func:`instances_to_coco_json`).
         coco_json: ground-truth COCO annotation file.
-        output_dir: if given, ``metrics.json`` and ``coco_instances_results.json`` are written
-            there (atomically).
+        output_dir: if given, ``metrics.json`` is written there (atomically); the results file
+            is the caller's to write (it usually already has).
 
     Returns:
         ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}, "bbox_per_category": {name: AP},
@@ -340,7 +340,6 @@ def evaluate_coco(
     if output_dir is not None:
         out = os.fspath(output_dir)
         os.makedirs(out, exist_ok=True)
-        atomic_write_json(results, os.path.join(out, "coco_instances_results.json"))
         atomic_write_json(metrics, os.path.join(out, "metrics.json"))
-        logger.info("Wrote metrics.json and coco_instances_results.json to %s", out)
+        logger.info("Wrote %s", os.path.join(out, "metrics.json"))
     return metrics
