@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import OnnxRuntimeBackend, TorchBackend
-from .inference import InputSpec, parse_hw, spec_from_metadata
+from .inference import InputSpec, category_mapping, parse_hw, spec_from_metadata
 
 __all__ = ["ModelSource", "torch_source", "onnx_source"]
 
@@ -55,7 +55,6 @@ def torch_source(
 
     from .checkpoint import check_weights_path, load_weights
     from .config import load_config
-    from .data.coco_metadata import coco_class_names, coco_contiguous_to_dataset_id
     from .modeling import build_model
 
     cfg = load_config(config_file, opts)
@@ -72,11 +71,7 @@ def torch_source(
         size_divisibility=model.size_divisibility,
         pad_to=pad,
     )
-    num_classes = int(cfg.MODEL.FCOS.NUM_CLASSES)
-    if num_classes == 80:
-        ids, names = coco_contiguous_to_dataset_id(), coco_class_names()
-    else:
-        ids, names = list(range(num_classes)), [f"class_{i}" for i in range(num_classes)]
+    ids, names = category_mapping(None, int(cfg.MODEL.FCOS.NUM_CLASSES))
     return ModelSource(
         backend=TorchBackend(model, cfg.MODEL.DEVICE),
         spec=spec,
