@@ -1,115 +1,12 @@
 #!/usr/bin/env python3
 """Export a CenterMask2 checkpoint to one ONNX graph of standard operators.
 
-Static 1344x1344 uint8 model (for offline engines and .bin pipelines):
-
-    python convert_model_into_onnx.py --config-file configs/centermask/centermask_V_39_eSE_FPN_ms_3x.yaml \\
-        --output V_39_1344.onnx MODEL.WEIGHTS centermask2-V-39-eSE-FPN-ms-3x.pth
-
-Dynamic model (any batch and any H, W multiple of 32; upstream's default padding):
-
-    python convert_model_into_onnx.py --config-file ... --output V_39_dynamic.onnx --dynamic MODEL.WEIGHTS ...
+The code lives in ``centermask2/cli/export_onnx.py``; ``python convert_model_into_onnx.py --help`` lists the options.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
-logger = logging.getLogger("convert_model_into_onnx")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="Export a CenterMask2 checkpoint (detectron2 .pth/.pkl) to ONNX: one graph from raw pixels "
-        "to boxes, scores, classes, masks and mask scores, default ONNX domain only.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Trailing KEY VALUE pairs override the config; MODEL.WEIGHTS /path/to/model.pth is required.",
-    )
-    p.add_argument("--config-file", required=True, help="model config YAML, e.g. configs/centermask/<name>.yaml")
-    p.add_argument("--output", required=True, help="the .onnx file to write")
-    p.add_argument("--input-size", default="1344x1344", metavar="HxW", help="static input size (default 1344x1344)")
-    p.add_argument("--batch-size", type=int, default=1, help="static batch size (default 1)")
-    p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width instead of a static size")
-    p.add_argument(
-        "--input-dtype", choices=["uint8", "float32"], default="uint8", help="raw BGR pixel dtype the graph takes"
-    )
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 16 (default 17)")
-    p.add_argument(
-        "--max-detections", type=int, default=None, help="output rows per image (default: MODEL.FCOS.POST_NMS_TOPK_TEST)"
-    )
-    p.add_argument("--coco-json", default=None, help="COCO annotation file giving class names / category ids "
-                   "(default: the 80 COCO classes)")
-    p.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim")
-    p.add_argument("--verify", metavar="IMAGE", default=None,
-                   help="run PyTorch and ONNX Runtime on IMAGE and exit non-zero if they disagree")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._export", "onnxslim"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    from centermask2.checkpoint import check_weights_path, load_weights
-    from centermask2.config import load_config
-    from centermask2.export import ExportSettings, export_onnx
-    from centermask2.inference import category_mapping, parse_hw
-    from centermask2.modeling import build_model
-
-    try:
-        opts = list(args.opts)
-        if args.max_detections is not None:
-            if args.max_detections < 1:
-                raise ValueError(f"--max-detections must be >= 1, got {args.max_detections}")
-            opts += ["MODEL.FCOS.POST_NMS_TOPK_TEST", str(args.max_detections)]
-        cfg = load_config(args.config_file, opts)
-        check_weights_path(cfg.MODEL.WEIGHTS)
-        if args.verify and not Path(args.verify).is_file():
-            raise FileNotFoundError(f"--verify image not found: {args.verify!r}")
-        settings = ExportSettings(
-            input_size=parse_hw(args.input_size),
-            batch_size=args.batch_size,
-            dynamic=args.dynamic,
-            input_dtype=args.input_dtype,
-            opset=args.opset,
-        )
-        model = build_model(cfg)
-        settings.validate(model.size_divisibility)
-        if args.dynamic:
-            # the sample used for tracing: small and a multiple of the divisibility
-            d = model.size_divisibility
-            settings = ExportSettings(
-                input_size=(-(-640 // d) * d, -(-960 // d) * d),
-                batch_size=1,
-                dynamic=True,
-                input_dtype=args.input_dtype,
-                opset=args.opset,
-            )
-        ids, names = category_mapping(args.coco_json, int(cfg.MODEL.FCOS.NUM_CLASSES))
-        load_weights(model, cfg.MODEL.WEIGHTS)
-    except (ValueError, FileNotFoundError, NotImplementedError, KeyError) as exc:
-        logger.error("error: %s", exc)
-        return 2
-
-    path = export_onnx(model, cfg, args.output, settings, class_names=names, category_ids=ids, simplify=args.simplify)
-    logger.info("Exported %s", path)
-    if args.verify:
-        from centermask2.export.verify import verify_onnx
-
-        report = verify_onnx(model, path, args.verify)
-        print(report.format())
-        if not report.ok:
-            logger.error("PyTorch and ONNX Runtime disagree: %s", "; ".join(report.problems))
-            return 1
-        logger.info("PyTorch and ONNX Runtime agree.")
-    return 0
-
+from centermask2.cli.export_onnx import main
 
 if __name__ == "__main__":
     sys.exit(main())

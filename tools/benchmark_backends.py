@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 
 def _time(fn, runs: int, warmup: int) -> list[float]:
     times = []
@@ -49,10 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
 
-    from centermask2.backends import OnnxRuntimeBackend, TorchBackend
     from centermask2.checkpoint import load_weights
     from centermask2.config import load_config
-    from centermask2.inference import load_and_resize, pad_batch, parse_hw, spec_from_metadata
+    from centermask2.data import InputSpec, load_and_resize, pad_batch, parse_hw
+    from centermask2.engine.onnxruntime_backend import OnnxRuntimeBackend
+    from centermask2.engine.torch_backend import TorchBackend
     from centermask2.modeling import build_model
 
     torch.set_num_threads(args.threads)
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     load_weights(model, args.weights)
     torch_backend = TorchBackend(model, "cuda" if args.provider != "cpu" else "cpu")
 
-    spec = spec_from_metadata(meta, pad_to=(h, w))
+    spec = InputSpec.from_metadata(meta, pad_to=(h, w))
     if args.image:
         images, sizes = pad_batch([load_and_resize(args.image, spec)[0]], spec)
     else:

@@ -24,15 +24,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def _write_case(case_dir: Path, repeat: int, work: Path):
     """RAW folder, BinInfo and annotation file of the case's images repeated ``repeat`` times."""
     import numpy as np
 
-    from centermask2.bin_runner import default_output_specs
-    from centermask2.binio import BinImage, BinInfo, Manifest, output_path, write_array
+    from centermask2.contract import default_output_specs
+    from centermask2.offline.layout import BinImage, BinInfo, Manifest, output_path, write_array
 
     raw_npz = np.load(case_dir / "raw_outputs.npz")
     gt = json.loads((case_dir / "annotations_gt.json").read_text())
@@ -87,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from centermask2.bin_postprocess import postprocess_bins
-    from centermask2.data.coco_metadata import coco_contiguous_to_dataset_id
+    from centermask2.data.categories import coco_contiguous_to_dataset_id
     from centermask2.evaluation import evaluate_coco
+    from centermask2.offline.postprocess import postprocess_bins
 
     case_dir = ROOT / "tests" / "data" / f"golden_{args.case}"
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,8 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs/centermask/centermask_V_39_eSE_FPN_ms_3x.yaml"
 
 
@@ -39,7 +37,7 @@ def _make_images(folder: Path, num: int, height: int = 480, width: int = 640) ->
 
 def _bin_bytes(folder: Path) -> int:
     """Bytes on disk of the first image's images bin plus its image_sizes bin."""
-    from centermask2.binio import BinInfo
+    from centermask2.offline.layout import BinInfo
 
     im = BinInfo.load(folder).images[0]
     return (folder / im.bin).stat().st_size + (folder / im.sizes_bin).stat().st_size
@@ -53,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config-file", default=str(DEFAULT_CONFIG), help="resize rule (default: V-39, 800/1333)")
     args = p.parse_args(argv)
 
-    from centermask2.inference import list_images, parse_hw
-    from centermask2.preprocess import preprocess_to_bins, spec_from_config
+    from centermask2.data import list_images, parse_hw
+    from centermask2.offline.preprocess import preprocess_to_bins, spec_from_config
 
     size = parse_hw(args.input_size)
     uint8 = spec_from_config(args.config_file, size, "uint8")

@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -40,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from centermask2.checkpoint import load_weights
     from centermask2.config import load_config
-    from centermask2.inference import parse_hw
+    from centermask2.data import parse_hw
     from centermask2.modeling import build_model
 
     if args.threads:

@@ -4,7 +4,7 @@
     python tools/demo.py [--output-dir output/demo] [--quick]
 
 Sample: CenterMask-Lite V-19-slim-dw with random, calibrated weights and two images
-(tests/data/golden_lite_V_19_slim_dw), for which upstream centermask2's outputs are stored.
+(``tools/sample``, see its README), for which upstream centermask2's metrics are stored.
 Steps:
 
 1. materialize the checkpoint as a detectron2 ``.pth``;
@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+#: the bundled sample: checkpoint recipe, images, annotations and upstream's metrics
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 
 logger = logging.getLogger("demo")
 
@@ -52,16 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", default="output/demo", help="where everything is written (default output/demo)")
     p.add_argument("--quick", action="store_true", help="PyTorch only: skip the ONNX export and the .bin pipeline")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._export"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from centermask2.cli.common import setup_logging
 
-    import convert_model_into_onnx
-    import postprocess_bin_outputs
-    import preprocess_inputs_to_bin
-    import tester
-    import visualizer
-    from centermask2.sample import SAMPLE_DIR, write_checkpoint
+    setup_logging()
+
+    from centermask2.checkpoint import write_checkpoint
+    from centermask2.cli import export_onnx as convert_model_into_onnx
+    from centermask2.cli import postprocess as postprocess_bin_outputs
+    from centermask2.cli import preprocess as preprocess_inputs_to_bin
+    from centermask2.cli import tester, visualizer
 
     out = Path(args.output_dir).resolve()
     case = json.loads((SAMPLE_DIR / "case.json").read_text())

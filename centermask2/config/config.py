@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from ..errors import InputError, MissingFileError
 from .defaults import default_config_dict
 
 __all__ = [
@@ -51,7 +52,7 @@ _OVERRIDES_SOURCE = "command-line overrides"
 _MAX_LISTED_KEYS = 12
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration file or value is invalid (bad type, bad YAML, bad structure)."""
 
 
@@ -345,8 +346,8 @@ def load_yaml_with_base(config_file: str | os.PathLike[str]) -> dict[str, Any]:
 def _read_yaml_file(path: str, included_by: str | None) -> dict[str, Any]:
     if not os.path.exists(path):
         if included_by is None:
-            raise FileNotFoundError(f"Config file not found: '{path}'.")
-        raise FileNotFoundError(
+            raise MissingFileError(f"Config file not found: '{path}'.")
+        raise MissingFileError(
             f"Base config file not found: '{path}' (named by {BASE_KEY} in '{included_by}'; "
             f"{BASE_KEY} paths are relative to the file that names them)."
         )

@@ -1,5 +1,36 @@
-"""Image reading and inference-time pre-processing."""
+"""Everything about inputs: which images (:mod:`.catalog`), which classes (:mod:`.categories`),
+how they become network input (:mod:`.spec`, :mod:`.transforms`)."""
 
-from .transforms import get_resize_shape, preprocess_batch, read_image, resize_image
+from .catalog import DATASETS, IMAGE_EXTENSIONS, ImageRecord, list_images, resolve_dataset
+from .categories import category_mapping, load_coco_categories
+from .spec import InputSpec, parse_hw
+from .transforms import (
+    get_resize_shape,
+    image_size,
+    load_and_resize,
+    normalize,
+    pad_batch,
+    preprocess_batch,
+    read_image,
+    resize_image,
+)
 
-__all__ = ["read_image", "get_resize_shape", "resize_image", "preprocess_batch"]
+__all__ = [
+    "DATASETS",
+    "IMAGE_EXTENSIONS",
+    "ImageRecord",
+    "list_images",
+    "resolve_dataset",
+    "category_mapping",
+    "load_coco_categories",
+    "InputSpec",
+    "parse_hw",
+    "read_image",
+    "image_size",
+    "get_resize_shape",
+    "resize_image",
+    "load_and_resize",
+    "pad_batch",
+    "normalize",
+    "preprocess_batch",
+]

@@ -9,7 +9,13 @@ detectron2 prepares a test image in three steps, reproduced here without importi
    (:func:`resize_image`, as ``ResizeTransform.apply_image`` for uint8 images).
 3. ``GeneralizedRCNN.preprocess_image``: ``(x - mean) / std`` per channel, then zero padding at
    the bottom/right to a multiple of the backbone's size divisibility
-   (``ImageList.from_tensors``); :func:`preprocess_batch`.
+   (``ImageList.from_tensors``).
+
+Step 3 has one implementation, split where deployment needs the split: :func:`pad_batch` pads
+raw pixels (what exported graphs and ``.bin`` files take) and :func:`normalize` does
+``(x - mean) / std`` inside each image with zeros in the padding (inside the model, and inside
+exported graphs); :func:`preprocess_batch` is the two together, detectron2's order of results.
+Only :func:`normalize` and :func:`preprocess_batch` need torch, and import it when called.
 """
 
 from __future__ import annotations
@@ -17,15 +23,26 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
+
+from ..errors import InputError, ItemError, MissingFileError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .spec import InputSpec
 
 __all__ = [
     "read_image",
+    "image_size",
     "get_resize_shape",
     "resize_image",
+    "load_and_resize",
+    "pad_batch",
+    "normalize",
     "preprocess_batch",
 ]
 
@@ -50,6 +67,8 @@ _EXIF_TRANSPOSE = {
 }
 
 _SUPPORTED_FORMATS = ("BGR", "RGB")
+# EXIF orientations 5-8 transpose the image (swap height and width).
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
@@ -88,23 +107,24 @@ def read_image(path: str | os.PathLike, format: str = "BGR") -> np.ndarray:
         np.ndarray[H, W, 3] uint8, C-contiguous, in the requested channel order.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: unknown ``format``, or the file is empty / not a decodable image.
+        MissingFileError: ``path`` does not exist.
+        InputError: unknown ``format``.
+        ItemError: the file is empty / not a decodable image.
     """
     if format not in _SUPPORTED_FORMATS:
-        raise ValueError(f"Unsupported image format {format!r}; use one of {_SUPPORTED_FORMATS}.")
+        raise InputError(f"Unsupported image format {format!r}; use one of {_SUPPORTED_FORMATS}.")
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Image file not found: {path!r}")
+        raise MissingFileError(f"Image file not found: {path!r}")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"Image file is empty (0 bytes): {path!r}; re-copy or re-export it.")
+        raise ItemError(f"Image file is empty (0 bytes): {path!r}; re-copy or re-export it.")
     try:
         with Image.open(path) as image:
             image = _apply_exif_orientation(image)
             # convert() forces the (lazy) decode, so truncated files fail inside this block.
             rgb = np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(
+        raise ItemError(
             f"Failed to read image {path!r}: {exc}. Check that it is a valid image file "
             "(PNG, JPEG, ...) and not truncated."
         ) from exc
@@ -131,9 +151,9 @@ def get_resize_shape(h: int, w: int, short_edge: int, max_size: int) -> tuple[in
         (new_h, new_w).
     """
     if h <= 0 or w <= 0:
-        raise ValueError(f"Image size must be positive, got h={h}, w={w}.")
+        raise InputError(f"Image size must be positive, got h={h}, w={w}.")
     if short_edge < 0:
-        raise ValueError(f"short_edge must be >= 0 (0 disables resizing), got {short_edge}.")
+        raise InputError(f"short_edge must be >= 0 (0 disables resizing), got {short_edge}.")
     if short_edge == 0:
         return int(h), int(w)
     size = short_edge * 1.0
@@ -168,9 +188,9 @@ def resize_image(img: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
             f"with dtype {getattr(img, 'dtype', None)}; convert with img.astype(np.uint8)."
         )
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3)):
-        raise ValueError(f"resize_image expects an HxW, HxWx1 or HxWx3 image, got shape {img.shape}.")
+        raise InputError(f"resize_image expects an HxW, HxWx1 or HxWx3 image, got shape {img.shape}.")
     if new_h <= 0 or new_w <= 0:
-        raise ValueError(f"Output size must be positive, got ({new_h}, {new_w}).")
+        raise InputError(f"Output size must be positive, got ({new_h}, {new_w}).")
     single_channel = img.ndim == 3 and img.shape[2] == 1
     pil_image = Image.fromarray(img[:, :, 0] if single_channel else np.ascontiguousarray(img))
     out = np.asarray(pil_image.resize((int(new_w), int(new_h)), Image.BILINEAR))
@@ -179,11 +199,136 @@ def resize_image(img: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
     return out
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """Original (h, w) of an image after EXIF orientation, reading only its header.
+
+    Agrees with ``read_image(path).shape[:2]`` (same EXIF rule: orientations 5-8 swap h and w; an
+    unreadable EXIF block means no rotation).
+
+    Raises:
+        ItemError: not a readable image.
+    """
+    try:
+        with Image.open(path) as image:
+            w, h = image.size
+            try:
+                orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
+            except Exception:  # noqa: BLE001 - read_image ignores a corrupt EXIF block too
+                orientation = None
+    except OSError as exc:
+        raise ItemError(f"cannot read the size of image {os.fspath(path)!r}: {exc}") from exc
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        h, w = w, h
+    return int(h), int(w)
+
+
+def load_and_resize(path: str | os.PathLike, spec: InputSpec) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read an image and resize it as upstream's test-time ResizeShortestEdge.
+
+    Returns:
+        resized np.ndarray[h, w, 3] uint8 in ``spec.input_format``, and the original (H, W).
+
+    Raises:
+        MissingFileError / ItemError: see :func:`read_image`; ItemError also when the resized image
+            does not fit ``spec.pad_to``.
+    """
+    img = read_image(path, format=spec.input_format)
+    orig_h, orig_w = img.shape[:2]
+    new_h, new_w = get_resize_shape(orig_h, orig_w, spec.min_size, spec.max_size)
+    if spec.pad_to is not None and (new_h > spec.pad_to[0] or new_w > spec.pad_to[1]):
+        raise ItemError(
+            f"{os.fspath(path)!r}: resized to {new_h}x{new_w}, which does not fit the fixed input size "
+            f"{spec.pad_to[0]}x{spec.pad_to[1]}; use a larger --pad-to / --input-size or a smaller MAX_SIZE_TEST"
+        )
+    return resize_image(img, new_h, new_w), (orig_h, orig_w)
+
+
+def _padded_size(sizes: np.ndarray, size_divisibility: int, pad_to: tuple[int, int] | None) -> tuple[int, int]:
+    """(H, W) of a batch whose images have valid sizes ``sizes`` [B, 2]: ``pad_to``, or the largest
+    image rounded up to a multiple of ``size_divisibility``."""
+    max_h, max_w = (int(v) for v in sizes.max(axis=0))
+    if pad_to is None:
+        d = max(int(size_divisibility), 1)
+        return -(-max_h // d) * d, -(-max_w // d) * d
+    pad_h, pad_w = (int(v) for v in pad_to)
+    if max_h > pad_h or max_w > pad_w:
+        raise InputError(
+            f"An image of size {max_h}x{max_w} (HxW) does not fit into pad_to={pad_h}x{pad_w}; "
+            "resize it smaller (INPUT.MAX_SIZE_TEST) or use a larger fixed input size."
+        )
+    if size_divisibility > 1 and (pad_h % size_divisibility or pad_w % size_divisibility):
+        logger.warning(
+            "pad_to=%dx%d is not a multiple of size_divisibility=%d; the model may reject it.",
+            pad_h, pad_w, size_divisibility,
+        )
+    return pad_h, pad_w
+
+
+def pad_batch(
+    images: Sequence[np.ndarray], spec: InputSpec | None = None, *, size_divisibility: int = 32,
+    pad_to: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stack resized images into one zero-padded batch of raw pixels (bottom/right padding).
+
+    Args:
+        images: np.ndarray[h_i, w_i, 3] (uint8 from :func:`load_and_resize`).
+        spec: gives ``size_divisibility`` and ``pad_to``; without it, the keyword arguments do.
+
+    Returns:
+        batch np.ndarray[B, 3, H, W] in the images' dtype (H, W = ``pad_to`` or the batch maximum
+        rounded up to the size divisibility), image_sizes np.ndarray[B, 2] int64 (valid h, w).
+
+    Raises:
+        InputError: no images, an image not [H, W, 3], or one larger than ``pad_to``.
+    """
+    if spec is not None:
+        size_divisibility, pad_to = spec.size_divisibility, spec.pad_to
+    if len(images) == 0:
+        raise InputError("a batch needs at least one image.")
+    for i, img in enumerate(images):
+        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+            raise InputError(
+                f"Image {i} must be an np.ndarray[H, W, 3], got {type(img).__name__} {getattr(img, 'shape', None)}."
+            )
+    sizes = np.array([im.shape[:2] for im in images], dtype=np.int64)
+    h, w = _padded_size(sizes, size_divisibility, pad_to)
+    batch = np.zeros((len(images), 3, h, w), dtype=images[0].dtype)
+    for i, im in enumerate(images):
+        batch[i, :, : im.shape[0], : im.shape[1]] = im.transpose(2, 0, 1)
+    return batch, sizes
+
+
+def normalize(
+    images: torch.Tensor, image_sizes: torch.Tensor, pixel_mean: torch.Tensor, pixel_std: torch.Tensor
+) -> torch.Tensor:
+    """Raw pixels to network input: ``(x - mean) / std`` inside each image, 0 in the padding.
+
+    Args:
+        images: Tensor[B, 3, H, W] raw pixel values (uint8 or float), padded bottom/right.
+        image_sizes: Tensor[B, 2] int64, valid (h, w); pixels outside are padding.
+        pixel_mean, pixel_std: Tensor[3, 1, 1] float32 per-channel constants.
+
+    Returns:
+        Tensor[B, 3, H, W] float32, what upstream feeds its backbone for the batch (same op order
+        and dtype promotion: float32 subtract, then divide; zeros after normalization).
+    """
+    import torch
+
+    x = (images.to(torch.float32) - pixel_mean) / pixel_std
+    h, w = images.shape[-2:]
+    rows = torch.arange(h, device=images.device)[None, :, None] < image_sizes[:, 0, None, None]
+    cols = torch.arange(w, device=images.device)[None, None, :] < image_sizes[:, 1, None, None]
+    inside = (rows & cols)[:, None]
+    return torch.where(inside, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def _as_channel_tensor(values: Sequence[float] | torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
     """Return ``values`` as a float32 tensor of shape [3, 1, 1] (per-channel constants)."""
+    import torch
+
     tensor = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
     if tensor.numel() != 3:
-        raise ValueError(f"{name} must have 3 values (one per BGR channel), got {tensor.numel()}.")
+        raise InputError(f"{name} must have 3 values (one per BGR channel), got {tensor.numel()}.")
     return tensor.view(3, 1, 1)
 
 
@@ -196,9 +341,9 @@ def preprocess_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalize and pad a batch of resized images as detectron2's ``preprocess_image``.
 
-    Each image becomes ``(x - pixel_mean) / pixel_std`` in float32 (channel order of the
-    image, i.e. BGR for the official configs), then all are zero-padded at the bottom/right
-    *after* normalization (``ImageList.from_tensors``, pad value 0) to
+    :func:`pad_batch` then :func:`normalize`: each image becomes ``(x - pixel_mean) / pixel_std``
+    in float32 (channel order of the image, i.e. BGR for the official configs), zero-padded at the
+    bottom/right *after* normalization (``ImageList.from_tensors``, pad value 0) to
 
     * the batch's largest height/width rounded up to a multiple of ``size_divisibility``
       (``size_divisibility <= 1`` means no rounding), or
@@ -215,47 +360,18 @@ def preprocess_batch(
         image_sizes: Tensor[B, 2] int64, the valid (h, w) of every image inside ``batch``.
 
     Raises:
-        ValueError: empty batch, bad image shape/dtype, or an image larger than ``pad_to``.
+        InputError: empty batch, bad image shape/dtype, or an image larger than ``pad_to``.
     """
-    if len(images) == 0:
-        raise ValueError("preprocess_batch needs at least one image.")
+    import torch
+
     mean = _as_channel_tensor(pixel_mean, "pixel_mean")
     std = _as_channel_tensor(pixel_std, "pixel_std")
-    normalized: list[torch.Tensor] = []
     for i, img in enumerate(images):
-        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
+            raise InputError(
                 f"Image {i} must be an np.ndarray[H, W, 3] uint8, got "
                 f"{type(img).__name__} {getattr(img, 'shape', None)} {getattr(img, 'dtype', None)}."
             )
-        chw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        # Same op order and dtype promotion as detectron2: uint8 - float32 -> float32, then divide.
-        normalized.append((chw - mean) / std)
-
-    image_sizes = torch.tensor([[t.shape[1], t.shape[2]] for t in normalized], dtype=torch.int64)
-    max_h, max_w = (int(v) for v in image_sizes.max(dim=0).values)
-    if pad_to is not None:
-        pad_h, pad_w = (int(v) for v in pad_to)
-        if max_h > pad_h or max_w > pad_w:
-            raise ValueError(
-                f"An image of size {max_h}x{max_w} (HxW) does not fit into pad_to={pad_h}x{pad_w}; "
-                "resize it smaller (INPUT.MAX_SIZE_TEST) or use a larger fixed input size."
-            )
-        if size_divisibility > 1 and (pad_h % size_divisibility or pad_w % size_divisibility):
-            logger.warning(
-                "pad_to=%dx%d is not a multiple of size_divisibility=%d; the model may reject it.",
-                pad_h,
-                pad_w,
-                size_divisibility,
-            )
-    elif size_divisibility > 1:
-        stride = int(size_divisibility)
-        pad_h = (max_h + stride - 1) // stride * stride
-        pad_w = (max_w + stride - 1) // stride * stride
-    else:
-        pad_h, pad_w = max_h, max_w
-
-    batch = torch.zeros((len(normalized), 3, pad_h, pad_w), dtype=torch.float32)
-    for i, t in enumerate(normalized):
-        batch[i, :, : t.shape[1], : t.shape[2]] = t
-    return batch, image_sizes
+    batch, sizes = pad_batch(images, size_divisibility=size_divisibility, pad_to=pad_to)
+    sizes_t = torch.from_numpy(sizes)
+    return normalize(torch.from_numpy(batch), sizes_t, mean, std), sizes_t

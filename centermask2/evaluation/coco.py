@@ -16,7 +16,6 @@ import contextlib
 import copy
 import io
 import itertools
-import json
 import logging
 import math
 import os
@@ -29,7 +28,9 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..utils import atomic_write_json
+from ..data.categories import load_coco_categories
+from ..errors import InputError
+from ..fileio import atomic_write_json, read_json
 
 __all__ = [
     "instances_to_coco_json",
@@ -87,7 +88,7 @@ def instances_to_coco_json(
                 raise IndexError(contiguous)
             return int(contiguous_to_dataset_id[contiguous])
         except (KeyError, IndexError):
-            raise ValueError(
+            raise InputError(
                 f"Predicted class {contiguous} has no dataset category id "
                 f"({len(contiguous_to_dataset_id)} categories known); the model's NUM_CLASSES "
                 "does not match the dataset's categories."
@@ -122,74 +123,28 @@ def instances_to_coco_json(
     return records
 
 
-def _load_coco_dict(coco_json: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    """Return the COCO annotation dict from a path or an already loaded dict."""
-    if isinstance(coco_json, Mapping):
-        return dict(coco_json)
-    path = os.fspath(coco_json)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"COCO annotation file not found: {path!r}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"COCO annotation file {path!r} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or "images" not in data or "categories" not in data:
-        raise ValueError(
-            f"{path!r} is not a COCO annotation file (expected a JSON object with 'images' and "
-            "'categories')."
-        )
-    return data
-
-
-def load_coco_categories(
-    coco_json: str | os.PathLike | Mapping[str, Any],
-) -> tuple[list[int], list[str]]:
-    """Contiguous class order of a COCO dataset, as detectron2's ``load_coco_json``.
-
-    Category ids are sorted ascending; contiguous id ``i`` is the i-th of them.
-
-    Args:
-        coco_json: path of a COCO annotation JSON, or its loaded dict.
-
-    Returns:
-        (contiguous_to_dataset_id, class_names), both indexed by contiguous id.
-    """
-    data = _load_coco_dict(coco_json)
-    cats = sorted(data["categories"], key=lambda c: c["id"])
-    if not cats:
-        raise ValueError("The COCO annotation file has no categories.")
-    return [int(c["id"]) for c in cats], [str(c["name"]) for c in cats]
-
-
 def load_coco_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Load and validate a COCO results file (``coco_instances_results.json``).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: not JSON, or not a list of result dicts with image_id/category_id/bbox/score.
+        MissingFileError: ``path`` does not exist.
+        InputError: not JSON, or not a list of result dicts with image_id/category_id/bbox/score.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Results file not found: {path!r}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"Results file {path!r} is not valid JSON: {exc}") from exc
+    data = read_json(path, "results file")
     if isinstance(data, dict) and "annotations" in data:
-        raise ValueError(
+        raise InputError(
             f"{path!r} looks like a COCO annotation file, not a results list; pass it as the "
             "ground truth and give the detections (coco_instances_results.json) as results."
         )
     if not isinstance(data, list):
-        raise ValueError(
+        raise InputError(
             f"{path!r} is not a COCO results file: expected a JSON list of detections, got "
             f"{type(data).__name__}."
         )
     for i, rec in enumerate(data):
         if not isinstance(rec, dict) or any(k not in rec for k in _RESULT_KEYS):
-            raise ValueError(
+            raise InputError(
                 f"Entry {i} of results file {path!r} is not a COCO detection; every entry needs "
                 f"the keys {list(_RESULT_KEYS)}."
             )
@@ -250,7 +205,7 @@ def _per_category_ap(coco_eval: COCOeval, class_names: Sequence[str]) -> dict[st
     """
     precisions = coco_eval.eval["precision"]  # [iou, recall, category, area, max dets]
     if precisions.shape[2] != len(class_names):
-        raise ValueError(
+        raise InputError(
             f"COCOeval has {precisions.shape[2]} categories but {len(class_names)} class names."
         )
     per_category: dict[str, float] = {}
@@ -302,7 +257,7 @@ def evaluate_coco(
         coco_gt = COCO(coco_path)
     _log_captured(buf.getvalue())
     if "annotations" not in coco_gt.dataset:
-        raise ValueError(
+        raise InputError(
             f"{coco_path!r} has no 'annotations'; ground truth is needed to evaluate "
             "(results can still be written with instances_to_coco_json)."
         )
@@ -310,7 +265,7 @@ def evaluate_coco(
     known_images = set(coco_gt.getImgIds())
     unknown = sorted({r["image_id"] for r in results} - known_images)
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"Results refer to image ids {unknown[:10]} that are not in {coco_path!r}; "
             "use the annotation file the results were produced for."
         )

@@ -1,5 +1,5 @@
-"""Exporters: ONNX (standard operators only)."""
+"""Exporters: ONNX (standard operators only). The model's contract is :mod:`centermask2.contract`."""
 
-from .onnx import INPUT_NAMES, ExportSettings, ModelMetadata, OnnxExportModule, export_onnx, read_metadata
+from .onnx import ExportSettings, OnnxExportModule, build_metadata, export_onnx
 
-__all__ = ["INPUT_NAMES", "ExportSettings", "ModelMetadata", "OnnxExportModule", "export_onnx", "read_metadata"]
+__all__ = ["ExportSettings", "OnnxExportModule", "build_metadata", "export_onnx"]

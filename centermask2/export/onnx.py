@@ -9,7 +9,6 @@ outputs (:data:`centermask2.modeling.OUTPUT_NAMES`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -21,23 +20,17 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..modeling import OUTPUT_NAMES, CenterMask
-from ..utils import atomic_write_bytes
+from ..contract import INPUT_DTYPES, INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+from ..errors import InputError, MissingDependencyError
+from ..fileio import atomic_write_bytes
+from ..modeling import CenterMask
 
-__all__ = [
-    "INPUT_NAMES",
-    "ExportSettings",
-    "OnnxExportModule",
-    "export_onnx",
-    "build_metadata",
-    "read_metadata",
-    "ModelMetadata",
-]
+__all__ = ["ExportSettings", "OnnxExportModule", "export_onnx", "build_metadata"]
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAMES = ("images", "image_sizes")
 _DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
+assert tuple(_DTYPES) == INPUT_DTYPES
 #: largest dynamic height/width, in multiples of the size divisibility
 _MAX_DYNAMIC_BLOCKS = 256
 
@@ -63,17 +56,17 @@ class ExportSettings:
     def validate(self, size_divisibility: int) -> None:
         h, w = self.input_size
         if h <= 0 or w <= 0 or h % size_divisibility or w % size_divisibility:
-            raise ValueError(
+            raise InputError(
                 f"input size {h}x{w} must be positive multiples of the model's size divisibility "
                 f"{size_divisibility} (e.g. {-(-h // size_divisibility) * size_divisibility}x"
                 f"{-(-w // size_divisibility) * size_divisibility})"
             )
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+            raise InputError(f"batch size must be >= 1, got {self.batch_size}")
         if self.input_dtype not in _DTYPES:
-            raise ValueError(f"input dtype must be one of {sorted(_DTYPES)}, got {self.input_dtype!r}")
+            raise InputError(f"input dtype must be one of {sorted(_DTYPES)}, got {self.input_dtype!r}")
         if self.opset < 16:
-            raise ValueError(f"opset {self.opset} is too old: RoiAlign with half_pixel needs opset >= 16")
+            raise InputError(f"opset {self.opset} is too old: RoiAlign with half_pixel needs opset >= 16")
 
 
 class OnnxExportModule(nn.Module):
@@ -96,95 +89,31 @@ class OnnxExportModule(nn.Module):
         return tuple(out[name] for name in OUTPUT_NAMES)
 
 
-@dataclass(frozen=True)
-class ModelMetadata:
-    """Settings an exported model carries (``metadata_props``), parsed."""
-
-    config_yaml: str
-    class_names: list[str]
-    category_ids: list[int]
-    pixel_mean: list[float]
-    pixel_std: list[float]
-    input_format: str
-    min_size: int
-    max_size: int
-    size_divisibility: int
-    dynamic: bool
-    input_size: tuple[int, int] | None
-    batch_size: int | None
-    input_dtype: str
-    max_detections: int
-    output_names: list[str]
-    version: str
-
-
 def build_metadata(
     model: CenterMask,
     cfg: Any,
     settings: ExportSettings,
     class_names: Sequence[str],
     category_ids: Sequence[int],
-) -> dict[str, str]:
-    """The ``metadata_props`` of an exported model (all values strings, JSON where structured)."""
-    return {
-        "centermask2.config": cfg.dump(),
-        "centermask2.class_names": json.dumps(list(class_names)),
-        "centermask2.category_ids": json.dumps([int(c) for c in category_ids]),
-        "centermask2.pixel_mean": json.dumps([float(v) for v in cfg.MODEL.PIXEL_MEAN]),
-        "centermask2.pixel_std": json.dumps([float(v) for v in cfg.MODEL.PIXEL_STD]),
-        "centermask2.input_format": str(cfg.INPUT.FORMAT),
-        "centermask2.min_size_test": str(int(cfg.INPUT.MIN_SIZE_TEST)),
-        "centermask2.max_size_test": str(int(cfg.INPUT.MAX_SIZE_TEST)),
-        "centermask2.size_divisibility": str(model.size_divisibility),
-        "centermask2.input_mode": "dynamic" if settings.dynamic else "static",
-        "centermask2.input_size": "" if settings.dynamic else f"{settings.input_size[0]}x{settings.input_size[1]}",
-        "centermask2.batch_size": "" if settings.dynamic else str(settings.batch_size),
-        "centermask2.input_dtype": settings.input_dtype,
-        "centermask2.max_detections": str(model.max_detections),
-        "centermask2.output_names": json.dumps(list(OUTPUT_NAMES)),
-        "centermask2.version": __version__,
-    }
-
-
-def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
-    """Read the settings an exported model carries.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not an ONNX model, or not exported by this toolkit.
-    """
-    import onnx
-
-    path = Path(model_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {str(path)!r}")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise ValueError(f"{str(path)!r} is not an ONNX model: {exc}") from exc
-    props = {p.key: p.value for p in proto.metadata_props}
-    if "centermask2.output_names" not in props:
-        raise ValueError(
-            f"{str(path)!r} has no centermask2 metadata; export it with convert_model_into_onnx.py"
-        )
-    size = props["centermask2.input_size"]
+) -> ModelMetadata:
+    """The settings an exported model carries (written as its ``metadata_props``)."""
     return ModelMetadata(
-        config_yaml=props["centermask2.config"],
-        class_names=json.loads(props["centermask2.class_names"]),
-        category_ids=json.loads(props["centermask2.category_ids"]),
-        pixel_mean=json.loads(props["centermask2.pixel_mean"]),
-        pixel_std=json.loads(props["centermask2.pixel_std"]),
-        input_format=props["centermask2.input_format"],
-        min_size=int(props["centermask2.min_size_test"]),
-        max_size=int(props["centermask2.max_size_test"]),
-        size_divisibility=int(props["centermask2.size_divisibility"]),
-        dynamic=props["centermask2.input_mode"] == "dynamic",
-        input_size=tuple(int(v) for v in size.split("x")) if size else None,  # type: ignore[arg-type]
-        batch_size=int(props["centermask2.batch_size"]) if props["centermask2.batch_size"] else None,
-        input_dtype=props["centermask2.input_dtype"],
-        max_detections=int(props["centermask2.max_detections"]),
-        output_names=json.loads(props["centermask2.output_names"]),
-        version=props["centermask2.version"],
+        config_yaml=cfg.dump(),
+        class_names=list(class_names),
+        category_ids=[int(c) for c in category_ids],
+        pixel_mean=[float(v) for v in cfg.MODEL.PIXEL_MEAN],
+        pixel_std=[float(v) for v in cfg.MODEL.PIXEL_STD],
+        input_format=str(cfg.INPUT.FORMAT),
+        min_size=int(cfg.INPUT.MIN_SIZE_TEST),
+        max_size=int(cfg.INPUT.MAX_SIZE_TEST),
+        size_divisibility=model.size_divisibility,
+        dynamic=settings.dynamic,
+        input_size=None if settings.dynamic else (int(settings.input_size[0]), int(settings.input_size[1])),
+        batch_size=None if settings.dynamic else int(settings.batch_size),
+        input_dtype=settings.input_dtype,
+        max_detections=model.max_detections,
+        output_names=list(OUTPUT_NAMES),
+        version=__version__,
     )
 
 
@@ -227,7 +156,7 @@ def export_onnx(
 
     settings.validate(model.size_divisibility)
     if len(class_names) != len(category_ids):
-        raise ValueError("class_names and category_ids must have the same length")
+        raise InputError("class_names and category_ids must have the same length")
     module = OnnxExportModule(model.cpu().eval()).eval()
     sample = _sample_inputs(settings)
     dynamic_shapes = None
@@ -261,7 +190,7 @@ def export_onnx(
         downgrade_opset(proto, settings.opset)
     if simplify:
         proto = _simplify(proto)
-    for key, value in build_metadata(model, cfg, settings, class_names, category_ids).items():
+    for key, value in build_metadata(model, cfg, settings, class_names, category_ids).to_props().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
@@ -278,6 +207,6 @@ def _simplify(proto: Any) -> Any:
     try:
         import onnxslim
     except ImportError:
-        raise ImportError("--simplify needs onnxslim: pip install onnxslim") from None
+        raise MissingDependencyError("--simplify needs onnxslim: pip install onnxslim") from None
     logger.info("Simplifying with onnxslim...")
     return onnxslim.slim(proto)

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backends import OnnxRuntimeBackend, TorchBackend
-from ..inference import load_and_resize, pad_batch, spec_from_metadata
+from ..data.spec import InputSpec
+from ..data.transforms import load_and_resize, pad_batch
+from ..engine.onnxruntime_backend import OnnxRuntimeBackend
+from ..engine.torch_backend import TorchBackend
+from ..evaluation.matching import DEFAULT_IOU, match_boxes
 from ..modeling import CenterMask
-from ..modeling.ops.nms import box_iou
 
 __all__ = ["VerifyReport", "compare_outputs", "verify_onnx"]
 
@@ -22,7 +24,8 @@ logger = logging.getLogger(__name__)
 class VerifyReport:
     """Detection-level agreement of two backends on one input.
 
-    ``matched`` pairs share the class and have box IoU >= 0.9; differences are over them.
+    ``matched`` pairs come from :func:`~centermask2.evaluation.matching.match_boxes` (same class,
+    box IoU >= 0.9); differences are over them.
     """
 
     num_reference: int = 0
@@ -54,27 +57,18 @@ def compare_outputs(
     max_box_diff: float = 1.0,
     max_score_diff: float = 2e-3,
 ) -> VerifyReport:
-    """Compare the first image of two output dicts (:data:`OUTPUT_NAMES`) detection by detection."""
-    import torch
-
+    """Compare the first image of two output dicts (:data:`~centermask2.contract.OUTPUT_NAMES`)
+    detection by detection."""
     n_r, n_c = int(ref["num_detections"][0]), int(cand["num_detections"][0])
     rep = VerifyReport(num_reference=n_r, num_candidate=n_c)
     if n_r == 0 and n_c == 0:
         return rep
-    rb, cb = torch.from_numpy(ref["boxes"][0, :n_r]), torch.from_numpy(cand["boxes"][0, :n_c])
-    iou = box_iou(rb, cb).numpy() if n_r and n_c else np.zeros((n_r, n_c))
-    same = ref["classes"][0, :n_r, None] == cand["classes"][0, None, :n_c]
-    iou = np.where(same, iou, -1.0)
-    used = np.zeros(n_c, dtype=bool)
-    for i in range(n_r):
-        if n_c == 0:
-            break
-        row = np.where(used, -1.0, iou[i])
-        j = int(np.argmax(row))
-        if row[j] < 0.9:
-            continue
-        used[j] = True
-        rep.matched += 1
+    pairs = match_boxes(
+        ref["boxes"][0, :n_r], ref["classes"][0, :n_r], ref["scores"][0, :n_r],
+        cand["boxes"][0, :n_c], cand["classes"][0, :n_c], DEFAULT_IOU,
+    )
+    rep.matched = len(pairs)
+    for i, j in pairs:
         rep.max_box_diff = max(rep.max_box_diff, float(np.abs(ref["boxes"][0, i] - cand["boxes"][0, j]).max()))
         rep.max_score_diff = max(rep.max_score_diff, abs(float(ref["scores"][0, i] - cand["scores"][0, j])))
         rep.max_mask_diff = max(rep.max_mask_diff, float(np.abs(ref["masks"][0, i] - cand["masks"][0, j]).max()))
@@ -93,8 +87,7 @@ def compare_outputs(
 def verify_onnx(model: CenterMask, onnx_path: str | os.PathLike, image: str | os.PathLike) -> VerifyReport:
     """Run PyTorch and ONNX Runtime on ``image``, preprocessed as the ONNX model expects."""
     onnx_backend = OnnxRuntimeBackend(onnx_path)
-    meta = onnx_backend.metadata
-    spec = spec_from_metadata(meta)
+    spec = InputSpec.from_metadata(onnx_backend.metadata)
     resized, _ = load_and_resize(image, spec)
     images, sizes = pad_batch([resized], spec)
     inputs = {"images": images, "image_sizes": sizes}

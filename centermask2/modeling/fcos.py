@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..config import ConfigError
+from ..errors import UnsupportedError
 from .ops.registry import padded_batched_nms
 
 __all__ = ["Scale", "FCOSHead", "FCOS", "compute_locations"]
@@ -63,7 +65,7 @@ class FCOSHead(nn.Module):
     ) -> None:
         super().__init__()
         if norm not in ("GN", "none", ""):
-            raise ValueError(f"MODEL.FCOS.NORM must be 'GN' or 'none', got {norm!r}")
+            raise ConfigError(f"MODEL.FCOS.NORM must be 'GN' or 'none', got {norm!r}")
         self.num_classes = num_classes
 
         def tower(num_convs: int) -> nn.Sequential:
@@ -149,7 +151,7 @@ class FCOS(nn.Module):
     ) -> None:
         super().__init__()
         if len(in_features) != len(strides):
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.FCOS.IN_FEATURES {list(in_features)} and MODEL.FCOS.FPN_STRIDES {list(strides)} "
                 "must have the same length"
             )
@@ -176,7 +178,7 @@ class FCOS(nn.Module):
             use_scale=f.USE_SCALE,
         )
         if f.USE_DEFORMABLE:
-            raise NotImplementedError(
+            raise UnsupportedError(
                 "MODEL.FCOS.USE_DEFORMABLE=True: deformable convolution is not supported; "
                 "use a config without deformable FCOS towers"
             )

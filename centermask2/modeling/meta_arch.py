@@ -3,7 +3,7 @@
 Tensors in, tensors out: :meth:`CenterMask.forward` takes a normalized, zero-padded batch and
 the valid size of every image and returns fixed-size, zero-padded detections in network-input
 pixels. Resizing back to the original image and mask pasting are separate pure functions
-(:mod:`centermask2.postprocessing`), as in detectron2.
+(:mod:`centermask2.modeling.postprocessing`), as in detectron2.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..contract import OUTPUT_NAMES
+from ..data.transforms import normalize
+from ..errors import InputError
 from .backbone import build_backbone
 from .fcos import FCOS
 from .roi_heads import CenterROIHeads
@@ -22,8 +25,6 @@ __all__ = ["CenterMask", "build_model", "OUTPUT_NAMES"]
 
 logger = logging.getLogger(__name__)
 
-#: Output names, in order, of :meth:`CenterMask.forward` (and of exported models).
-OUTPUT_NAMES = ("boxes", "scores", "classes", "masks", "mask_scores", "num_detections")
 
 
 class CenterMask(nn.Module):
@@ -53,7 +54,7 @@ class CenterMask(nn.Module):
         self.proposal_generator = proposal_generator
         self.roi_heads = roi_heads
         if len(pixel_mean) != 3 or len(pixel_std) != 3:
-            raise ValueError(f"MODEL.PIXEL_MEAN/PIXEL_STD need 3 values, got {pixel_mean} / {pixel_std}")
+            raise InputError(f"MODEL.PIXEL_MEAN/PIXEL_STD need 3 values, got {pixel_mean} / {pixel_std}")
         # not part of checkpoints (detectron2 registers them non-persistent too)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), False)
@@ -77,14 +78,10 @@ class CenterMask(nn.Module):
             image_sizes (Tensor[B, 2] int64): valid (h, w); pixels outside are padding.
 
         Returns:
-            Tensor[B, 3, H, W] float32, exactly what upstream feeds its backbone for the batch.
+            Tensor[B, 3, H, W] float32, exactly what upstream feeds its backbone for the batch
+            (:func:`centermask2.data.transforms.normalize`).
         """
-        x = (images.to(torch.float32) - self.pixel_mean) / self.pixel_std
-        h, w = images.shape[-2:]
-        rows = torch.arange(h, device=images.device)[None, :, None] < image_sizes[:, 0, None, None]
-        cols = torch.arange(w, device=images.device)[None, None, :] < image_sizes[:, 1, None, None]
-        inside = (rows & cols)[:, None]
-        return torch.where(inside, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        return normalize(images, image_sizes, self.pixel_mean, self.pixel_std)
 
     def forward(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
         """Run the network.
@@ -124,23 +121,23 @@ def build_model(cfg: Any) -> CenterMask:
         cfg: a config from :func:`centermask2.config.load_config`.
     """
     if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
-        raise ValueError(
+        raise InputError(
             f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} is not supported; "
             "CenterMask configs use 'GeneralizedRCNN'"
         )
     if cfg.MODEL.PROPOSAL_GENERATOR.NAME != "FCOS":
-        raise ValueError(
+        raise InputError(
             f"MODEL.PROPOSAL_GENERATOR.NAME={cfg.MODEL.PROPOSAL_GENERATOR.NAME!r} is not supported; use 'FCOS'"
         )
     if cfg.MODEL.ROI_HEADS.NAME != "CenterROIHeads":
-        raise ValueError(f"MODEL.ROI_HEADS.NAME={cfg.MODEL.ROI_HEADS.NAME!r} is not supported; use 'CenterROIHeads'")
+        raise InputError(f"MODEL.ROI_HEADS.NAME={cfg.MODEL.ROI_HEADS.NAME!r} is not supported; use 'CenterROIHeads'")
     backbone = build_backbone(cfg)
     strides = dict(backbone.out_feature_strides)
     channels = dict(backbone.out_feature_channels)
     fcos_in = list(cfg.MODEL.FCOS.IN_FEATURES)
     missing = [f for f in fcos_in if f not in strides]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"MODEL.FCOS.IN_FEATURES names {missing}, which the backbone does not produce (it produces {sorted(strides)})"
         )
     fcos = FCOS.from_config(cfg, in_channels=channels[fcos_in[0]])

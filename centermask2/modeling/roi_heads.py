@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..config import ConfigError
+from ..errors import UnsupportedError
 from .backbone.layers import Conv2d, get_norm
 from .ops.registry import multilevel_roi_align
 
@@ -91,17 +93,17 @@ class ROIPooler(nn.Module):
     ) -> None:
         super().__init__()
         if pooler_type not in ("ROIAlignV2", "ROIAlign"):
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.ROI_MASK_HEAD.POOLER_TYPE={pooler_type!r} is not supported; use 'ROIAlignV2' or 'ROIAlign'"
             )
         if assign_crit not in ("ratio", "area"):
-            raise ValueError(f"MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION must be 'ratio' or 'area', got {assign_crit!r}")
+            raise ConfigError(f"MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION must be 'ratio' or 'area', got {assign_crit!r}")
         min_level, max_level = -math.log2(scales[0]), -math.log2(scales[-1])
         if not (math.isclose(min_level, round(min_level)) and math.isclose(max_level, round(max_level))):
-            raise ValueError(f"pooler scales {scales} must be powers of 1/2")
+            raise ConfigError(f"pooler scales {scales} must be powers of 1/2")
         self.min_level, self.max_level = int(round(min_level)), int(round(max_level))
         if len(scales) != self.max_level - self.min_level + 1:
-            raise ValueError(f"pooler scales {scales} do not form a pyramid")
+            raise ConfigError(f"pooler scales {scales} do not form a pyramid")
         self.output_size = int(output_size)
         self.scales = tuple(float(s) for s in scales)
         self.sampling_ratio = int(sampling_ratio)
@@ -148,7 +150,7 @@ class SpatialAttention(nn.Module):
     def __init__(self, kernel_size: int = 3) -> None:
         super().__init__()
         if kernel_size not in (3, 7):
-            raise ValueError(f"spatial attention kernel size must be 3 or 7, got {kernel_size}")
+            raise ConfigError(f"spatial attention kernel size must be 3 or 7, got {kernel_size}")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -269,19 +271,19 @@ class CenterROIHeads(nn.Module):
     def from_config(cls, cfg: Any, feature_strides: dict[str, int], feature_channels: dict[str, int]) -> CenterROIHeads:
         m = cfg.MODEL
         if not m.MASK_ON:
-            raise NotImplementedError("MODEL.MASK_ON=False is not supported: CenterMask2 models predict masks")
+            raise UnsupportedError("MODEL.MASK_ON=False is not supported: CenterMask2 models predict masks")
         if m.KEYPOINT_ON:
-            raise NotImplementedError("MODEL.KEYPOINT_ON=True is not supported by this toolkit")
+            raise UnsupportedError("MODEL.KEYPOINT_ON=True is not supported by this toolkit")
         in_features = list(m.ROI_HEADS.IN_FEATURES)
         missing = [f for f in in_features if f not in feature_strides]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.ROI_HEADS.IN_FEATURES names {missing}, which the backbone does not produce "
                 f"(it produces {sorted(feature_strides)})"
             )
         channels = {feature_channels[f] for f in in_features}
         if len(channels) != 1:
-            raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES levels must have equal channels, got {channels}")
+            raise ConfigError(f"MODEL.ROI_HEADS.IN_FEATURES levels must have equal channels, got {channels}")
         in_channels = channels.pop()
         res = m.ROI_MASK_HEAD.POOLER_RESOLUTION
         pooler = ROIPooler(
@@ -292,7 +294,7 @@ class CenterROIHeads(nn.Module):
             assign_crit=m.ROI_MASK_HEAD.ASSIGN_CRITERION,
         )
         if m.ROI_MASK_HEAD.NAME != "SpatialAttentionMaskHead":
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.ROI_MASK_HEAD.NAME={m.ROI_MASK_HEAD.NAME!r} is not supported; "
                 "CenterMask uses 'SpatialAttentionMaskHead'"
             )

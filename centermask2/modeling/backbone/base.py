@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from ...config import ConfigError
 from .layers import ShapeSpec
 
 __all__ = ["Backbone"]
@@ -38,7 +39,7 @@ class Backbone(nn.Module):
         out_features = list(out_features)
         unknown = [f for f in out_features if f not in self._feature_strides]
         if not out_features or unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"{what} = {out_features} is invalid for {type(self).__name__}: "
                 f"choose a non-empty subset of {list(self._feature_strides)}"
             )

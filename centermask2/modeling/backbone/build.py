@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ...config import ConfigError
 from .base import Backbone
 from .fpn import FPN
 from .mobilenet import MobileNetV2
@@ -80,7 +81,7 @@ def build_backbone(cfg: Any) -> Backbone:
     name = cfg.MODEL.BACKBONE.NAME
     builder = BACKBONE_BUILDERS.get(name)
     if builder is None:
-        raise ValueError(f"unknown MODEL.BACKBONE.NAME {name!r}; supported: {', '.join(BACKBONE_BUILDERS)}")
+        raise ConfigError(f"unknown MODEL.BACKBONE.NAME {name!r}; supported: {', '.join(BACKBONE_BUILDERS)}")
     backbone = builder(cfg)
     logger.debug("built backbone %s with outputs %s", name, backbone.out_feature_strides)
     return backbone

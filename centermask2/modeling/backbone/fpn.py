@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config import ConfigError
 from .base import Backbone
 from .layers import Conv2d, c2_xavier_fill, get_norm
 
@@ -99,7 +100,7 @@ def build_fcos_top_block(top_levels: int, out_channels: int) -> nn.Module | None
         return LastLevelP6(in_channels=out_channels, out_channels=out_channels, in_feature="p5")
     if top_levels == 0:
         return None
-    raise ValueError(f"MODEL.FCOS.TOP_LEVELS must be 0, 1 or 2, got {top_levels!r}")
+    raise ConfigError(f"MODEL.FCOS.TOP_LEVELS must be 0, 1 or 2, got {top_levels!r}")
 
 
 class FPN(Backbone):
@@ -134,22 +135,22 @@ class FPN(Backbone):
         super().__init__()
         in_features = list(in_features)
         if not in_features:
-            raise ValueError("MODEL.FPN.IN_FEATURES is empty; list e.g. ['res3', 'res4', 'res5']")
+            raise ConfigError("MODEL.FPN.IN_FEATURES is empty; list e.g. ['res3', 'res4', 'res5']")
         available = bottom_up.out_feature_strides
         missing = [f for f in in_features if f not in available]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.FPN.IN_FEATURES {in_features} includes {missing}, which the bottom-up "
                 f"{type(bottom_up).__name__} does not return (it returns {list(available)}); "
                 "align MODEL.FPN.IN_FEATURES with the backbone's OUT_FEATURES"
             )
         if fuse_type not in ("sum", "avg"):
-            raise ValueError(f"MODEL.FPN.FUSE_TYPE must be 'sum' or 'avg', got {fuse_type!r}")
+            raise ConfigError(f"MODEL.FPN.FUSE_TYPE must be 'sum' or 'avg', got {fuse_type!r}")
         strides = [available[f] for f in in_features]
         channels = [bottom_up.out_feature_channels[f] for f in in_features]
         for prev, cur in zip(strides[:-1], strides[1:], strict=True):
             if cur != 2 * prev:
-                raise ValueError(
+                raise ConfigError(
                     f"MODEL.FPN.IN_FEATURES {in_features} have strides {strides}, which do not "
                     "double from one to the next; list contiguous levels from fine to coarse"
                 )
@@ -190,7 +191,7 @@ class FPN(Backbone):
         if top_block is not None and not (
             top_block.in_feature in self._feature_strides or top_block.in_feature in available
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"the FPN top block reads {top_block.in_feature!r}, which is neither an FPN level "
                 f"{list(self._feature_strides)} nor a bottom-up feature {list(available)}; "
                 "end MODEL.FPN.IN_FEATURES with the stride-32 feature (res5 / stage5)"

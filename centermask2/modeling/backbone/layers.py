@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config import ConfigError
+from ...errors import UnsupportedError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -166,7 +169,7 @@ def get_norm(norm: str | Callable[[int], nn.Module] | None, out_channels: int) -
         return nn.BatchNorm2d(out_channels)
     if norm == "GN":
         return nn.GroupNorm(32, out_channels)
-    raise ValueError(
+    raise ConfigError(
         f"unknown normalization {norm!r}; use one of {', '.join(repr(n) for n in SUPPORTED_NORMS)} "
         "(e.g. MODEL.VOVNET.NORM FrozenBN)"
     )
@@ -297,12 +300,12 @@ class DeformConv2d(nn.Module):
         """
         super().__init__()
         if in_channels % groups != 0 or out_channels % groups != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"deformable conv channels ({in_channels} -> {out_channels}) must be divisible "
                 f"by groups={groups}"
             )
         if bias and not modulated:
-            raise ValueError("a non-modulated deformable conv has no bias; pass bias=False")
+            raise ConfigError("a non-modulated deformable conv has no bias; pass bias=False")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = (kernel_size, kernel_size)
@@ -336,7 +339,7 @@ class DeformConv2d(nn.Module):
             NotImplementedError: always.
         """
         where = f" (layer {self.layer_name!r})" if self.layer_name else ""
-        raise NotImplementedError(
+        raise UnsupportedError(
             f"deformable convolution is not supported{where}: this plain-PyTorch port builds "
             "and loads the weights of deformable layers (MODEL.VOVNET.STAGE_WITH_DCN / "
             "MODEL.RESNETS.DEFORM_ON_PER_STAGE) but cannot run them; use a config without _dcn_ "

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...config import ConfigError
 from .base import Backbone
 from .layers import FrozenBatchNorm2d
 
@@ -72,7 +73,7 @@ class InvertedResidual(nn.Module):
         """
         super().__init__()
         if stride not in (1, 2):
-            raise ValueError(f"InvertedResidual stride must be 1 or 2, got {stride}")
+            raise ConfigError(f"InvertedResidual stride must be 1 or 2, got {stride}")
         hidden = int(round(in_channels * expand_ratio))
         self.use_res_connect = stride == 1 and in_channels == out_channels
         layers: list[nn.Module] = []

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config import ConfigError
 from .base import Backbone
 from .layers import Conv2d, DeformConv2d, c2_msra_fill, freeze_module, get_norm
 
@@ -378,7 +379,7 @@ class ResNet(Backbone):
         valid = ["stem"] + [f"res{i + 2}" for i in range(len(stages))]
         unknown = [f for f in out_features if f not in valid]
         if not out_features or unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.RESNETS.OUT_FEATURES = {list(out_features)} is invalid: choose a non-empty "
                 f"subset of {valid}"
             )
@@ -387,7 +388,7 @@ class ResNet(Backbone):
         stride = stem.stride
         for i, blocks in enumerate(stages[:num_stages]):
             if not blocks:
-                raise ValueError(f"stage res{i + 2} has no blocks")
+                raise ConfigError(f"stage res{i + 2} has no blocks")
             name = f"res{i + 2}"
             self.add_module(name, nn.Sequential(*blocks))
             self.stage_names.append(name)
@@ -421,7 +422,7 @@ class ResNet(Backbone):
         rcfg = cfg.MODEL.RESNETS
         depth = int(rcfg.DEPTH)
         if depth not in _BLOCKS_PER_STAGE:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.RESNETS.DEPTH = {depth} is not supported; use one of {sorted(_BLOCKS_PER_STAGE)}"
             )
         norm = rcfg.NORM
@@ -432,9 +433,9 @@ class ResNet(Backbone):
         res5_dilation = int(rcfg.RES5_DILATION)
         deform_on = [bool(v) for v in rcfg.DEFORM_ON_PER_STAGE]
         if res5_dilation not in (1, 2):
-            raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {res5_dilation}")
+            raise ConfigError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {res5_dilation}")
         if len(deform_on) != 4:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.RESNETS.DEFORM_ON_PER_STAGE needs 4 booleans (res2..res5), got {deform_on}"
             )
         if depth in (18, 34):
@@ -448,7 +449,7 @@ class ResNet(Backbone):
             if num_groups != 1:
                 problems.append("MODEL.RESNETS.NUM_GROUPS must be 1")
             if problems:
-                raise ValueError(f"for ResNet-{depth}: " + "; ".join(problems))
+                raise ConfigError(f"for ResNet-{depth}: " + "; ".join(problems))
 
         stem = BasicStem(in_channels=len(cfg.MODEL.PIXEL_MEAN), out_channels=in_channels, norm=norm)
         stages = []

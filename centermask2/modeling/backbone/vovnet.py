@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config import ConfigError
 from .base import Backbone
 from .layers import DeformConv2d, FrozenBatchNorm2d, get_norm
 
@@ -131,7 +132,7 @@ def _separable_unit(
     ``/pw_relu``; there is no norm or activation between the depthwise and pointwise convs.
     """
     if in_channels != out_channels:
-        raise ValueError(
+        raise ConfigError(
             f"depthwise unit {prefix!r} needs equal in/out channels, got {in_channels} -> {out_channels}"
         )
     layers: list[tuple[str, nn.Module]] = [
@@ -307,7 +308,7 @@ class OSAModule(nn.Module):
         """
         super().__init__()
         if identity and in_channels != concat_channels:
-            raise ValueError(
+            raise ConfigError(
                 f"{name}: identity mapping needs in_channels == concat_channels, "
                 f"got {in_channels} and {concat_channels}"
             )
@@ -458,7 +459,7 @@ class VoVNet(Backbone):
         """
         super().__init__()
         if len(stage_with_dcn) != 4:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.VOVNET.STAGE_WITH_DCN needs 4 booleans (stage2..stage5), got {stage_with_dcn}"
             )
         self.spec = spec
@@ -537,7 +538,7 @@ class VoVNet(Backbone):
         vcfg = cfg.MODEL.VOVNET
         conv_body = vcfg.CONV_BODY
         if conv_body not in VOVNET_SPECS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown MODEL.VOVNET.CONV_BODY {conv_body!r}; choose one of {sorted(VOVNET_SPECS)}"
             )
         return cls(

@@ -1,0 +1,116 @@
+"""What every stage script shares: argument types, config arguments, logging, exit codes.
+
+Exit codes (:mod:`centermask2.errors`): 0 done; 1 the run finished but items failed (named in
+the output); 2 bad arguments or input files, detected before any heavy work; 130 on Ctrl-C,
+with a hint to rerun with ``--resume`` where the script has it. :func:`run_main` is the one
+place that turns errors into these codes: the toolkit's own errors
+(:class:`~centermask2.errors.CenterMask2Error`) become a one-line ``error: ...`` message, and
+anything else keeps its traceback, because it is a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from ..data.spec import parse_hw
+from ..engine.onnxruntime_backend import PROVIDERS
+from ..errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, CenterMask2Error, InputError
+
+__all__ = [
+    "PROVIDER_CHOICES",
+    "hw_type",
+    "positive_int",
+    "add_config_arguments",
+    "add_overrides",
+    "setup_logging",
+    "report_error",
+    "run_main",
+]
+
+logger = logging.getLogger("centermask2.cli")
+
+#: ``--provider`` choices: the ONNX Runtime execution providers the backend knows
+PROVIDER_CHOICES = tuple(PROVIDERS)
+
+# third-party loggers that narrate exports and graph rewrites at INFO level
+_NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._export", "onnxslim")
+
+
+def hw_type(text: str) -> tuple[int, int]:
+    """argparse type for ``HxW`` sizes, e.g. ``--input-size 1344x1344``."""
+    try:
+        size = parse_hw(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert size is not None
+    return size
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be >= 1 (``--batch-size``, ``--threads``, ``--workers``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = False, help: str | None = None) -> None:
+    """``--config-file`` (a model config YAML)."""
+    parser.add_argument(
+        "--config-file", required=required,
+        help=help or "model config YAML, e.g. configs/centermask/<name>.yaml",
+    )
+
+
+def add_overrides(parser: argparse.ArgumentParser, help: str = "config overrides: KEY VALUE ...") -> None:
+    """Trailing ``KEY VALUE`` config overrides (``opts``); add it last."""
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help=help)
+
+
+def setup_logging(quiet_third_party: bool = True) -> None:
+    """Plain ``message`` lines on stderr at INFO; exporter internals kept to warnings."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if quiet_third_party:
+        for name in _NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def report_error(exc: BaseException | str, exit_code: int | None = None) -> int:
+    """Log ``error: <message>`` and return the exit code (``exc.exit_code`` by default)."""
+    logger.error("error: %s", exc)
+    if exit_code is not None:
+        return exit_code
+    return int(getattr(exc, "exit_code", EXIT_ITEMS_FAILED))
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None, *,
+             resumable: bool = False) -> int:
+    """Run a script's ``main`` and map what escapes it to an exit code.
+
+    Args:
+        main: parses ``argv`` and does the work; returns the exit code.
+        argv: arguments (None: ``sys.argv[1:]``).
+        resumable: the script has ``--resume`` (said in the Ctrl-C message).
+
+    Returns:
+        ``main``'s code; argparse's (0 for ``--help``, 2 for a usage error); a :class:`~centermask2.errors.CenterMask2Error`'s ``exit_code``; 1 for an
+        operating-system error during the run (disk full, file removed meanwhile); 130 on Ctrl-C.
+    """
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_BAD_INPUT)
+    except CenterMask2Error as exc:
+        return report_error(exc)
+    except OSError as exc:
+        return report_error(exc, EXIT_ITEMS_FAILED)
+    except KeyboardInterrupt:
+        hint = "; what is written is complete: run the same command with --resume to finish" if resumable else ""
+        print(f"\ninterrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED

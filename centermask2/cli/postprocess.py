@@ -1,0 +1,212 @@
+"""Post-process offline model outputs and evaluate them on COCO.
+
+Two modes:
+
+* evaluation only: ``--results coco_instances_results.json --coco-json ANN.json
+  [--output-dir OUT]`` evaluates COCO-format detections (bbox and segm, centermask2 style) and
+  writes ``OUT/metrics.json``;
+* ``.bin`` outputs, stage 3 of the offline pipeline (``--outputs RAW --info BINS/bin_info.json
+  --output-dir OUT [--model model.onnx] [--coco-json ANN.json] [--allow-missing]``): the raw
+  network outputs of ``tester.py --bins`` (or of any engine writing the same bytes:
+  ``<stem>_<k>.bin``, output k in model order, raw C-order ``[1, ...]``) are mapped back to the
+  original images and written as ``OUT/coco_instances_results.json``; with --coco-json they are
+  scored exactly as ``tester.py`` does (``OUT/metrics.json``). The layout comes from
+  ``RAW/manifest.json``, or from --model (and --index-base) when the engine wrote no manifest.
+  Exit status: 0 done, 1 output bins missing/truncated (without --allow-missing) or corrupt,
+  2 bad arguments or inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import EXIT_BAD_INPUT, EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError
+from ..evaluation import evaluate_coco, format_table, load_coco_results
+from .common import report_error, run_main, setup_logging
+
+logger = logging.getLogger("postprocess_bin_outputs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of this script."""
+    parser = argparse.ArgumentParser(
+        prog="postprocess_bin_outputs.py",
+        description=(
+            "Evaluate CenterMask2 detections on a COCO-format dataset (bbox and segm AP, segm "
+            "ranked by mask_score as centermask2 does). Give --results to evaluate an existing "
+            "coco_instances_results.json; the .bin mode (--outputs/--info) converts raw "
+            "offline outputs first."
+        ),
+        epilog=(
+            "examples: python postprocess_bin_outputs.py --results out/coco_instances_results.json "
+            "--coco-json annotations/instances_val2017.json --output-dir out/eval;  "
+            "python postprocess_bin_outputs.py --outputs RAW --info BINS/bin_info.json "
+            "--coco-json annotations/instances_val2017.json --output-dir out/offline"
+        ),
+    )
+    parser.add_argument(
+        "--results",
+        metavar="JSON",
+        help="COCO results file (list of detections with dataset category ids), e.g. "
+        "coco_instances_results.json; selects the evaluation-only mode",
+    )
+    parser.add_argument(
+        "--coco-json",
+        metavar="JSON",
+        help="ground-truth COCO annotation file (images, categories, annotations)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="where to write metrics.json (and, in .bin mode, coco_instances_results.json)",
+    )
+    bin_group = parser.add_argument_group(".bin mode (stage 3 of the offline pipeline)")
+    bin_group.add_argument(
+        "--outputs", metavar="DIR",
+        help="folder of raw output bins <stem>_<k>.bin (tester.py --bins, or any engine writing the same bytes)",
+    )
+    bin_group.add_argument(
+        "--info", metavar="FILE", help="BINS/bin_info.json written by preprocess_inputs_to_bin.py (or its folder)"
+    )
+    bin_group.add_argument(
+        "--model", metavar="FILE",
+        help="the exported .onnx: output layout when DIR has no manifest.json, and category ids without --coco-json",
+    )
+    bin_group.add_argument(
+        "--index-base", type=int, choices=[0, 1], default=None,
+        help="output files are numbered from 0 (default) or 1; only needed without manifest.json",
+    )
+    bin_group.add_argument(
+        "--allow-missing", action="store_true",
+        help="go on when output bins are missing or truncated: those images get no detections",
+    )
+    bin_group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _summary(metrics: dict[str, dict[str, float]]) -> str:
+    """One table with a row per evaluated task (bbox, segm)."""
+    tasks = [t for t in ("bbox", "segm") if t in metrics]
+    if not tasks:
+        return "(no metrics)"
+    names = list(metrics[tasks[0]])
+    return format_table(["task", *names], [[t, *(metrics[t][n] for n in names)] for t in tasks])
+
+
+def _category_ids(args: argparse.Namespace) -> list[int]:
+    """Contiguous class -> dataset category id: from --coco-json, else the model, else COCO's 80."""
+    from ..contract import read_metadata
+    from ..data.categories import coco_contiguous_to_dataset_id, load_coco_categories
+
+    model_ids = read_metadata(args.model).category_ids if args.model else None
+    if args.coco_json:
+        ids, _ = load_coco_categories(args.coco_json)
+        if model_ids is not None and len(ids) != len(model_ids):
+            raise InputError(
+                f"{args.coco_json!r} has {len(ids)} categories but {args.model!r} predicts {len(model_ids)} classes"
+            )
+        return ids
+    if model_ids is not None:
+        return list(model_ids)
+    logger.info("No --coco-json or --model: category ids are those of the 80 COCO classes")
+    return coco_contiguous_to_dataset_id()
+
+
+def _run_bins(args: argparse.Namespace) -> int:
+    """The .bin mode; returns the exit status."""
+    from ..fileio import atomic_write_json
+    from ..offline.layout import BinInfo
+    from ..offline.postprocess import (
+        find_output_problems,
+        format_problems,
+        images_without_bins,
+        postprocess_bins,
+        resolve_manifest,
+    )
+
+    if not (args.outputs and args.info and args.output_dir):
+        raise InputError("the .bin mode needs --outputs RAW --info BINS/bin_info.json --output-dir OUT.")
+    info = BinInfo.load(args.info)
+    manifest = resolve_manifest(args.outputs, args.model, args.index_base)
+    ids = _category_ids(args)
+    problems = find_output_problems(args.outputs, info, manifest)
+    if args.coco_json:
+        problems += images_without_bins(info, args.coco_json)
+
+    if problems:
+        affected = len({p.stem for p in problems if p.stem is not None}) + sum(p.stem is None for p in problems)
+        logger.warning(
+            "%d output bin(s) missing or unusable in %s, affecting %d image(s):\n%s",
+            len(problems), args.outputs, affected, format_problems(problems),
+        )
+        if not args.allow_missing:
+            logger.error(
+                "error: %d output bin(s) missing or unusable (listed above); re-run tester.py --bins "
+                "... --resume to complete them, or pass --allow-missing to score without those images.",
+                len(problems),
+            )
+            return EXIT_ITEMS_FAILED
+        if args.coco_json:
+            logger.warning("--allow-missing: those images count as having no detections; the AP is a lower bound")
+    skip = sorted({p.stem for p in problems if p.stem is not None})
+
+    out_dir = Path(args.output_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return report_error(f"cannot write to {str(out_dir)!r}: {exc}", EXIT_BAD_INPUT)
+    try:
+        results, summary = postprocess_bins(args.outputs, info, manifest, ids, skip=skip,
+                                            progress=not args.no_progress)
+        logger.info("Post-processing: %s", summary.format())
+        atomic_write_json(results, out_dir / "coco_instances_results.json")
+        if args.coco_json:
+            t0 = time.perf_counter()
+            metrics = evaluate_coco(results, args.coco_json, output_dir=out_dir)
+            logger.info("Evaluation: %.1f s", time.perf_counter() - t0)
+    except CenterMask2Error as exc:  # a corrupt output bin found while reading: the run failed
+        return report_error(exc, EXIT_ITEMS_FAILED)
+    logger.info("Results: %s", out_dir / "coco_instances_results.json")
+    if args.coco_json:
+        logger.info("Metrics: %s", out_dir / "metrics.json")
+        print(_summary(metrics))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the script; returns the process exit status (0 on success)."""
+    return run_main(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    if args.results is None:
+        if args.outputs or args.info:
+            return _run_bins(args)
+        parser.print_usage(sys.stderr)
+        raise InputError(
+            "give --results R.json --coco-json ANN.json (evaluation mode) or --outputs RAW --info "
+            "BINS/bin_info.json --output-dir OUT (.bin mode)."
+        )
+    if args.outputs or args.info or args.model or args.allow_missing or args.index_base is not None:
+        raise InputError("--results cannot be combined with the .bin mode options (--outputs/--info/--model).")
+    if args.coco_json is None:
+        parser.print_usage(sys.stderr)
+        raise InputError("--results needs --coco-json (the ground-truth annotations).")
+
+    try:
+        results = load_coco_results(args.results)
+        logger.info("Loaded %d detections from %s", len(results), args.results)
+        metrics = evaluate_coco(results, args.coco_json, output_dir=args.output_dir)
+    except CenterMask2Error as exc:  # evaluation-only mode: a bad results or annotation file fails the run
+        return report_error(exc, EXIT_ITEMS_FAILED)
+    print(_summary(metrics))
+    return EXIT_OK

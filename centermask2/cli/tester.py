@@ -1,0 +1,219 @@
+"""Run a CenterMask2 model over images and write COCO results (and metrics with annotations).
+
+PyTorch backend (a checkpoint and its config):
+
+    python tester.py --backend torch --config-file configs/centermask/centermask_V_39_eSE_FPN_ms_3x.yaml \\
+        --images datasets/coco/val2017 --coco-json datasets/coco/annotations/instances_val2017.json \\
+        --output-dir output/V_39 MODEL.WEIGHTS centermask2-V-39-eSE-FPN-ms-3x.pth MODEL.DEVICE cpu
+
+Writes OUTPUT_DIR/coco_instances_results.json and, with --coco-json, OUTPUT_DIR/metrics.json.
+Without --coco-json every image in --images is run and no metrics are computed.
+
+Offline .bin pipeline, stage 2 (bins from preprocess_inputs_to_bin.py through ONNX Runtime):
+
+    python tester.py --model V_39_1344.onnx --bins BINS --output RAW [--provider cpu] [--threads N] \\
+        [--index-base 0|1] [--resume]
+
+Writes RAW/<stem>_<k>.bin per output k (model order) and RAW/manifest.json; then
+postprocess_bin_outputs.py turns them into results. Exit status 1 if a bad input bin was skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError
+from .common import PROVIDER_CHOICES, add_config_arguments, add_overrides, hw_type, run_main, setup_logging
+
+logger = logging.getLogger("tester")
+
+#: per-image progress of a run, kept next to the results until they are written (for --resume)
+PARTIAL_NAME = "coco_instances_results.partial.jsonl"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tester.py",
+        description="Run CenterMask2 over a folder of images (optionally a COCO dataset) and write "
+        "coco_instances_results.json (and metrics.json with --coco-json); or, with --bins, run the .bin inputs "
+        "of preprocess_inputs_to_bin.py through an ONNX model and write raw output bins.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="With --backend torch, trailing KEY VALUE pairs override the config, "
+        "e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu.",
+    )
+    p.add_argument(
+        "--backend", choices=["torch", "onnx"], default=None,
+        help="inference backend (default: torch; onnx with --bins)",
+    )
+    add_config_arguments(p, help="[torch] model config YAML, e.g. configs/centermask/<name>.yaml")
+    p.add_argument("--model", help="[onnx] exported .onnx model (its metadata gives every setting)")
+    p.add_argument("--provider", choices=PROVIDER_CHOICES, default="cpu", help="[onnx] execution provider")
+    p.add_argument("--images", help="folder of images (COCO file_name is relative to it)")
+    p.add_argument("--coco-json", default=None, help="COCO annotation file: which images to run and how to score them")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="a registered dataset instead of --images/--coco-json: coco_2017_val or coco_2017_train, found under "
+        "$DETECTRON2_DATASETS (default ./datasets) as detectron2 lays it out",
+    )
+    p.add_argument(
+        "--output-dir", "--output", dest="output_dir", required=True,
+        help="where results and metrics are written (with --bins: the folder of raw output bins)",
+    )
+    p.add_argument(
+        "--bins", metavar="BINS",
+        help="[bins] run the bins of preprocess_inputs_to_bin.py (BINS/bin_info.json) through --model and write "
+        "raw output bins to --output instead of results",
+    )
+    p.add_argument(
+        "--index-base", type=int, choices=[0, 1], default=0,
+        help="[bins] number output files <stem>_<k>.bin from 0 (ais_bench, default) or 1 (older benchmark tools)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run: skip images already done (image mode: their results are kept in "
+        "OUTPUT_DIR/coco_instances_results.partial.jsonl; --bins: their output bins are complete)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="images per forward pass (default 1; a static ONNX model's own)"
+    )
+    p.add_argument(
+        "--pad-to",
+        default=None,
+        type=hw_type,
+        metavar="HxW",
+        help="[torch] pad every resized image to this fixed size (e.g. 1344x1344), as a static-shape model "
+        "sees it; default: pad only to a multiple of the size divisibility, as upstream",
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the backend's choice)")
+    p.add_argument("--allow-incomplete-weights", action="store_true", help="[torch] load a checkpoint with missing keys")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_overrides(p, "[torch] config overrides: KEY VALUE ...")
+    return p
+
+
+def _setup(args: argparse.Namespace):
+    """The ModelSource of --backend torch or onnx, after checking the arguments fit it."""
+    from ..engine.sources import onnx_source, torch_source
+
+    if args.backend == "torch":
+        if not args.config_file:
+            raise InputError("--backend torch needs --config-file (and MODEL.WEIGHTS /path/to/model.pth)")
+        if args.model:
+            raise InputError("--model is for --backend onnx; with --backend torch pass MODEL.WEIGHTS")
+        return torch_source(
+            args.config_file,
+            args.opts,
+            pad_to=args.pad_to,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            allow_incomplete=args.allow_incomplete_weights,
+        )
+    if not args.model:
+        raise InputError("--backend onnx needs --model model.onnx (export one with convert_model_into_onnx.py)")
+    if args.config_file or args.opts or args.pad_to:
+        raise InputError(
+            "--config-file, --pad-to and KEY VALUE overrides are for --backend torch; an ONNX model carries its "
+            "own settings"
+        )
+    return onnx_source(args.model, provider=args.provider, threads=args.threads, batch_size=args.batch_size)
+
+
+def _run_bins(args: argparse.Namespace) -> int:
+    """--bins mode: stage 2 of the offline pipeline. 0 ok, 1 bad input bins skipped, 2 setup error."""
+    from ..engine.onnxruntime_backend import OnnxRuntimeBackend
+    from ..offline.run import run_bins
+
+    if args.backend == "torch":
+        raise InputError("--bins runs an exported model: use --model model.onnx (--backend onnx)")
+    if not args.model:
+        raise InputError("--bins needs --model model.onnx, the model the bins were made for")
+    unused = [name for name, value in (
+        ("--images", args.images), ("--coco-json", args.coco_json), ("--dataset", args.dataset),
+        ("--config-file", args.config_file),
+        ("--pad-to", args.pad_to), ("--batch-size", args.batch_size),
+    ) if value is not None] + (["KEY VALUE overrides"] if args.opts else [])
+    if unused:
+        raise InputError(
+            f"{', '.join(unused)} cannot be used with --bins (the bins and the model fix the input; "
+            "postprocess_bin_outputs.py scores the results)"
+        )
+    backend = OnnxRuntimeBackend(args.model, provider=args.provider, threads=args.threads)
+    logger.info("Running %s (%s) on the bins of %s", Path(args.model).name, args.provider, args.bins)
+    summary = run_bins(backend, args.bins, args.output_dir, index_base=args.index_base, resume=args.resume,
+                       progress=not args.no_progress, model_name=args.model)
+    logger.info("Model: %s", summary.format())
+    logger.info("Raw outputs: %s", args.output_dir)
+    if summary.failed:
+        logger.error("%d bin(s) were skipped and have no outputs:\n%s", len(summary.failed),
+                     summary.format_failures(limit=len(summary.failed)))
+        return EXIT_ITEMS_FAILED
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the script; returns the exit status (0 ok, 1 some images or bins failed, 2 bad arguments)."""
+    return run_main(_main, argv, resumable=True)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    if args.bins is not None:
+        return _run_bins(args)
+    if args.images is None and args.dataset is None:
+        raise InputError(
+            "give --images DIR (or --dataset coco_2017_val, or --bins BINS --model model.onnx for the "
+            "offline pipeline)"
+        )
+    args.backend = args.backend or "torch"
+    if args.index_base:
+        raise InputError("--index-base is for --bins")
+
+    from ..data.catalog import list_images, resolve_dataset
+    from ..data.categories import category_mapping
+    from ..engine.loop import run_inference
+    from ..engine.resume import PartialResults
+    from ..evaluation import evaluate_coco
+    from ..fileio import atomic_write_json
+
+    if args.dataset:
+        args.images, args.coco_json = resolve_dataset(args.dataset)
+    records = list_images(args.images, args.coco_json)
+    source = _setup(args)
+    ids = source.category_ids
+    if args.coco_json:
+        ids, _names = category_mapping(args.coco_json, len(source.category_ids))
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("Running %s on %d image(s) from %s", source.label, len(records), args.images)
+    partial = PartialResults(out_dir / PARTIAL_NAME, identity=f"{source.label}, {source.spec}")
+    done = partial.load() if args.resume else {}
+    if not args.resume and partial.path.is_file():
+        logger.warning("%s holds an interrupted run's progress; starting over (pass --resume to continue it)", partial.path)
+    wanted = {r.image_id for r in records}
+    done = {k: v for k, v in done.items() if k in wanted}
+    partial.start(done)
+    try:
+        results, summary = run_inference(
+            source.backend, records, source.spec, ids, batch_size=source.batch_size, progress=not args.no_progress,
+            done=done, on_results=partial.append,
+        )
+    finally:
+        partial.close()
+    results_path = out_dir / "coco_instances_results.json"
+    atomic_write_json(results, results_path)
+    partial.finish()
+    logger.info("Inference: %s", summary.format())
+    logger.info("Results: %s", results_path)
+    if args.coco_json:
+        if summary.failed:
+            logger.warning("%d image(s) could not be read; they count as having no detections", len(summary.failed))
+        evaluate_coco(results, args.coco_json, output_dir=out_dir)
+        logger.info("Metrics: %s", out_dir / "metrics.json")
+    if summary.failed:
+        logger.error("%d image(s) could not be read and were skipped:\n%s", len(summary.failed),
+                     summary.format_failures(limit=len(summary.failed)))
+        return EXIT_ITEMS_FAILED
+    return EXIT_OK

@@ -1,0 +1,251 @@
+"""The model's input/output contract and the metadata an exported model carries.
+
+One place for what every path (PyTorch, ONNX Runtime, offline ``.bin`` engines) agrees on:
+
+* inputs: ``images`` [B, 3, H, W] raw pixels (``uint8`` or ``float32``, the model's choice) in the
+  config's channel order, zero-padded bottom/right, and ``image_sizes`` [B, 2] ``int64``, the
+  valid (h, w) of every image;
+* outputs (:data:`OUTPUT_NAMES`, in this order), K = ``max_detections``, M = mask side (28):
+  ``boxes`` [B, K, 4] float32 xyxy in network-input pixels, ``scores`` [B, K] float32,
+  ``classes`` [B, K] int64 (contiguous), ``masks`` [B, K, M, M] float32 probabilities,
+  ``mask_scores`` [B, K] float32, ``num_detections`` [B] int64; rows past ``num_detections``
+  are zero;
+* the ``metadata_props`` of an exported ``.onnx`` (:class:`ModelMetadata`, keys
+  ``centermask2.*``), written by the exporter and read by every runtime.
+
+This module imports neither torch nor the model: runtimes read a model's contract cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, MissingFileError
+
+__all__ = [
+    "INPUT_NAMES",
+    "OUTPUT_NAMES",
+    "INPUT_DTYPES",
+    "DEFAULT_MASK_SIZE",
+    "OutputSpec",
+    "expected_nbytes",
+    "default_output_specs",
+    "ModelMetadata",
+    "read_metadata",
+    "model_output_specs",
+]
+
+#: Input names, in order, of :meth:`CenterMask.forward`'s exported form.
+INPUT_NAMES = ("images", "image_sizes")
+#: Output names, in order, of :meth:`CenterMask.forward` (and of exported models).
+OUTPUT_NAMES = ("boxes", "scores", "classes", "masks", "mask_scores", "num_detections")
+#: dtypes the ``images`` input can have
+INPUT_DTYPES = ("uint8", "float32")
+#: side of the per-detection mask of the official CenterMask configs (2 x ROI_MASK_HEAD.POOLER_RESOLUTION)
+DEFAULT_MASK_SIZE = 28
+
+_PREFIX = "centermask2."
+
+
+def expected_nbytes(shape: Sequence[int], dtype: str | np.dtype) -> int:
+    """Bytes of a C-order array of ``shape`` and ``dtype``."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+@dataclass
+class OutputSpec:
+    """One model output as stored per image: position, name, dtype and shape ``[1, ...]``."""
+
+    index: int
+    name: str
+    dtype: str
+    shape: list[int]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one image's tensor."""
+        return expected_nbytes(self.shape, self.dtype)
+
+
+def default_output_specs(max_detections: int, mask_size: int = DEFAULT_MASK_SIZE) -> list[OutputSpec]:
+    """Per-image layout of the standard outputs (:data:`OUTPUT_NAMES`).
+
+    K = ``max_detections``: ``boxes`` [1, K, 4] float32, ``scores`` [1, K] float32, ``classes``
+    [1, K] int64, ``masks`` [1, K, M, M] float32 (M = ``mask_size``), ``mask_scores`` [1, K]
+    float32, ``num_detections`` [1] int64.
+    """
+    k, m = int(max_detections), int(mask_size)
+    layout = [
+        ("boxes", "float32", [1, k, 4]),
+        ("scores", "float32", [1, k]),
+        ("classes", "int64", [1, k]),
+        ("masks", "float32", [1, k, m, m]),
+        ("mask_scores", "float32", [1, k]),
+        ("num_detections", "int64", [1]),
+    ]
+    return [OutputSpec(index=i, name=n, dtype=d, shape=s) for i, (n, d, s) in enumerate(layout)]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Settings an exported model carries (``metadata_props``), parsed.
+
+    Attributes:
+        config_yaml: the full resolved config.
+        class_names, category_ids: per contiguous class.
+        pixel_mean, pixel_std: normalization done inside the graph.
+        input_format: ``"BGR"`` or ``"RGB"``.
+        min_size, max_size: the ResizeShortestEdge test rule.
+        size_divisibility: padded H and W must be multiples of it.
+        dynamic: any batch and H, W (multiples of ``size_divisibility``) instead of a fixed shape.
+        input_size: (H, W) of a static model, None for a dynamic one.
+        batch_size: batch of a static model, None for a dynamic one.
+        input_dtype: one of :data:`INPUT_DTYPES`.
+        max_detections: output rows per image (K).
+        output_names: :data:`OUTPUT_NAMES` at export time.
+        version: the toolkit's version that exported the model.
+    """
+
+    config_yaml: str
+    class_names: list[str]
+    category_ids: list[int]
+    pixel_mean: list[float]
+    pixel_std: list[float]
+    input_format: str
+    min_size: int
+    max_size: int
+    size_divisibility: int
+    dynamic: bool
+    input_size: tuple[int, int] | None
+    batch_size: int | None
+    input_dtype: str
+    max_detections: int
+    output_names: list[str]
+    version: str
+
+    def to_props(self) -> dict[str, str]:
+        """The ``metadata_props`` entries (all strings; JSON where structured)."""
+        return {
+            _PREFIX + "config": self.config_yaml,
+            _PREFIX + "class_names": json.dumps(list(self.class_names)),
+            _PREFIX + "category_ids": json.dumps([int(c) for c in self.category_ids]),
+            _PREFIX + "pixel_mean": json.dumps([float(v) for v in self.pixel_mean]),
+            _PREFIX + "pixel_std": json.dumps([float(v) for v in self.pixel_std]),
+            _PREFIX + "input_format": str(self.input_format),
+            _PREFIX + "min_size_test": str(int(self.min_size)),
+            _PREFIX + "max_size_test": str(int(self.max_size)),
+            _PREFIX + "size_divisibility": str(int(self.size_divisibility)),
+            _PREFIX + "input_mode": "dynamic" if self.dynamic else "static",
+            _PREFIX + "input_size": "" if self.input_size is None else f"{self.input_size[0]}x{self.input_size[1]}",
+            _PREFIX + "batch_size": "" if self.batch_size is None else str(int(self.batch_size)),
+            _PREFIX + "input_dtype": self.input_dtype,
+            _PREFIX + "max_detections": str(int(self.max_detections)),
+            _PREFIX + "output_names": json.dumps(list(self.output_names)),
+            _PREFIX + "version": self.version,
+        }
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], source: str = "the model") -> ModelMetadata:
+        """Parse ``metadata_props`` (see :meth:`to_props`).
+
+        Raises:
+            InputError: a key is missing or malformed; the message names it and ``source``.
+        """
+        if _PREFIX + "output_names" not in props:
+            raise InputError(f"{source} has no centermask2 metadata; export it with convert_model_into_onnx.py")
+
+        def get(key: str, parse=str):  # noqa: ANN001 - a converter
+            if _PREFIX + key not in props:
+                raise InputError(f"{source}: metadata key {_PREFIX + key!r} is missing; re-export the model")
+            try:
+                return parse(props[_PREFIX + key])
+            except (ValueError, TypeError) as exc:
+                raise InputError(
+                    f"{source}: metadata {_PREFIX + key!r} = {props[_PREFIX + key][:80]!r} is malformed ({exc}); "
+                    "re-export the model"
+                ) from None
+
+        def size(text: str) -> tuple[int, int] | None:
+            return tuple(int(v) for v in text.split("x")) if text else None  # type: ignore[return-value]
+
+        return cls(
+            config_yaml=get("config"),
+            class_names=get("class_names", json.loads),
+            category_ids=get("category_ids", json.loads),
+            pixel_mean=get("pixel_mean", json.loads),
+            pixel_std=get("pixel_std", json.loads),
+            input_format=get("input_format"),
+            min_size=get("min_size_test", int),
+            max_size=get("max_size_test", int),
+            size_divisibility=get("size_divisibility", int),
+            dynamic=get("input_mode") == "dynamic",
+            input_size=get("input_size", size),
+            batch_size=get("batch_size", lambda t: int(t) if t else None),
+            input_dtype=get("input_dtype"),
+            max_detections=get("max_detections", int),
+            output_names=get("output_names", json.loads),
+            version=get("version"),
+        )
+
+
+def _load_proto(model_path: str | os.PathLike):  # noqa: ANN202 - onnx.ModelProto
+    import onnx
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise MissingFileError(f"ONNX model not found: {str(path)!r}")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and friends
+        raise InputError(f"{str(path)!r} is not an ONNX model: {exc}") from exc
+
+
+def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
+    """Read the settings an exported model carries.
+
+    Raises:
+        MissingFileError: no such file.
+        InputError: not an ONNX model, or not exported by this toolkit.
+    """
+    proto = _load_proto(model_path)
+    props = {p.key: p.value for p in proto.metadata_props}
+    return ModelMetadata.from_props(props, repr(os.fspath(model_path)))
+
+
+def model_output_specs(model_path: str | os.PathLike) -> list[OutputSpec]:
+    """Per-image layout (``[1, ...]`` shapes) of an exported model's outputs, in model order.
+
+    Names and dtypes come from the ONNX graph outputs. Shapes come from the graph when all
+    non-batch dimensions are fixed (static exports), else from the metadata's
+    ``max_detections`` with the standard layout (see :func:`default_output_specs`).
+
+    Raises:
+        MissingFileError / InputError: not a model exported by this toolkit.
+    """
+    from onnx import helper
+
+    proto = _load_proto(model_path)
+    meta = ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props}, repr(os.fspath(model_path)))
+    defaults = {s.name: s for s in default_output_specs(meta.max_detections)}
+    specs: list[OutputSpec] = []
+    for k, out in enumerate(proto.graph.output):
+        tensor_type = out.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        if dims and all(d is not None for d in dims[1:]):
+            shape = [1, *dims[1:]]
+        elif out.name in defaults:
+            shape = list(defaults[out.name].shape)
+        else:
+            raise InputError(
+                f"{os.fspath(model_path)!r}: output {out.name!r} has a dynamic shape {dims} that cannot be "
+                "stored per image; export a static model with convert_model_into_onnx.py"
+            )
+        specs.append(OutputSpec(index=k, name=out.name, dtype=dtype, shape=shape))
+    return specs

@@ -1,0 +1,92 @@
+"""Which images to run: a folder, a COCO annotation file, or a registered dataset.
+
+:func:`list_images` gives the same list (ids, file names, order) to every stage, so results of
+the PyTorch path, ONNX Runtime and the offline pipeline line up image by image.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError, MissingFileError
+from ..fileio import read_json
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageRecord", "list_images", "DATASETS", "resolve_dataset"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One input image: COCO id, file name (relative to the images folder) and full path."""
+
+    image_id: int
+    file_name: str
+    path: Path
+
+
+def list_images(images_dir: str | os.PathLike, coco_json: str | os.PathLike | None = None) -> list[ImageRecord]:
+    """The images to run on.
+
+    With a COCO annotation file, its ``images`` entries in file order (``file_name`` relative to
+    ``images_dir``); all must exist. Without one, every image file in ``images_dir`` sorted by
+    name, with ``image_id = int(stem)`` when every stem is a number (COCO file names), else 1..N.
+
+    Raises:
+        MissingFileError: the folder, the annotation file or a listed image does not exist.
+        InputError: the annotation file is not COCO JSON.
+    """
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise MissingFileError(f"images folder not found: {str(root)!r}")
+    if coco_json is not None:
+        path = Path(coco_json)
+        data = read_json(path, "COCO annotation file", dict)
+        if not isinstance(data.get("images"), list):
+            raise InputError(f"{str(path)!r} is not a COCO annotation file (no 'images' list)")
+        try:
+            records = [ImageRecord(int(im["id"]), str(im["file_name"]), root / im["file_name"]) for im in data["images"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(
+                f"{str(path)!r}: an 'images' entry lacks a numeric 'id' or a 'file_name' ({type(exc).__name__}: {exc})"
+            ) from None
+        missing = [r.file_name for r in records if not r.path.is_file()]
+        if missing:
+            raise MissingFileError(
+                f"{len(missing)} image(s) listed in {str(path)!r} are not in {str(root)!r}: "
+                f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
+            )
+        return records
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise MissingFileError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {str(root)!r}")
+    numeric = all(p.stem.isdigit() for p in files)
+    return [ImageRecord(int(p.stem) if numeric else i + 1, p.name, p) for i, p in enumerate(files)]
+
+
+#: detectron2's COCO layout under the dataset root: name -> (image folder, annotation file)
+DATASETS = {
+    "coco_2017_val": ("coco/val2017", "coco/annotations/instances_val2017.json"),
+    "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
+    "coco_2017_val_100": ("coco/val2017", "coco/annotations/instances_val2017_100.json"),
+}
+
+
+def resolve_dataset(name: str, root: str | os.PathLike | None = None) -> tuple[str, str]:
+    """Image folder and annotation file of a registered dataset, detectron2 style.
+
+    The root is ``root``, else ``$DETECTRON2_DATASETS``, else ``./datasets``; e.g.
+    ``coco_2017_val`` -> ``<root>/coco/val2017`` and ``<root>/coco/annotations/instances_val2017.json``.
+    """
+    if name not in DATASETS:
+        raise InputError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))} (or pass --images/--coco-json)")
+    base = Path(root or os.environ.get("DETECTRON2_DATASETS", "datasets"))
+    images, ann = (base / p for p in DATASETS[name])
+    if not images.is_dir() or not ann.is_file():
+        raise MissingFileError(
+            f"dataset {name!r} expects {str(images)!r} and {str(ann)!r}; set DETECTRON2_DATASETS to the folder that "
+            "holds coco/ (see the README's walkthrough)"
+        )
+    return str(images), str(ann)

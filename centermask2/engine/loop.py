@@ -1,0 +1,160 @@
+"""Run a backend over images and produce COCO results, as upstream's test loop does.
+
+The stages are the same for every backend: read (PIL, EXIF, BGR) -> ResizeShortestEdge ->
+pad into a raw-pixel batch (:mod:`centermask2.data.transforms`) -> backend ->
+:func:`~centermask2.modeling.postprocessing.detector_postprocess` per image -> COCO records.
+A backend is anything with ``run(inputs: dict[str, ndarray]) -> dict[str, ndarray]``
+(:class:`~centermask2.engine.backend.Backend`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..data.catalog import ImageRecord
+from ..data.spec import InputSpec
+from ..data.transforms import load_and_resize, pad_batch
+from ..errors import CenterMask2Error, InputError
+from ..evaluation.coco import instances_to_coco_json
+from ..modeling.postprocessing import detector_postprocess
+from ..summary import StageSummary
+from .backend import Backend
+
+__all__ = ["InferenceSummary", "run_inference"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceSummary(StageSummary):
+    """What :func:`run_inference` did; ``failed`` lists unreadable images and why.
+
+    Attributes:
+        num_detections: COCO records produced in this run.
+        preprocess_s, postprocess_s: seconds per batch for reading + resizing + padding, and for
+            post-processing + COCO conversion.
+    """
+
+    num_detections: int = 0
+    preprocess_s: list[float] = field(default_factory=list)
+    postprocess_s: list[float] = field(default_factory=list)
+
+    def format(self) -> str:
+        n = max(self.num_images, 1)
+        failed = f" ({len(self.failed)} unreadable, skipped)" if self.failed else ""
+        return (
+            f"{self.num_images} images{failed}, {self.num_detections} detections in {self.wall_s:.1f} s "
+            f"({self.images_per_s:.2f} img/s). Per image: model median {self.model_ms_per_image():.1f} ms, "
+            f"mean {1000 * sum(self.model_s) / n:.1f} ms; pre-processing {self.ms_per_image(sum(self.preprocess_s)):.1f} "
+            f"ms; post-processing {self.ms_per_image(sum(self.postprocess_s)):.1f} ms"
+        )
+
+
+def _batches(items: Sequence[ImageRecord], size: int) -> Iterable[Sequence[ImageRecord]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def run_inference(
+    backend: Backend,
+    records: Sequence[ImageRecord],
+    spec: InputSpec,
+    contiguous_to_dataset_id: Sequence[int],
+    *,
+    batch_size: int = 1,
+    mask_threshold: float = 0.5,
+    progress: bool = True,
+    on_image: Callable[[ImageRecord, dict[str, torch.Tensor]], None] | None = None,
+    done: Mapping[int, list[dict[str, Any]]] | None = None,
+    on_results: Callable[[ImageRecord, list[dict[str, Any]]], None] | None = None,
+) -> tuple[list[dict[str, Any]], InferenceSummary]:
+    """Run ``backend`` over ``records`` and build COCO result records.
+
+    Args:
+        backend: see :class:`Backend`.
+        records: images (see :func:`~centermask2.data.catalog.list_images`).
+        spec: resize / padding rules.
+        contiguous_to_dataset_id: category id of every contiguous class.
+        batch_size: images per backend call.
+        mask_threshold: binarization threshold of pasted masks (0.5 upstream).
+        progress: show a tqdm progress bar.
+        on_image: optional callback with each image's post-processed detections.
+        done: COCO records of images already processed (by image id, e.g. from
+            :class:`~centermask2.engine.resume.PartialResults`); those images are not run again.
+        on_results: optional callback with each newly processed image's COCO records.
+
+    Returns:
+        (COCO result dicts in image order, timing summary).
+    """
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    summary = InferenceSummary()
+    results: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    done = dict(done or {})
+    todo = [r for r in records if r.image_id not in done]
+    summary.num_resumed = len(records) - len(todo)
+    if done:
+        logger.info("Resuming: %d of %d image(s) already done", len(records) - len(todo), len(records))
+    new: dict[int, list[dict[str, Any]]] = {}
+    bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="inference")
+    try:
+        for batch in _batches(todo, batch_size):
+            t0 = time.perf_counter()
+            batch_total = len(batch)
+            loaded, readable = [], []
+            for rec in batch:
+                try:
+                    loaded.append(load_and_resize(rec.path, spec))
+                    readable.append(rec)
+                except (CenterMask2Error, OSError) as exc:  # unreadable image: name it, keep going
+                    logger.warning("skipping %s: %s", rec.file_name, exc)
+                    summary.failed.append((rec.file_name, str(exc)))
+            if not readable:
+                bar.update(batch_total)
+                continue
+            batch = readable
+            images, sizes = pad_batch([im for im, _ in loaded], spec)
+            t1 = time.perf_counter()
+            out = backend.run({"images": images, "image_sizes": sizes})
+            t2 = time.perf_counter()
+            for i, rec in enumerate(batch):
+                n = int(out["num_detections"][i])
+                det = detector_postprocess(
+                    torch.from_numpy(out["boxes"][i, :n]),
+                    torch.from_numpy(out["scores"][i, :n]),
+                    torch.from_numpy(out["classes"][i, :n]),
+                    torch.from_numpy(out["masks"][i, :n]),
+                    torch.from_numpy(out["mask_scores"][i, :n]),
+                    input_hw=(int(sizes[i, 0]), int(sizes[i, 1])),
+                    output_hw=loaded[i][1],
+                    mask_threshold=mask_threshold,
+                )
+                records_i = instances_to_coco_json(det, rec.image_id, contiguous_to_dataset_id)
+                new[rec.image_id] = records_i
+                if on_results is not None:
+                    on_results(rec, records_i)
+                summary.num_detections += int(det["boxes"].shape[0])
+                if on_image is not None:
+                    on_image(rec, det)
+            t3 = time.perf_counter()
+            summary.preprocess_s.append(t1 - t0)
+            summary.model_s.append(t2 - t1)
+            summary.postprocess_s.append(t3 - t2)
+            summary.batch_sizes.append(len(batch))
+            summary.num_images += len(batch)
+            bar.update(batch_total)
+    finally:
+        bar.close()
+    summary.wall_s = time.perf_counter() - start
+    for rec in records:  # input order, resumed and new together
+        results.extend(done.get(rec.image_id, new.get(rec.image_id, [])))
+    return results, summary

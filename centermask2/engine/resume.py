@@ -1,0 +1,78 @@
+"""Resume state of the image -> results loop: per-image results persisted as they come."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..data.catalog import ImageRecord
+from ..errors import InputError
+from ..fileio import atomic_write_bytes
+
+__all__ = ["PartialResults"]
+
+logger = logging.getLogger(__name__)
+
+
+class PartialResults:
+    """Per-image results of a run in progress, appended to a JSON-lines file as they come.
+
+    A run killed at any point loses at most the image being written; ``load`` ignores a
+    half-written last line. :meth:`finish` removes the file once the final results are saved.
+    """
+
+    def __init__(self, path: str | os.PathLike, identity: str = "") -> None:
+        """``identity`` describes the run (model, input rules); resuming another run's file is refused."""
+        self.path = Path(path)
+        self.identity = identity
+        self._file: Any = None
+
+    def load(self) -> dict[int, list[dict[str, Any]]]:
+        """Records of the images finished by an earlier run, by image id."""
+        done: dict[int, list[dict[str, Any]]] = {}
+        if not self.path.is_file():
+            return done
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    logger.warning("ignoring an incomplete line of %s (the run was interrupted there)", self.path)
+                    continue
+                if isinstance(entry, dict) and "identity" in entry:
+                    if entry["identity"] != self.identity:
+                        raise InputError(
+                            f"{str(self.path)!r} holds the progress of another run ({entry['identity']}), not of "
+                            f"this one ({self.identity}); use another output folder or run without --resume"
+                        )
+                    continue
+                try:
+                    done[int(entry["image_id"])] = list(entry["records"])
+                except (KeyError, TypeError, ValueError):
+                    logger.warning("ignoring a malformed line of %s", self.path)
+        return done
+
+    def start(self, keep: Mapping[int, list[dict[str, Any]]]) -> None:
+        """Open the file for appending, holding exactly ``keep`` (rewritten atomically)."""
+        lines = json.dumps({"identity": self.identity}) + "\n"
+        lines += "".join(json.dumps({"image_id": k, "records": v}) + "\n" for k, v in keep.items())
+        atomic_write_bytes(lines.encode("utf-8"), self.path)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finish()/close()
+
+    def append(self, record: ImageRecord, records: list[dict[str, Any]]) -> None:
+        self._file.write(json.dumps({"image_id": record.image_id, "records": records}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def finish(self) -> None:
+        """Close and delete the file (the final results are written)."""
+        self.close()
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,109 @@
+"""Model sources: a ready backend plus how to feed it, from a checkpoint or an exported model.
+
+Shared by the stage scripts so that ``tester.py`` and ``visualizer.py`` set up backends the
+same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..data.categories import category_mapping
+from ..data.spec import InputSpec
+from ..errors import InputError
+from .backend import Backend
+
+__all__ = ["ModelSource", "torch_source", "onnx_source"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSource:
+    """A ready backend and how to feed it.
+
+    Attributes:
+        backend: :class:`TorchBackend` or :class:`OnnxRuntimeBackend`.
+        spec: resize / padding rules for its input.
+        batch_size: images per call.
+        category_ids: dataset category id per contiguous class.
+        class_names: class name per contiguous class.
+        label: short description for logs and pictures.
+    """
+
+    backend: Backend
+    spec: InputSpec
+    batch_size: int
+    category_ids: list[int]
+    class_names: list[str]
+    label: str
+
+
+def torch_source(
+    config_file: str | os.PathLike,
+    opts: Sequence[str] = (),
+    *,
+    pad_to: tuple[int, int] | None = None,
+    batch_size: int | None = None,
+    threads: int | None = None,
+    allow_incomplete: bool = False,
+) -> ModelSource:
+    """Build the PyTorch model of a config and load ``MODEL.WEIGHTS`` (a local file).
+
+    ``pad_to`` is a fixed (H, W) every image is padded to (as a static model sees it), or None for
+    upstream's padding to the size divisibility.
+    """
+    import torch
+
+    from ..checkpoint import check_weights_path, load_weights
+    from ..config import load_config
+    from ..modeling import build_model
+    from .torch_backend import TorchBackend
+
+    cfg = load_config(config_file, opts)
+    check_weights_path(cfg.MODEL.WEIGHTS)
+    if threads:
+        torch.set_num_threads(threads)
+    model = build_model(cfg)
+    load_weights(model, cfg.MODEL.WEIGHTS, allow_incomplete=allow_incomplete)
+    spec = InputSpec.from_config(cfg, size_divisibility=model.size_divisibility, pad_to=pad_to)
+    ids, names = category_mapping(None, int(cfg.MODEL.FCOS.NUM_CLASSES))
+    return ModelSource(
+        backend=TorchBackend(model, cfg.MODEL.DEVICE),
+        spec=spec,
+        batch_size=batch_size or 1,
+        category_ids=ids,
+        class_names=names,
+        label=f"PyTorch {os.path.basename(os.fspath(config_file))}",
+    )
+
+
+def onnx_source(
+    model_path: str | os.PathLike,
+    *,
+    provider: str = "cpu",
+    threads: int | None = None,
+    batch_size: int | None = None,
+) -> ModelSource:
+    """Open an exported model in ONNX Runtime; every setting comes from its metadata."""
+    from .onnxruntime_backend import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(model_path, provider=provider, threads=threads)
+    meta = backend.metadata
+    spec = InputSpec.from_metadata(meta)
+    batch = batch_size or meta.batch_size or 1
+    if meta.batch_size is not None and batch > meta.batch_size:
+        raise InputError(
+            f"{os.fspath(model_path)!r} is a static model with batch size {meta.batch_size}; batch size {batch} is too large"
+        )
+    return ModelSource(
+        backend=backend,
+        spec=spec,
+        batch_size=batch,
+        category_ids=list(meta.category_ids),
+        class_names=list(meta.class_names),
+        label=f"ONNX Runtime {os.path.basename(os.fspath(model_path))}",
+    )

@@ -1,0 +1,43 @@
+"""The PyTorch model as a :class:`~centermask2.engine.backend.Backend`."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+__all__ = ["TorchBackend", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``MODEL.DEVICE`` as a torch device; ``cuda`` without a usable GPU falls back to the CPU
+    with a warning (detectron2's default config says ``cuda``)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"MODEL.DEVICE={device!r} is not a device; use 'cpu' or 'cuda' (or 'cuda:N')") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available here; running on the CPU (pass MODEL.DEVICE cpu)", device)
+        return torch.device("cpu")
+    return dev
+
+
+class TorchBackend:
+    """The PyTorch model. Normalization and zero padding happen in :meth:`CenterMask.normalize`."""
+
+    input_dtype = "uint8"
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+
+    @torch.inference_mode()
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = torch.from_numpy(np.ascontiguousarray(inputs["images"])).to(self.device)
+        sizes = torch.from_numpy(np.ascontiguousarray(inputs["image_sizes"])).to(self.device)
+        out = self.model(self.model.normalize(images, sizes), sizes)
+        return {k: v.cpu().numpy() for k, v in out.items()}

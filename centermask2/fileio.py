@@ -1,0 +1,140 @@
+"""Files every stage reads and writes: atomic writes, named JSON reading, writable folders.
+
+Files users receive from elsewhere (annotation JSON, bin folders, manifests) are read through
+:func:`read_json`, whose errors name the file and what was expected instead of a bare
+``JSONDecodeError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, MissingFileError, OutputError
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "read_json",
+    "ensure_writable_dir",
+    "remove_stale_temp_files",
+]
+
+
+def atomic_write_bytes(data: bytes | memoryview, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``.
+
+    A reader (or a resumed run) never sees a half-written file: either the old file (or none)
+    or the complete new one. Creates missing parent folders.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates 0600; give the file the permissions a plain open() would (engines may run as another user)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once: os.umask can only be read by setting it
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike, **dump_kwargs: Any) -> None:
+    """Write ``obj`` as JSON atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(json.dumps(obj, **dump_kwargs).encode("utf-8"), path)
+
+
+def read_json(
+    path: str | os.PathLike, what: str = "JSON file", expect: type | tuple[type, ...] | None = None, hint: str = ""
+) -> Any:
+    """Parse the JSON file ``path``, naming it in every error.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (e.g. ``"COCO annotation file"``).
+        expect: the type(s) the top-level value must have (e.g. ``dict``), or None.
+        hint: appended to the messages: where such a file comes from or how to fix it.
+
+    Raises:
+        MissingFileError: no such file (or a folder).
+        InputError: unreadable, not UTF-8 JSON, or the wrong top-level type.
+    """
+    p = Path(path)
+    tail = f"; {hint}" if hint else ""
+    if not p.is_file():
+        raise MissingFileError(f"{what} not found: {str(p)!r}{tail}")
+    try:
+        with open(p, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{str(p)!r} is not a valid {what} (not UTF-8 JSON: {exc}){tail}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {str(p)!r}: {exc.strerror or exc}{tail}") from None
+    if expect is not None and not isinstance(data, expect):
+        names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
+        raise InputError(f"{str(p)!r} is not a valid {what}: expected a JSON {names}, found {type(data).__name__}{tail}")
+    return data
+
+
+_PROBE = "write_test"
+
+
+def ensure_writable_dir(folder: str | os.PathLike, option: str = "--output") -> Path:
+    """Create ``folder`` (and parents) if needed and check a file can be written in it.
+
+    Raises:
+        OutputError: it cannot be created or written (or is a file); the message names it and ``option``.
+    """
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{_PROBE}.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise OutputError(
+            f"output folder {str(path)!r} is not writable ({exc.strerror or exc}); choose another {option} "
+            "or fix its permissions"
+        ) from exc
+    return path
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, is_ours: Callable[[str], bool]) -> int:
+    """Delete temp files an interrupted run left in ``folder``.
+
+    Those are the ``.<name>.<random>.tmp`` files of :func:`atomic_write_bytes` (for names
+    ``is_ours`` accepts) and of the :func:`ensure_writable_dir` probe.
+
+    Returns:
+        how many files were removed.
+    """
+    removed = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(".") and name.endswith(".tmp") and entry.is_file()):
+                continue
+            target = name[1 : -len(".tmp")].rsplit(".", 1)[0]  # ".<target>.<random>.tmp" -> "<target>"
+            if target == _PROBE or is_ours(target):
+                os.remove(entry.path)
+                removed += 1
+    return removed

@@ -1,0 +1,473 @@
+"""Stage 1 of the offline pipeline: images -> ``.bin`` network inputs (layout: :mod:`.layout`).
+
+Every image goes through exactly the reference path of :mod:`centermask2.data.transforms`
+(:func:`~centermask2.data.transforms.load_and_resize`: PIL decode, EXIF orientation, BGR,
+ResizeShortestEdge; :func:`~centermask2.data.transforms.pad_batch`: zero padding at the
+bottom/right to the static size) and is written as raw pixels, since exported graphs normalize inside:
+
+* ``BINS/<stem>.bin``: ``[1, 3, H, W]`` in the model's input dtype (``float32`` bins hold the
+  same integer pixel values as the ``uint8`` ones);
+* ``BINS/image_sizes/<stem>.bin``: int64 ``[1, 2]``, the valid (h, w);
+* ``BINS/bin_info.json`` and ``BINS/bin_info.info`` (:class:`~.layout.BinInfo`), written
+  last, listing exactly the images that succeeded, in input order.
+
+Bins are written atomically, so an interrupted run leaves only complete bins (and possibly
+temp files, which the next run removes); ``resume=True`` keeps every bin pair that has the right
+byte sizes and matches the image's size, and redoes the rest. The files a resumed run ends with
+are byte-identical to those of an uninterrupted run. Workers (processes) each read, resize and
+write whole images; results are collected by input index, so the output does not depend on the
+number of workers or on scheduling.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..contract import INPUT_DTYPES, expected_nbytes, read_metadata
+from ..data.catalog import ImageRecord
+from ..data.spec import InputSpec
+from ..data.transforms import get_resize_shape, image_size, load_and_resize, pad_batch
+from ..errors import CenterMask2Error, InputError, OutputError
+from ..fileio import ensure_writable_dir, remove_stale_temp_files
+from ..summary import StageSummary
+from .layout import INFO_JSON, INFO_TXT, SIZES_DIR, BinImage, BinInfo, read_array, write_array
+
+__all__ = [
+    "BIN_DTYPES",
+    "PreprocessSpec",
+    "PreprocessSummary",
+    "spec_from_model",
+    "spec_from_config",
+    "bin_stems",
+    "prepare_output_dir",
+    "preprocess_image",
+    "preprocess_to_bins",
+]
+
+logger = logging.getLogger(__name__)
+
+#: dtypes an images bin can have (those exported models accept).
+BIN_DTYPES = INPUT_DTYPES
+
+_SIZES_SHAPE = (1, 2)
+_SIZES_DTYPE = "int64"
+# How often (s) a pool worker checks that the main process is still alive.
+_PARENT_POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How images become ``.bin`` inputs.
+
+    Attributes:
+        input: resize rule, channel order and the static size (``input.pad_to``, required).
+        dtype: ``"uint8"`` or ``"float32"``, the model's ``images`` input dtype.
+        model: the ``.onnx`` the bins are made for (recorded in ``bin_info.json``), or None.
+    """
+
+    input: InputSpec
+    dtype: str = "uint8"
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.input.pad_to is None:
+            raise InputError("a .bin pipeline needs a fixed input size (InputSpec.pad_to), e.g. 1344x1344")
+        if self.dtype not in BIN_DTYPES:
+            raise InputError(f"unsupported bin dtype {self.dtype!r}; use one of {', '.join(BIN_DTYPES)}")
+
+    @property
+    def shape(self) -> list[int]:
+        """``[1, 3, H, W]`` of every images bin."""
+        h, w = self.input.pad_to  # type: ignore[misc]
+        return [1, 3, int(h), int(w)]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one images bin."""
+        return expected_nbytes(self.shape, self.dtype)
+
+    @property
+    def bytes_per_image(self) -> int:
+        """Bytes written per image: the images bin plus the image_sizes bin."""
+        return self.nbytes + expected_nbytes(_SIZES_SHAPE, _SIZES_DTYPE)
+
+
+@dataclass
+class PreprocessSummary(StageSummary):
+    """What :func:`preprocess_to_bins` did.
+
+    ``num_images`` counts images written in this run, ``num_resumed`` those kept from an earlier
+    run (``resume=True``), ``failed`` the images that could not be preprocessed.
+
+    Attributes:
+        info: what was saved as ``bin_info.json`` (successful images, input order); None until then.
+        bytes_per_image: bytes of one images bin plus its image_sizes bin.
+    """
+
+    info: BinInfo | None = None
+    bytes_per_image: int = 0
+
+    def format(self) -> str:
+        """A one-paragraph report, followed by one line per failed image."""
+        assert self.info is not None
+        lines = [
+            f"{self.num_images} image(s) written, {self.num_resumed} skipped (already done), {len(self.failed)} failed "
+            f"in {self.wall_s:.1f} s ({self.images_per_s:.1f} images/s); {self.bytes_per_image:,} bytes per image "
+            f"({self.info.dtype} {self.info.shape} + image_sizes int64 [1, 2])"
+        ]
+        if self.failed:
+            lines.append(f"{len(self.failed)} image(s) failed and are not in {INFO_JSON}:")
+            lines.append(self.format_failures(limit=len(self.failed)))
+        return "\n".join(lines)
+
+
+def spec_from_model(
+    model: str | os.PathLike, input_size: tuple[int, int] | None = None, input_dtype: str | None = None
+) -> PreprocessSpec:
+    """The preprocessing an exported model expects, from its metadata.
+
+    Args:
+        model: ``.onnx`` exported by this toolkit.
+        input_size: (H, W) to pad to. Required for a dynamic model; for a static model it must
+            equal the model's size (or be None).
+        input_dtype: must equal the model's input dtype (or be None).
+
+    Raises:
+        MissingFileError, InputError: no such model, not ours, or the arguments contradict it.
+    """
+    meta = read_metadata(model)
+    name = os.fspath(model)
+    if meta.dynamic:
+        if input_size is None:
+            raise InputError(
+                f"{name!r} is a dynamic model, but .bin inputs have one fixed size: export a static model "
+                "(convert_model_into_onnx.py --input-size HxW, without --dynamic) or pass --input-size HxW "
+                "to choose the size every image is padded to"
+            )
+        size = input_size
+    else:
+        size = meta.input_size  # type: ignore[assignment]
+        if input_size is not None and tuple(input_size) != tuple(size):
+            raise InputError(
+                f"--input-size {input_size[0]}x{input_size[1]} contradicts the static model {name!r}, whose input "
+                f"is {size[0]}x{size[1]}; leave --input-size out or export the model at that size"
+            )
+        if meta.batch_size not in (None, 1):
+            raise InputError(
+                f"{name!r} is a static model with batch size {meta.batch_size}, but bins hold one image each "
+                "([1, 3, H, W]); export it with --batch-size 1"
+            )
+    if input_dtype is not None and input_dtype != meta.input_dtype:
+        raise InputError(
+            f"--input-dtype {input_dtype} contradicts {name!r}, whose images input is {meta.input_dtype}; "
+            "leave --input-dtype out (the model's is used)"
+        )
+    spec = InputSpec.from_metadata(meta, pad_to=(int(size[0]), int(size[1])))
+    return PreprocessSpec(input=spec, dtype=meta.input_dtype, model=name)
+
+
+def spec_from_config(
+    config_file: str | os.PathLike,
+    input_size: tuple[int, int],
+    input_dtype: str = "uint8",
+    opts: Sequence[str] = (),
+) -> PreprocessSpec:
+    """The preprocessing of a config's model padded to ``input_size``, without an exported model.
+
+    The size divisibility comes from the config's backbone (built on the ``meta`` device: no
+    weights, no memory).
+
+    Raises:
+        MissingFileError: no such config.
+        InputError: unknown config key (:class:`~centermask2.config.UnknownConfigKeyError`), bad
+            dtype, or ``input_size`` not a multiple of the size divisibility.
+    """
+    from ..config import load_config
+
+    if input_dtype not in BIN_DTYPES:
+        raise InputError(f"unsupported --input-dtype {input_dtype!r}; use one of {', '.join(BIN_DTYPES)}")
+    cfg = load_config(config_file, list(opts))
+    spec = InputSpec.from_config(cfg, pad_to=(int(input_size[0]), int(input_size[1])))
+    return PreprocessSpec(input=spec, dtype=input_dtype, model=None)
+
+
+def bin_stems(records: Sequence[ImageRecord]) -> list[str]:
+    """The bin name (without ``.bin``) of every image: its file-name stem.
+
+    Raises:
+        InputError: two images share a stem (e.g. ``a/x.jpg`` and ``b/x.jpg``, or ``x.jpg`` and
+            ``x.png``); the message names them.
+    """
+    stems = [Path(r.file_name).stem for r in records]
+    seen: dict[str, str] = {}
+    clashes: list[str] = []
+    for rec, stem in zip(records, stems):
+        if stem in seen:
+            clashes.append(f"{seen[stem]!r} and {rec.file_name!r} -> {stem}.bin")
+        else:
+            seen[stem] = rec.file_name
+    if clashes:
+        raise InputError(
+            f"{len(clashes)} image(s) would share a bin name (bins are named after the file stem): "
+            f"{'; '.join(clashes[:10])}{' ...' if len(clashes) > 10 else ''}. Rename them or preprocess the "
+            "folders separately"
+        )
+    return stems
+
+
+def prepare_output_dir(
+    folder: str | os.PathLike, spec: PreprocessSpec | None = None, resume: bool = False
+) -> Path:
+    """Create ``folder`` (and its ``image_sizes``) and check that files can be written there.
+
+    With ``resume``, a ``bin_info.json`` already there (from a finished run) must describe the
+    same preprocessing as ``spec``.
+
+    Raises:
+        OutputError: ``folder`` exists and is a file, or cannot be created or written to.
+        InputError: resuming over bins made with other settings.
+    """
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output {str(path)!r} exists and is not a folder; choose another --output")
+    ensure_writable_dir(path)
+    ensure_writable_dir(path / SIZES_DIR)
+    if resume and spec is not None and (path / INFO_JSON).is_file():
+        try:
+            old = BinInfo.load(path / INFO_JSON)
+        except CenterMask2Error:
+            old = None
+        if old is not None:
+            mine = (spec.dtype, spec.shape, spec.input.input_format, spec.input.min_size, spec.input.max_size)
+            theirs = (old.dtype, list(old.shape), old.input_format, old.min_size, old.max_size)
+            if mine != theirs:
+                raise InputError(
+                    f"cannot --resume in {str(path)!r}: its bins were made as (dtype, shape, format, min, max) = "
+                    f"{theirs}, this run makes {mine}; use another --output or run without --resume"
+                )
+    return path
+
+
+def preprocess_image(
+    path: str | os.PathLike, spec: PreprocessSpec
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """One image as the bins hold it (the reference path of :mod:`centermask2.engine.loop`).
+
+    Returns:
+        images np.ndarray[1, 3, H, W] in ``spec.dtype`` (raw pixels, zeros outside the image),
+        image_sizes np.ndarray[1, 2] int64 (valid h, w), and the original (h, w).
+
+    Raises:
+        MissingFileError, ItemError: unreadable image, or its resized size does not fit.
+    """
+    resized, original = load_and_resize(path, spec.input)
+    images, sizes = pad_batch([resized], spec.input)
+    if spec.dtype != "uint8":
+        images = images.astype(spec.dtype)
+    return images, sizes, original
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One image to preprocess (picklable: sent to pool workers)."""
+
+    index: int
+    path: str
+    stem: str
+    folder: str
+    spec: PreprocessSpec
+    resume: bool
+
+
+@dataclass(frozen=True)
+class _Result:
+    """What a worker did with one image; sizes are (h, w), None when it failed."""
+
+    index: int
+    status: str  # "written", "skipped" or "failed"
+    original: tuple[int, int] | None = None
+    resized: tuple[int, int] | None = None
+    error: str | None = None
+
+
+def _bin_paths(folder: str | os.PathLike, stem: str) -> tuple[Path, Path]:
+    return Path(folder) / f"{stem}.bin", Path(folder) / SIZES_DIR / f"{stem}.bin"
+
+
+def _reusable(job: _Job) -> _Result | None:
+    """The result of an earlier run for ``job`` when its bins are complete and consistent."""
+    images_bin, sizes_bin = _bin_paths(job.folder, job.stem)
+    try:
+        if images_bin.stat().st_size != job.spec.nbytes:
+            return None
+        sizes = read_array(sizes_bin, _SIZES_DTYPE, _SIZES_SHAPE)
+        original = image_size(job.path)
+    except (OSError, CenterMask2Error):
+        return None
+    resized = (int(sizes[0, 0]), int(sizes[0, 1]))
+    if get_resize_shape(*original, job.spec.input.min_size, job.spec.input.max_size) != resized:
+        logger.debug("redoing %s: its image_sizes bin %s does not match the image", job.stem, resized)
+        return None
+    return _Result(job.index, "skipped", original, resized)
+
+
+def _run_job(job: _Job) -> _Result:
+    """Preprocess one image and write its two bins; never raises for a bad image."""
+    if job.resume:
+        done = _reusable(job)
+        if done is not None:
+            return done
+    try:
+        images, sizes, original = preprocess_image(job.path, job.spec)
+        images_bin, sizes_bin = _bin_paths(job.folder, job.stem)
+        # images first: a resumed run trusts a pair only if both are complete, and the sizes bin
+        # (written last) must also agree with the image
+        write_array(images, images_bin)
+        write_array(sizes, sizes_bin)
+    except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
+        reason = str(exc) if isinstance(exc, (CenterMask2Error, OSError)) else f"{type(exc).__name__}: {exc}"
+        return _Result(job.index, "failed", error=reason)
+    return _Result(job.index, "written", original, (int(sizes[0, 0]), int(sizes[0, 1])))
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool initializer: end this worker when the main process is gone (e.g. killed with SIGKILL)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(_PARENT_POLL_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete temp files an interrupted run left behind, and the info files of any earlier run."""
+    for d in (folder, folder / SIZES_DIR):
+        remove_stale_temp_files(d, lambda name: name.endswith(".bin") or name in (INFO_JSON, INFO_TXT))
+    for name in (INFO_JSON, INFO_TXT):
+        # rewritten at the end; until then the folder must not claim to be complete
+        (folder / name).unlink(missing_ok=True)
+
+
+def _default_start_method() -> str:
+    # fork starts workers at once; the worker function is spawn-safe for platforms without fork
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def preprocess_to_bins(
+    records: Sequence[ImageRecord],
+    output_dir: str | os.PathLike,
+    spec: PreprocessSpec,
+    *,
+    workers: int = 1,
+    resume: bool = False,
+    progress: bool = True,
+    start_method: str | None = None,
+) -> PreprocessSummary:
+    """Write the bins of ``records`` and the info files into ``output_dir``.
+
+    Args:
+        records: images in input order (see :func:`~centermask2.data.catalog.list_images`).
+        output_dir: the ``BINS`` folder (created if missing).
+        spec: see :func:`spec_from_model` / :func:`spec_from_config`.
+        workers: processes; 1 runs in this process.
+        resume: keep bins of an earlier (interrupted) run that have the right byte sizes and
+            match their image; redo the others.
+        progress: show a tqdm progress bar.
+        start_method: multiprocessing start method for ``workers > 1`` (default ``"fork"`` where
+            available, else ``"spawn"``); the output does not depend on it.
+
+    Returns:
+        The summary; ``summary.info`` is what ``bin_info.json`` holds. Images that fail are listed
+        in ``summary.failed`` (and their stale bins, if any, removed); the others are still done.
+
+    Raises:
+        InputError: ``workers < 1``, two images share a stem, or resuming over other settings
+            (all before any image is touched).
+        OutputError: ``output_dir`` is not a writable folder.
+    """
+    from tqdm import tqdm
+
+    if workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
+    stems = bin_stems(records)
+    folder = prepare_output_dir(output_dir, spec, resume)
+    _remove_leftovers(folder)
+    pad_h, pad_w = spec.input.pad_to  # type: ignore[misc]
+    if min(pad_h, pad_w) < spec.input.max_size:
+        logger.warning(
+            "input size %dx%d is smaller than MAX_SIZE_TEST=%d: images whose resized size exceeds it will fail",
+            pad_h, pad_w, spec.input.max_size,
+        )
+    jobs = [_Job(i, os.fspath(r.path), s, os.fspath(folder), spec, resume) for i, (r, s) in enumerate(zip(records, stems))]
+    results: list[_Result | None] = [None] * len(jobs)
+    workers = max(1, min(workers, len(jobs)))
+    logger.info(
+        "Preprocessing %d image(s) into %s (%s %s, %d worker(s)%s)",
+        len(jobs), folder, spec.dtype, spec.shape, workers, ", resuming" if resume else "",
+    )
+
+    start = time.perf_counter()
+    if workers == 1:
+        with tqdm(total=len(jobs), unit="img", desc="preprocess", disable=not progress) as bar:
+            for job in jobs:
+                results[job.index] = _run_job(job)
+                bar.update(1)
+    else:
+        ctx = multiprocessing.get_context(start_method or _default_start_method())
+        # the pool exists before the progress bar's monitor thread (no fork of a threaded process)
+        with ctx.Pool(workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+            with tqdm(total=len(jobs), unit="img", desc="preprocess", disable=not progress) as bar:
+                for result in pool.imap_unordered(_run_job, jobs, chunksize=1):
+                    results[result.index] = result
+                    bar.update(1)
+    wall = time.perf_counter() - start
+
+    info = BinInfo(
+        dtype=spec.dtype,
+        shape=spec.shape,
+        input_format=spec.input.input_format,
+        min_size=spec.input.min_size,
+        max_size=spec.input.max_size,
+        model=spec.model,
+    )
+    summary = PreprocessSummary(info=info, wall_s=wall, bytes_per_image=spec.bytes_per_image)
+    for rec, job, res in zip(records, jobs, results):
+        assert res is not None
+        if res.status == "failed":
+            summary.failed.append((rec.file_name, res.error or "unknown error"))
+            for stale in _bin_paths(folder, job.stem):
+                stale.unlink(missing_ok=True)
+            continue
+        if res.status == "skipped":
+            summary.num_resumed += 1
+        else:
+            summary.num_images += 1
+        (h, w), (rh, rw) = res.original, res.resized  # type: ignore[misc]
+        images_bin, sizes_bin = _bin_paths(".", job.stem)
+        info.images.append(
+            BinImage(
+                image_id=rec.image_id,
+                file_name=rec.file_name,
+                stem=job.stem,
+                height=h,
+                width=w,
+                resized_height=rh,
+                resized_width=rw,
+                bin=images_bin.as_posix(),
+                sizes_bin=sizes_bin.as_posix(),
+            )
+        )
+    info.save(folder)
+    return summary

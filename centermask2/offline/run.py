@@ -1,0 +1,294 @@
+"""Stage 2 of the offline ``.bin`` pipeline: run preprocessed bins through a model, write raw outputs.
+
+Reads ``BINS/bin_info.json`` (see :mod:`.layout` for the layout), feeds every listed
+images bin and its image_sizes bin to the model, and writes one ``RAW/<stem>_<k>.bin`` per
+output ``k`` (model order) plus ``RAW/manifest.json``. The output files are exactly the bytes an
+offline engine (ais_bench on an Ascend OM, a TensorRT runner, ...) writes for the same model, so
+stage 3 (:mod:`.postprocess`) reads either.
+
+A static model with batch size B gets B bins per run (a short last batch is filled by the
+backend and the fill dropped). Bad input bins (missing, wrong size, image_sizes disagreeing
+with ``bin_info.json``) are reported by name and skipped; the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..contract import ModelMetadata, OutputSpec, expected_nbytes, model_output_specs
+from ..errors import BackendError, InputError, ItemError
+from ..fileio import ensure_writable_dir, remove_stale_temp_files
+from ..summary import StageSummary
+from .layout import INFO_JSON, MANIFEST, BinImage, BinInfo, Manifest, output_path, write_array
+
+__all__ = [
+    "BinRunSummary",
+    "check_bins_match_model",
+    "prepare_output_dir",
+    "run_bins",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class _ModelBackend(Protocol):
+    """What :func:`run_bins` needs: :class:`~centermask2.engine.onnxruntime_backend.OnnxRuntimeBackend` has it."""
+
+    metadata: ModelMetadata
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def check_bins_match_model(info: BinInfo, metadata: ModelMetadata, model_name: str = "the model") -> None:
+    """Check that bins made by stage 1 fit the model's input.
+
+    Args:
+        info: the bins' :class:`BinInfo`.
+        metadata: the model's :class:`~centermask2.contract.ModelMetadata`.
+        model_name: for messages.
+
+    Raises:
+        InputError: dtype, shape or channel order differ; the message says how to remake the bins.
+    """
+    remake = f"re-run preprocess_inputs_to_bin.py with --model {model_name}"
+    if info.dtype != metadata.input_dtype:
+        raise InputError(f"the bins are {info.dtype} but {model_name} takes {metadata.input_dtype} input; {remake}")
+    shape = [int(v) for v in info.shape]
+    if len(shape) != 4 or shape[0] != 1 or shape[1] != 3:
+        raise InputError(f"bin_info shape {shape} is not [1, 3, H, W]; {remake}")
+    if metadata.dynamic:
+        d = max(int(metadata.size_divisibility), 1)
+        if shape[2] % d or shape[3] % d:
+            raise InputError(f"bins of {shape[2]}x{shape[3]} are not multiples of {model_name}'s size divisibility {d}")
+    elif tuple(shape[2:]) != tuple(metadata.input_size):
+        h, w = metadata.input_size
+        raise InputError(f"the bins are {shape[2]}x{shape[3]} but {model_name} takes {h}x{w} input; {remake}")
+    if info.input_format != metadata.input_format:
+        raise InputError(
+            f"the bins are {info.input_format} but {model_name} expects {metadata.input_format} channels; {remake}"
+        )
+    if (info.min_size, info.max_size) != (metadata.min_size, metadata.max_size):
+        logger.warning(
+            "The bins were resized with min/max size %d/%d but %s was configured with %d/%d; results will differ "
+            "from running the model on the images",
+            info.min_size, info.max_size, model_name, metadata.min_size, metadata.max_size,
+        )
+
+
+def prepare_output_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and make sure files can be written in it.
+
+    Raises:
+        OutputError: the folder (or a parent) cannot be created or written; names it.
+    """
+    return ensure_writable_dir(folder)
+
+
+def _is_complete(folder: Path, stem: str, specs: Sequence[OutputSpec], index_base: int) -> bool:
+    """Every output bin of ``stem`` exists with the right size."""
+    for spec in specs:
+        try:
+            if output_path(folder, stem, spec.index, index_base).stat().st_size != spec.nbytes:
+                return False
+        except FileNotFoundError:
+            return False
+    return True
+
+
+def _load_inputs(info_dir: Path, im: BinImage, dtype: str, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """One image's ``images`` [1, 3, H, W] and ``image_sizes`` [1, 2] int64 from its bins.
+
+    Raises:
+        ItemError: a bin is missing, has the wrong size, or its image_sizes disagree with the info file.
+    """
+    img_path = info_dir / im.bin
+    sizes_path = info_dir / im.sizes_bin
+    checks = ((img_path, dtype, list(shape)), (sizes_path, "int64", [1, 2]))
+    for path, want_dtype, want_shape in checks:
+        if not path.is_file():
+            raise ItemError(f"{str(path)!r} is missing")
+        got, want = path.stat().st_size, expected_nbytes(want_shape, want_dtype)
+        if got != want:
+            raise ItemError(f"{str(path)!r} has {got} bytes, the model input needs {want} ({want_dtype} {want_shape})")
+    if im.resized_height > shape[2] or im.resized_width > shape[3]:
+        raise ItemError(
+            f"{INFO_JSON} gives {im.stem!r} a valid size of {im.resized_height}x{im.resized_width}, larger than "
+            f"the bins' {shape[2]}x{shape[3]}"
+        )
+    images = np.fromfile(img_path, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+    sizes = np.fromfile(sizes_path, dtype=np.dtype("int64").newbyteorder("<")).reshape(1, 2)
+    if (int(sizes[0, 0]), int(sizes[0, 1])) != (im.resized_height, im.resized_width):
+        raise ItemError(
+            f"{str(sizes_path)!r} says {int(sizes[0, 0])}x{int(sizes[0, 1])} but {INFO_JSON} says "
+            f"{im.resized_height}x{im.resized_width}"
+        )
+    return images, sizes.astype(np.int64)
+
+
+@dataclass
+class BinRunSummary(StageSummary):
+    """What :func:`run_bins` did (times in seconds).
+
+    ``num_images`` counts images run and written in this call, ``num_resumed`` those skipped
+    because their outputs were already complete (``resume``), ``failed`` the bad input bins
+    (bin name, reason) that were not run.
+
+    Attributes:
+        read_s, write_s: total seconds reading input bins and writing output bins.
+    """
+
+    read_s: float = 0.0
+    write_s: float = 0.0
+
+    def format(self) -> str:
+        """One line: images, seconds, images/s and per-image times."""
+        return (
+            f"{self.counts().replace(' failed', ' skipped')} in {self.wall_s:.1f} s, "
+            f"{self.images_per_s:.2f} images/s; model {self.model_ms_per_image():.1f} ms/image (median), "
+            f"reading {self.ms_per_image(self.read_s):.1f} ms/image, writing {self.ms_per_image(self.write_s):.1f} ms/image"
+        )
+
+
+def _write_outputs(
+    folder: Path, stem: str, out: dict[str, np.ndarray], i: int, specs: Sequence[OutputSpec], index_base: int
+) -> None:
+    """Write image ``i`` of a batch's outputs as ``<stem>_<k>.bin``, each [1, ...]."""
+    for spec in specs:
+        value = out[spec.name][i : i + 1]
+        if list(value.shape) != list(spec.shape) or value.dtype != np.dtype(spec.dtype):
+            raise BackendError(
+                f"output {spec.name!r} of image {stem!r} is {value.dtype} {list(value.shape)}, the manifest says "
+                f"{spec.dtype} {spec.shape}"
+            )
+        write_array(value, output_path(folder, stem, spec.index, index_base))
+
+
+def run_bins(
+    backend: _ModelBackend,
+    bins: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    output_specs: Sequence[OutputSpec] | None = None,
+    index_base: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+    model_name: str | None = None,
+) -> BinRunSummary:
+    """Run every bin listed in ``bins`` through ``backend`` and write the raw outputs.
+
+    Args:
+        backend: e.g. :class:`~centermask2.engine.onnxruntime_backend.OnnxRuntimeBackend`; ``run``
+            takes ``images`` [B, 3, H, W] and ``image_sizes`` [B, 2] int64; ``metadata`` is the
+            model's :class:`~centermask2.contract.ModelMetadata` (batch size, input dtype and size).
+        bins: the ``BINS`` folder of stage 1, or its ``bin_info.json``.
+        output_dir: ``RAW`` folder (created); gets ``<stem>_<k + index_base>.bin`` per output
+            and ``manifest.json``.
+        output_specs: per-image output layout; default
+            :func:`~centermask2.contract.model_output_specs` of ``backend.path``.
+        index_base: 0 (ais_bench) or 1 (older benchmark tools) for the output file suffix.
+        resume: skip images whose every output bin already exists with the right size.
+        progress: tqdm progress bar.
+        model_name: recorded in the manifest (default ``backend.path``).
+
+    Returns:
+        a :class:`BinRunSummary`; ``failed`` lists bad input bins (the others were run).
+
+    Raises:
+        MissingFileError: no ``bin_info.json``.
+        InputError: the bins do not fit the model, or ``resume`` into a folder written with another layout.
+        OutputError: ``output_dir`` is not writable.
+    """
+    from tqdm import tqdm
+
+    if index_base not in (0, 1):
+        raise InputError(f"index base must be 0 or 1, got {index_base}")
+    info_path = Path(bins)
+    info = BinInfo.load(info_path)
+    info_dir = info_path if info_path.is_dir() else info_path.parent
+    meta = backend.metadata
+    path = getattr(backend, "path", None)
+    model_name = model_name or (os.fspath(path) if path is not None else "the model")
+    check_bins_match_model(info, meta, model_name)
+    stems = [im.stem for im in info.images]
+    if len(set(stems)) != len(stems):
+        dupes = sorted({s for s in stems if stems.count(s) > 1})
+        raise InputError(f"{INFO_JSON} in {str(info_dir)!r} lists the stem(s) {dupes[:10]} more than once")
+    if output_specs is None:
+        if path is None:
+            raise InputError("pass output_specs for a backend without a model path")
+        output_specs = model_output_specs(path)
+    specs = list(output_specs)
+
+    out_dir = prepare_output_dir(output_dir)
+    manifest = Manifest(outputs=specs, index_base=index_base, model=model_name)
+    if resume and (out_dir / MANIFEST).is_file():
+        old = Manifest.load(out_dir)
+        if old.outputs != manifest.outputs or old.index_base != manifest.index_base:
+            raise InputError(
+                f"{str(out_dir / MANIFEST)!r} was written for other outputs or index base {old.index_base}; "
+                f"resume with the same model and --index-base {old.index_base}, or use a new --output"
+            )
+    manifest.save(out_dir)
+    names = {output_path(out_dir, s, spec.index, index_base).name for s in stems for spec in specs} | {MANIFEST}
+    stale = remove_stale_temp_files(out_dir, names.__contains__)
+    if stale:
+        logger.info("Removed %d temporary file(s) left by an interrupted run in %s", stale, out_dir)
+
+    summary = BinRunSummary()
+    start = time.perf_counter()
+    todo: list[BinImage] = []
+    for im in info.images:
+        if resume and _is_complete(out_dir, im.stem, specs, index_base):
+            summary.num_resumed += 1
+        else:
+            todo.append(im)
+    if summary.num_resumed:
+        logger.info("Resuming: %d of %d image(s) already have all their outputs", summary.num_resumed, len(info.images))
+
+    batch_size = 1 if meta.dynamic or not meta.batch_size else int(meta.batch_size)
+    shape = [int(v) for v in info.shape]
+    bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="model")
+    try:
+        pending = iter(todo)
+        while True:
+            t0 = time.perf_counter()
+            batch: list[BinImage] = []
+            arrays: list[tuple[np.ndarray, np.ndarray]] = []
+            for im in pending:
+                try:
+                    arrays.append(_load_inputs(info_dir, im, info.dtype, shape))
+                    batch.append(im)
+                except ItemError as exc:
+                    logger.warning("Skipping %s: %s", im.bin, exc)
+                    summary.failed.append((im.bin, str(exc)))
+                    bar.update(1)
+                if len(batch) == batch_size:
+                    break
+            if not batch:
+                break
+            images = np.concatenate([a for a, _ in arrays])
+            sizes = np.concatenate([s for _, s in arrays])
+            t1 = time.perf_counter()
+            out = backend.run({"images": images, "image_sizes": sizes})
+            t2 = time.perf_counter()
+            for i, im in enumerate(batch):
+                _write_outputs(out_dir, im.stem, out, i, specs, index_base)
+            t3 = time.perf_counter()
+            summary.read_s += t1 - t0
+            summary.model_s.append(t2 - t1)
+            summary.write_s += t3 - t2
+            summary.batch_sizes.append(len(batch))
+            summary.num_images += len(batch)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    summary.wall_s = time.perf_counter() - start
+    return summary

@@ -1,0 +1,86 @@
+"""centermask2.cli.common: argument types and the one error -> exit code mapping."""
+
+import argparse
+import logging
+
+import pytest
+
+from centermask2.cli.common import PROVIDER_CHOICES, hw_type, positive_int, run_main
+from centermask2.engine.onnxruntime_backend import PROVIDERS
+from centermask2.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_ITEMS_FAILED,
+    InputError,
+    ItemError,
+    MissingFileError,
+    OutputError,
+)
+
+
+def test_hw_type():
+    assert hw_type("1344x1344") == (1344, 1344)
+    assert hw_type("800X1216") == (800, 1216)
+    for bad in ("big", "0x10", "10x", "1x2x3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="HxW|positive"):
+            hw_type(bad)
+
+
+def test_positive_int():
+    assert positive_int("3") == 3
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_int(bad)
+
+
+def test_provider_choices_come_from_the_backend():
+    assert PROVIDER_CHOICES == tuple(PROVIDERS)
+
+
+def _raiser(exc):
+    def main(argv):
+        raise exc
+
+    return main
+
+
+@pytest.mark.parametrize(
+    "exc,code",
+    [
+        (InputError("bad --input-size"), EXIT_BAD_INPUT),
+        (MissingFileError("no such file"), EXIT_BAD_INPUT),
+        (OutputError("read-only"), EXIT_BAD_INPUT),
+        (ItemError("one image failed"), EXIT_ITEMS_FAILED),
+        (OSError(28, "No space left on device"), EXIT_ITEMS_FAILED),
+    ],
+)
+def test_errors_map_to_exit_codes(exc, code, caplog):
+    with caplog.at_level(logging.ERROR):
+        assert run_main(_raiser(exc), []) == code
+    assert "error: " in caplog.text and str(exc.args[-1]) in caplog.text
+
+
+def test_bugs_keep_their_traceback():
+    """A KeyError from a bug is not turned into 'bad input' (exit 2)."""
+    with pytest.raises(KeyError):
+        run_main(_raiser(KeyError("oops")), [])
+    with pytest.raises(ValueError):
+        run_main(_raiser(ValueError("a plain ValueError is a bug, not a user error")), [])
+
+
+def test_ctrl_c_gives_130_and_the_resume_hint(capsys):
+    assert run_main(_raiser(KeyboardInterrupt()), [], resumable=True) == EXIT_INTERRUPTED
+    assert "--resume" in capsys.readouterr().err
+    assert run_main(_raiser(KeyboardInterrupt()), []) == EXIT_INTERRUPTED
+    assert "--resume" not in capsys.readouterr().err
+
+
+def test_argparse_exit_codes():
+    def main(argv):
+        p = argparse.ArgumentParser()
+        p.add_argument("--n", type=positive_int)
+        p.parse_args(argv)
+        return 0
+
+    assert run_main(main, ["--n", "0"]) == EXIT_BAD_INPUT
+    assert run_main(main, ["--help"]) == 0

@@ -1,0 +1,188 @@
+"""End-to-end: tester.py --backend torch on the golden cases reproduces upstream results and metrics."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from golden import CASES, CONFIGS, assert_results_match, case_info, write_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ap_close(got: dict, want: dict, tol: float) -> None:
+    for task in ("bbox", "segm"):
+        for key in ("AP", "AP50", "AP75"):
+            assert abs(got[task][key] - want[task][key]) <= tol, (task, key, got[task][key], want[task][key])
+
+
+@pytest.mark.parametrize(
+    "case,fmt,pad",
+    [
+        ("lite_V_19_slim_dw", "pth", None),
+        ("lite_V_19_slim_dw", "pkl", None),
+        ("lite_V_19_slim_dw", "pth", "1344x1344"),
+        ("V_39", "pth", None),
+        pytest.param("V_39", "pkl", None, marks=pytest.mark.slow),
+        pytest.param("V_39", "pth", "1344x1344", marks=pytest.mark.slow),
+    ],
+)
+def test_tester_matches_upstream(tmp_path, case, fmt, pad):
+    root = CASES[case]
+    ckpt = write_checkpoint(case, tmp_path / f"model dir/ckpt.{fmt}", fmt)  # a path with a space
+    suffix = "_pad1344" if pad else ""
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, str(ROOT / "tester.py"), "--backend", "torch",
+        "--config-file", str(CONFIGS / case_info(case)["config"]),
+        "--images", str(root / "images"),
+        "--coco-json", str(root / f"annotations_gt{suffix}.json"),
+        "--output-dir", str(out), "--no-progress",
+    ]
+    if pad:
+        cmd += ["--pad-to", pad]
+    cmd += ["MODEL.WEIGHTS", str(ckpt), "MODEL.DEVICE", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    expected = json.loads((root / f"coco_instances_results{suffix}.json").read_text())
+    actual = json.loads((out / "coco_instances_results.json").read_text())
+    assert_results_match(expected, actual)
+    _ap_close(json.loads((out / "metrics.json").read_text()), json.loads((root / f"metrics_gt{suffix}.json").read_text()), 0.1)
+    assert "Inference:" in proc.stdout + proc.stderr
+
+
+def test_tester_folder_without_annotations(tmp_path):
+    case = "lite_V_19_slim_dw"
+    ckpt = write_checkpoint(case, tmp_path / "ckpt.pth")
+    import centermask2.cli.tester as tester
+
+    rc = tester.main([
+        "--config-file", str(CONFIGS / case_info(case)["config"]), "--images", str(CASES[case] / "images"),
+        "--output-dir", str(tmp_path / "out"), "--no-progress", "MODEL.WEIGHTS", str(ckpt),
+    ])
+    assert rc == 0
+    results = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
+    assert {r["image_id"] for r in results} == {1, 2}
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["MODEL.WEIGHTS", "https://example.com/model.pth"], "download it"),
+        (["MODEL.WEIGHTS", "missing.pth"], "missing.pth"),
+        (["MODEL.FCOS.NMS_THRESH", "0.5"], "NMS_TH"),
+        ([], "MODEL.WEIGHTS"),
+    ],
+)
+def test_tester_errors_are_clear(tmp_path, caplog, extra, message):
+    import centermask2.cli.tester as tester
+
+    case = "lite_V_19_slim_dw"
+    rc = tester.main([
+        "--config-file", str(CONFIGS / case_info(case)["config"]), "--images", str(CASES[case] / "images"),
+        "--output-dir", str(tmp_path / "out"), "--no-progress", *extra,
+    ])
+    assert rc == 2
+    assert message in caplog.text
+
+
+def test_dataset_root_like_detectron2(tmp_path, monkeypatch):
+    import shutil
+
+    from centermask2.data.catalog import resolve_dataset
+
+    root = tmp_path / "data sets"
+    (root / "coco" / "annotations").mkdir(parents=True)
+    shutil.copytree(CASES["lite_V_19_slim_dw"] / "images", root / "coco" / "val2017")
+    shutil.copy(CASES["lite_V_19_slim_dw"] / "annotations_gt.json", root / "coco" / "annotations" / "instances_val2017.json")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
+    images, ann = resolve_dataset("coco_2017_val")
+    assert images == str(root / "coco" / "val2017") and ann.endswith("instances_val2017.json")
+    with pytest.raises(FileNotFoundError, match="DETECTRON2_DATASETS"):
+        resolve_dataset("coco_2017_train")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        resolve_dataset("voc")
+
+    import centermask2.cli.tester as tester
+
+    ckpt = write_checkpoint("lite_V_19_slim_dw", tmp_path / "ckpt.pth")
+    rc = tester.main(["--config-file", str(CONFIGS / case_info("lite_V_19_slim_dw")["config"]), "--dataset",
+                      "coco_2017_val", "--output-dir", str(tmp_path / "out"), "--no-progress", "MODEL.WEIGHTS", str(ckpt)])
+    assert rc == 0
+    assert (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_unreadable_image_is_named_and_the_rest_is_run(tmp_path, caplog):
+    import shutil
+
+    import centermask2.cli.tester as tester
+
+    case = "lite_V_19_slim_dw"
+    images = tmp_path / "imgs"
+    images.mkdir()
+    shutil.copy(CASES[case] / "images" / "000000000002.png", images / "000000000002.png")
+    (images / "000000000003.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (images / "000000000004.png").write_bytes(b"")
+    ckpt = write_checkpoint(case, tmp_path / "ckpt.pth")
+    rc = tester.main([
+        "--config-file", str(CONFIGS / case_info(case)["config"]), "--images", str(images),
+        "--output-dir", str(tmp_path / "out"), "--no-progress", "--batch-size", "2", "MODEL.WEIGHTS", str(ckpt),
+    ])
+    assert rc == 1
+    results = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
+    assert {r["image_id"] for r in results} == {2}
+    assert "000000000003.jpg" in caplog.text and "000000000004.png" in caplog.text
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path):
+    """tester.py killed mid-run, then --resume: same results file as an uninterrupted run."""
+    import shutil
+    import signal
+    import time
+
+    case = "lite_V_19_slim_dw"
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(10):
+        src = CASES[case] / "images" / f"00000000000{1 + i % 2}.png"
+        shutil.copy(src, images / f"{100 + i:012d}.png")
+    ckpt = write_checkpoint(case, tmp_path / "ckpt.pth")
+    base = [sys.executable, str(ROOT / "tester.py"), "--config-file", str(CONFIGS / case_info(case)["config"]),
+            "--images", str(images), "--no-progress", "--threads", "1"]
+    weights = ["MODEL.WEIGHTS", str(ckpt), "MODEL.DEVICE", "cpu"]
+
+    full = tmp_path / "full"
+    assert subprocess.run(base + ["--output-dir", str(full)] + weights, capture_output=True).returncode == 0
+
+    out = tmp_path / "interrupted"
+    partial = out / "coco_instances_results.partial.jsonl"
+    proc = subprocess.Popen(base + ["--output-dir", str(out)] + weights, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if partial.is_file() and len(partial.read_text().splitlines()) >= 4:  # identity line + 3 images
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "coco_instances_results.json").exists()
+    done_before = len(partial.read_text().splitlines()) - 1
+
+    resumed = subprocess.run(base + ["--output-dir", str(out), "--resume"] + weights, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{done_before} of 10 image(s) already done" in resumed.stdout + resumed.stderr
+    assert json.loads((out / "coco_instances_results.json").read_text()) == json.loads(
+        (full / "coco_instances_results.json").read_text()
+    )
+    assert not partial.exists()
+
+    # another run's progress is not resumed silently
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "coco_instances_results.partial.jsonl").write_text('{"identity": "something else"}\n')
+    refused = subprocess.run(base + ["--output-dir", str(other), "--resume"] + weights, capture_output=True, text=True)
+    assert refused.returncode == 2 and "another run" in refused.stdout + refused.stderr

@@ -1,0 +1,244 @@
+"""ONNX export: standard operators only, parity with PyTorch and with upstream's golden outputs."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from centermask2.config import load_config
+from centermask2.contract import read_metadata
+from centermask2.data import InputSpec, load_and_resize, pad_batch
+from centermask2.data.categories import coco_class_names, coco_contiguous_to_dataset_id
+from centermask2.engine.onnxruntime_backend import OnnxRuntimeBackend
+from centermask2.engine.torch_backend import TorchBackend
+from centermask2.export import ExportSettings, export_onnx
+from centermask2.export.verify import compare_outputs
+from centermask2.modeling import OUTPUT_NAMES, build_model
+from golden import CASES, CONFIGS, assert_results_match, case_info, recipe_arrays, write_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+LITE = "lite_V_19_slim_dw"
+
+
+def _model(case):
+    cfg = load_config(CONFIGS / case_info(case)["config"], ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in recipe_arrays(case).items()})
+    return cfg, model
+
+
+def _export(tmp_path_factory, name, case=LITE, **settings):
+    cfg, model = _model(case)
+    path = tmp_path_factory.mktemp("onnx") / f"{name}.onnx"
+    simplify = settings.pop("simplify", False)
+    export_onnx(model, cfg, path, ExportSettings(**settings), class_names=coco_class_names(),
+                category_ids=coco_contiguous_to_dataset_id(), simplify=simplify)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lite_model():
+    return _model(LITE)[1]
+
+
+@pytest.fixture(scope="module")
+def lite_dynamic(tmp_path_factory):
+    return _export(tmp_path_factory, "lite_dynamic", input_size=(640, 960), dynamic=True)
+
+
+@pytest.fixture(scope="module")
+def lite_static(tmp_path_factory):
+    return _export(tmp_path_factory, "lite_static", input_size=(1344, 1344))
+
+
+@pytest.fixture(scope="module")
+def lite_static_b2(tmp_path_factory):
+    return _export(tmp_path_factory, "lite_static_b2", input_size=(1344, 1344), batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def lite_static_f32_opset16_simplified(tmp_path_factory):
+    return _export(tmp_path_factory, "lite_f32", input_size=(1344, 1344), input_dtype="float32", opset=16,
+                   simplify=True)
+
+
+def _images(case, spec):
+    names = sorted(case_info(case)["num_detections"])
+    return [load_and_resize(CASES[case] / "images" / n, spec)[0] for n in names]
+
+
+def _spec(meta):
+    return InputSpec(min_size=meta.min_size, max_size=meta.max_size, size_divisibility=meta.size_divisibility,
+                     pad_to=meta.input_size)
+
+
+def test_graphs_use_only_the_default_domain(lite_dynamic, lite_static, lite_static_f32_opset16_simplified):
+    for path, opset in ((lite_dynamic, 17), (lite_static, 17), (lite_static_f32_opset16_simplified, 16)):
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto, full_check=True)
+        assert {n.domain for n in proto.graph.node} <= {""}
+        assert {o.domain: o.version for o in proto.opset_import}.get("", None) == opset
+        ops = {n.op_type for n in proto.graph.node}
+        assert {"NonMaxSuppression", "RoiAlign", "TopK"} <= ops
+        assert [o.name for o in proto.graph.output] == list(OUTPUT_NAMES)
+
+
+def test_metadata_round_trips(lite_static, lite_dynamic):
+    meta = read_metadata(lite_static)
+    cfg = load_config(CONFIGS / case_info(LITE)["config"])
+    assert meta.input_size == (1344, 1344) and meta.batch_size == 1 and not meta.dynamic
+    assert meta.input_dtype == "uint8" and meta.input_format == "BGR"
+    assert meta.min_size == 600 and meta.max_size == 1000 and meta.size_divisibility == 32
+    assert meta.max_detections == 50
+    assert meta.pixel_mean == list(cfg.MODEL.PIXEL_MEAN) and meta.pixel_std == list(cfg.MODEL.PIXEL_STD)
+    assert meta.class_names == coco_class_names() and meta.category_ids == coco_contiguous_to_dataset_id()
+    assert meta.output_names == list(OUTPUT_NAMES)
+    assert "FCOS" in meta.config_yaml
+    dyn = read_metadata(lite_dynamic)
+    assert dyn.dynamic and dyn.input_size is None and dyn.batch_size is None
+
+
+@pytest.mark.parametrize("size,batch", [((608, 928), 1), ((800, 1216), 1), ((320, 480), 2)])
+def test_dynamic_matches_pytorch_on_other_sizes(lite_model, lite_dynamic, size, batch):
+    """Exported with a 640x960 sample; run at other sizes and batch sizes."""
+    rng = np.random.default_rng(sum(size) + batch)
+    images = rng.integers(0, 256, size=(batch, 3, *size), dtype=np.uint8)
+    sizes = np.array([[size[0], size[1]], [size[0] - 40, size[1] - 70]][:batch], dtype=np.int64)
+    inputs = {"images": images, "image_sizes": sizes}
+    ref = TorchBackend(lite_model).run(inputs)
+    got = OnnxRuntimeBackend(lite_dynamic).run(inputs)
+    for i in range(batch):
+        report = compare_outputs({k: v[i:i + 1] for k, v in ref.items()}, {k: v[i:i + 1] for k, v in got.items()})
+        assert report.ok, report.format() + str(report.problems)
+        assert report.num_reference > 0
+
+
+def test_dynamic_equals_static_at_the_static_size(lite_dynamic, lite_static):
+    spec = _spec(read_metadata(lite_static))
+    images, sizes = pad_batch(_images(LITE, spec)[:1], spec)
+    a = OnnxRuntimeBackend(lite_dynamic).run({"images": images, "image_sizes": sizes})
+    b = OnnxRuntimeBackend(lite_static).run({"images": images, "image_sizes": sizes})
+    for key in OUTPUT_NAMES:
+        np.testing.assert_allclose(a[key], b[key], atol=1e-4, rtol=1e-4, err_msg=key)
+
+
+def test_static_batch_two_equals_two_single_runs(lite_static, lite_static_b2):
+    spec = _spec(read_metadata(lite_static))
+    ims = _images(LITE, spec)
+    images, sizes = pad_batch(ims, spec)
+    both = OnnxRuntimeBackend(lite_static_b2).run({"images": images, "image_sizes": sizes})
+    single = OnnxRuntimeBackend(lite_static)
+    for i in range(2):
+        one = single.run({"images": images[i:i + 1], "image_sizes": sizes[i:i + 1]})
+        for key in OUTPUT_NAMES:
+            np.testing.assert_allclose(both[key][i], one[key][0], atol=1e-4, rtol=1e-4, err_msg=key)
+    # a short last batch is filled and the fill dropped
+    short = OnnxRuntimeBackend(lite_static_b2).run({"images": images[:1], "image_sizes": sizes[:1]})
+    assert short["boxes"].shape[0] == 1
+
+
+def test_blank_image_gives_zero_detections(tmp_path):
+    cfg, model = _model(LITE)
+    with torch.no_grad():
+        model.proposal_generator.fcos_head.cls_logits.bias.fill_(-30.0)
+    path = tmp_path / "blank.onnx"
+    export_onnx(model, cfg, path, ExportSettings(input_size=(128, 160)), class_names=coco_class_names(),
+                category_ids=coco_contiguous_to_dataset_id())
+    out = OnnxRuntimeBackend(path).run({"images": np.zeros((1, 3, 128, 160), np.uint8),
+                                        "image_sizes": np.array([[120, 150]])})
+    assert out["num_detections"].tolist() == [0]
+    assert out["boxes"].shape == (1, 50, 4) and not out["boxes"].any() and not out["masks"].any()
+
+
+def _run_tester(tmp_path, model, case, gt_suffix, extra=()):
+    root = CASES[case]
+    out = tmp_path / f"out_{Path(model).stem}"
+    cmd = [sys.executable, str(ROOT / "tester.py"), "--backend", "onnx", "--model", str(model),
+           "--images", str(root / "images"), "--coco-json", str(root / f"annotations_gt{gt_suffix}.json"),
+           "--output-dir", str(out), "--no-progress", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    expected = json.loads((root / f"coco_instances_results{gt_suffix}.json").read_text())
+    actual = json.loads((out / "coco_instances_results.json").read_text())
+    assert_results_match(expected, actual)
+    got = json.loads((out / "metrics.json").read_text())
+    want = json.loads((root / f"metrics_gt{gt_suffix}.json").read_text())
+    for task in ("bbox", "segm"):
+        assert abs(got[task]["AP"] - want[task]["AP"]) <= 0.1, (task, got[task]["AP"], want[task]["AP"])
+
+
+def test_lite_golden_dynamic(tmp_path, lite_dynamic):
+    _run_tester(tmp_path, lite_dynamic, LITE, "")
+
+
+def test_lite_golden_static_uint8_batch2(tmp_path, lite_static_b2):
+    _run_tester(tmp_path, lite_static_b2, LITE, "_pad1344")
+
+
+def test_lite_golden_static_float32_opset16_simplified(tmp_path, lite_static_f32_opset16_simplified):
+    assert read_metadata(lite_static_f32_opset16_simplified).input_dtype == "float32"
+    _run_tester(tmp_path, lite_static_f32_opset16_simplified, LITE, "_pad1344", ["--threads", "2"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["dynamic", "static-uint8", "static-float32"])
+def test_v39_golden_through_the_scripts(tmp_path, form):
+    ckpt = write_checkpoint("V_39", tmp_path / "v39.pth")
+    onnx_path = tmp_path / f"v39_{form}.onnx"
+    cmd = [sys.executable, str(ROOT / "convert_model_into_onnx.py"),
+           "--config-file", str(CONFIGS / case_info("V_39")["config"]), "--output", str(onnx_path)]
+    if form == "dynamic":
+        cmd += ["--dynamic", "--verify", str(CASES["V_39"] / "images" / "000000000001.png")]
+    else:
+        cmd += ["--input-size", "1344x1344", "--input-dtype", form.split("-")[1]]
+    proc = subprocess.run(cmd + ["MODEL.WEIGHTS", str(ckpt)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if form == "dynamic":
+        assert "PyTorch and ONNX Runtime agree" in proc.stdout + proc.stderr
+    _run_tester(tmp_path, onnx_path, "V_39", "" if form == "dynamic" else "_pad1344")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["MODEL.FCOS.NMS_THRESH", "0.5"], "NMS_TH"),
+        (["--input-size", "1000x1000"], "multiple"),
+        (["MODEL.WEIGHTS", "no/such/model.pth"], "no/such/model.pth"),
+        (["--opset", "13"], "opset"),
+        ([], "MODEL.WEIGHTS"),
+    ],
+)
+def test_export_bad_arguments_fail_fast(tmp_path, args, message):
+    cmd = [sys.executable, str(ROOT / "convert_model_into_onnx.py"),
+           "--config-file", str(CONFIGS / case_info(LITE)["config"]), "--output", str(tmp_path / "m.onnx")]
+    options = [a for a in args if a.startswith("--")]
+    opts = [a for a in args if not a.startswith("--")]
+    if options:
+        cmd += [args[0], args[1]]
+        opts = ["MODEL.WEIGHTS", str(write_checkpoint(LITE, tmp_path / "ok.pth"))]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd + opts, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr + proc.stdout
+    assert not (tmp_path / "m.onnx").exists()
+    assert time.perf_counter() - t0 < 60
+
+
+def test_compare_outputs_flags_disagreement():
+    rng = np.random.default_rng(0)
+    k = 5
+    xy = rng.uniform(0, 100, (1, k, 2)).astype(np.float32)
+    ref = {"boxes": np.concatenate([xy, xy + 20], axis=2), "scores": np.linspace(0.9, 0.5, k)[None].astype(np.float32),
+           "classes": np.arange(k)[None], "masks": rng.uniform(size=(1, k, 28, 28)).astype(np.float32),
+           "mask_scores": np.full((1, k), 0.5, np.float32), "num_detections": np.array([k])}
+    assert compare_outputs(ref, ref).ok
+    worse = dict(ref, scores=ref["scores"] + 0.01)
+    assert not compare_outputs(ref, worse).ok
+    swapped = dict(ref, classes=ref["classes"][:, ::-1].copy())
+    assert not compare_outputs(ref, swapped).ok

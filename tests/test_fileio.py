@@ -1,0 +1,48 @@
+"""centermask2.fileio: atomic writes, named JSON errors, writable folders."""
+
+import os
+
+import pytest
+
+from centermask2.errors import InputError, MissingFileError, OutputError
+from centermask2.fileio import atomic_write_json, ensure_writable_dir, read_json, remove_stale_temp_files
+
+
+def test_read_json_names_the_file_and_the_problem(tmp_path):
+    with pytest.raises(MissingFileError, match=r"manifest not found: .*nope\.json.*; run stage 2"):
+        read_json(tmp_path / "nope.json", "manifest", hint="run stage 2")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"bad\.json' is not a valid COCO annotation file \(not UTF-8 JSON"):
+        read_json(tmp_path / "bad.json", "COCO annotation file")
+    (tmp_path / "latin.json").write_bytes(b'{"a": "\xe9"}')
+    with pytest.raises(InputError, match="latin.json"):
+        read_json(tmp_path / "latin.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="expected a JSON dict, found list"):
+        read_json(tmp_path / "list.json", expect=dict)
+    with pytest.raises(MissingFileError):
+        read_json(tmp_path)  # a folder is not a file
+    atomic_write_json({"a": [1]}, tmp_path / "ok.json")
+    assert read_json(tmp_path / "ok.json", expect=dict) == {"a": [1]}
+
+
+def test_errors_keep_their_builtin_bases(tmp_path):
+    """Callers that catch ValueError / FileNotFoundError keep working."""
+    with pytest.raises(FileNotFoundError):
+        read_json(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError):
+        read_json(tmp_path / "bad.json")
+
+
+def test_output_folder_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="--out"):
+        ensure_writable_dir(tmp_path / "file" / "sub", option="--out")
+
+
+def test_stale_temp_files_are_swept(tmp_path):
+    (tmp_path / ".a.bin.x1y2.tmp").write_text("")
+    (tmp_path / ".other.txt.x1y2.tmp").write_text("")
+    assert remove_stale_temp_files(tmp_path, lambda name: name.endswith(".bin")) == 1
+    assert os.listdir(tmp_path) == [".other.txt.x1y2.tmp"]

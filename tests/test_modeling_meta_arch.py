@@ -1,0 +1,119 @@
+"""The whole network: state dicts of every official config, golden parity of raw outputs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from centermask2.config import load_config
+from centermask2.data import InputSpec, load_and_resize, pad_batch
+from centermask2.modeling import OUTPUT_NAMES, build_model
+from golden import CASES, CONFIGS, case_info, recipe_arrays
+
+STATE_DICTS = sorted((Path(__file__).parent / "data" / "state_dicts").glob("*.json"))
+
+
+@pytest.mark.parametrize("listing", STATE_DICTS, ids=lambda p: p.stem)
+def test_state_dict_matches_upstream(listing):
+    expected = json.loads(listing.read_text())
+    model = build_model(load_config(CONFIGS / expected["config"]))
+    got = {k: (list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in model.state_dict().items()}
+    want = {name: (shape, dtype) for name, shape, dtype in expected["tensors"]}
+    assert sorted(set(got) - set(want)) == [], "keys upstream does not have"
+    assert sorted(set(want) - set(got)) == [], "keys missing"
+    bad = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
+    assert bad == {}
+    assert sum(v.numel() for v in model.state_dict().values()) == expected["num_values"]
+
+
+def test_state_dict_listing_covers_all_configs():
+    assert len(STATE_DICTS) == 14
+
+
+def _run_case(case, **overrides):
+    info = case_info(case)
+    cfg = load_config(CONFIGS / info["config"], ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in recipe_arrays(case).items()})
+    spec = InputSpec(min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST,
+                     size_divisibility=model.size_divisibility, **overrides)
+    return info, model, spec
+
+
+@pytest.mark.parametrize("case", ["lite_V_19_slim_dw", "V_39"])
+def test_raw_outputs_match_upstream(case):
+    """Network outputs before post-processing equal upstream's on the golden images."""
+    info, model, spec = _run_case(case)
+    raw = np.load(CASES[case] / "raw_outputs.npz")
+    images, ids = [], []
+    for name in sorted(info["num_detections"]):
+        im, _ = load_and_resize(CASES[case] / "images" / name, spec)
+        assert np.array_equal(im.transpose(2, 0, 1), raw[f"{int(name[:-4])}_input"])
+        images.append(im)
+        ids.append(int(name[:-4]))
+    # one image at a time: upstream's batch of 1 (the padding of a batch changes GroupNorm statistics)
+    for im, i in zip(images, ids):
+        batch, sizes = pad_batch([im], spec)
+        with torch.inference_mode():
+            x, s = torch.from_numpy(batch), torch.from_numpy(sizes)
+            out = model(model.normalize(x, s), s)
+        assert list(out) == list(OUTPUT_NAMES)
+        n = int(out["num_detections"][0])
+        assert n == len(raw[f"{i}_scores"])
+        torch.testing.assert_close(out["boxes"][0, :n], torch.from_numpy(raw[f"{i}_boxes"]), atol=1e-3, rtol=1e-5)
+        torch.testing.assert_close(out["scores"][0, :n], torch.from_numpy(raw[f"{i}_scores"]), atol=1e-5, rtol=1e-5)
+        assert torch.equal(out["classes"][0, :n], torch.from_numpy(raw[f"{i}_classes"]))
+        torch.testing.assert_close(out["masks"][0, :n], torch.from_numpy(raw[f"{i}_masks"]), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            out["mask_scores"][0, :n], torch.from_numpy(raw[f"{i}_mask_scores"]), atol=1e-5, rtol=1e-5
+        )
+
+
+def test_batch_of_two_equals_single_runs_at_same_padding():
+    """Batching only pads; with the same padded size, batch rows equal single-image runs."""
+    case = "lite_V_19_slim_dw"
+    info, model, spec = _run_case(case, pad_to=(608, 928))
+    ims = [load_and_resize(CASES[case] / "images" / n, spec)[0] for n in sorted(info["num_detections"])]
+    with torch.inference_mode():
+        batch, sizes = pad_batch(ims, spec)
+        x, s = torch.from_numpy(batch), torch.from_numpy(sizes)
+        both = model(model.normalize(x, s), s)
+        for i, im in enumerate(ims):
+            b1, s1 = pad_batch([im], spec)
+            x1, sz1 = torch.from_numpy(b1), torch.from_numpy(s1)
+            one = model(model.normalize(x1, sz1), sz1)
+            for key in OUTPUT_NAMES:
+                torch.testing.assert_close(both[key][i], one[key][0], atol=1e-4, rtol=1e-4)
+
+
+def test_no_detections_gives_padding_rows():
+    case = "lite_V_19_slim_dw"
+    _, model, spec = _run_case(case)
+    with torch.no_grad():
+        model.proposal_generator.fcos_head.cls_logits.bias.fill_(-30.0)
+        x = torch.zeros((1, 3, 64, 96), dtype=torch.uint8)
+        s = torch.tensor([[64, 90]])
+        out = model(model.normalize(x, s), s)
+    assert int(out["num_detections"][0]) == 0
+    assert out["boxes"].shape == (1, 50, 4) and out["masks"].shape == (1, 50, 28, 28)
+    assert torch.count_nonzero(out["boxes"]) == 0 and torch.count_nonzero(out["masks"]) == 0
+
+
+def test_normalize_zeroes_padding():
+    _, model, _ = _run_case("lite_V_19_slim_dw")
+    x = torch.full((2, 3, 32, 64), 200, dtype=torch.uint8)
+    s = torch.tensor([[32, 64], [20, 30]])
+    y = model.normalize(x, s)
+    assert torch.count_nonzero(y[1, :, 20:, :]) == 0 and torch.count_nonzero(y[1, :, :, 30:]) == 0
+    want = (200.0 - model.pixel_mean) / model.pixel_std
+    torch.testing.assert_close(y[0, :, 0, 0], want.flatten())
+
+
+def test_dcn_config_builds_but_refuses_to_run():
+    cfg = load_config(CONFIGS / "centermask_V_39_eSE_dcn_FPN_ms_3x.yaml")
+    model = build_model(cfg)
+    with pytest.raises(NotImplementedError, match="deformable convolution is not supported"):
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 64, 64), torch.tensor([[64, 64]]))
