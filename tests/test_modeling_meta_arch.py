@@ -9,6 +9,7 @@ import torch
 
 from centermask2.config import load_config
 from centermask2.data import InputSpec, load_and_resize, pad_batch
+from centermask2.evaluation.matching import match_boxes
 from centermask2.modeling import OUTPUT_NAMES, build_model
 from golden import CASES, CONFIGS, case_info, recipe_arrays
 
@@ -62,13 +63,33 @@ def test_raw_outputs_match_upstream(case):
         assert list(out) == list(OUTPUT_NAMES)
         n = int(out["num_detections"][0])
         assert n == len(raw[f"{i}_scores"])
-        torch.testing.assert_close(out["boxes"][0, :n], torch.from_numpy(raw[f"{i}_boxes"]), atol=1e-3, rtol=1e-5)
-        torch.testing.assert_close(out["scores"][0, :n], torch.from_numpy(raw[f"{i}_scores"]), atol=1e-5, rtol=1e-5)
-        assert torch.equal(out["classes"][0, :n], torch.from_numpy(raw[f"{i}_classes"]))
-        torch.testing.assert_close(out["masks"][0, :n], torch.from_numpy(raw[f"{i}_masks"]), atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(
-            out["mask_scores"][0, :n], torch.from_numpy(raw[f"{i}_mask_scores"]), atol=1e-5, rtol=1e-5
-        )
+        if SAME_KERNELS_AS_GOLDEN:
+            torch.testing.assert_close(out["boxes"][0, :n], torch.from_numpy(raw[f"{i}_boxes"]), atol=1e-3, rtol=1e-5)
+            torch.testing.assert_close(out["scores"][0, :n], torch.from_numpy(raw[f"{i}_scores"]), atol=1e-5, rtol=1e-5)
+            assert torch.equal(out["classes"][0, :n], torch.from_numpy(raw[f"{i}_classes"]))
+            torch.testing.assert_close(out["masks"][0, :n], torch.from_numpy(raw[f"{i}_masks"]), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                out["mask_scores"][0, :n], torch.from_numpy(raw[f"{i}_mask_scores"]), atol=1e-5, rtol=1e-5
+            )
+        else:
+            _assert_same_detections(raw, i, {k: v[0, :n].numpy() for k, v in out.items() if k != "num_detections"})
+
+
+#: The golden raw outputs were made, and the tight tolerances above set, on CPUs where PyTorch runs
+#: its AVX-512 kernels. With AVX2 kernels (other accumulation order) scores move by up to 1e-4 and
+#: two detections whose scores tie to 1e-6 can swap rows, so there every detection is matched
+#: (:func:`match_boxes`) instead of compared row by row, with tolerances 10-20x wider.
+SAME_KERNELS_AS_GOLDEN = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def _assert_same_detections(raw, i, out):
+    pairs = match_boxes(raw[f"{i}_boxes"], raw[f"{i}_classes"], raw[f"{i}_scores"], out["boxes"], out["classes"])
+    assert len(pairs) == len(raw[f"{i}_scores"]) == len(out["scores"])
+    a, b = (np.array(idx) for idx in zip(*pairs))
+    np.testing.assert_allclose(out["boxes"][b], raw[f"{i}_boxes"][a], atol=1e-2, rtol=0)
+    np.testing.assert_allclose(out["scores"][b], raw[f"{i}_scores"][a], atol=2e-4, rtol=0)
+    np.testing.assert_allclose(out["masks"][b], raw[f"{i}_masks"][a], atol=2e-3, rtol=0)
+    np.testing.assert_allclose(out["mask_scores"][b], raw[f"{i}_mask_scores"][a], atol=2e-4, rtol=0)
 
 
 def test_batch_of_two_equals_single_runs_at_same_padding():

@@ -9,8 +9,11 @@ outputs (:data:`centermask2.modeling.OUTPUT_NAMES`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
+from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +120,33 @@ def build_metadata(
     )
 
 
+#: modules whose UserWarnings narrate the exporter's own internals, not the user's model
+_EXPORTER_MODULES = r"(torch\.onnx|torch\.export|torch\._export|torch\.fx|torch\._dynamo|onnxscript|onnx_ir)(\..*)?"
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide PyTorch's and onnxscript's internal deprecation notices during ``torch.onnx.export``.
+
+    They concern PyTorch's own code (e.g. ``LeafSpec`` deprecations raised from ``copyreg``), not
+    the user's model, and would be the only thing a user sees besides our progress lines.
+    Warnings raised from our code (``centermask2``) are kept. The exporter's registry also logs
+    that torchvision is missing, which does not matter: our ops have their own lowerings.
+    """
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=_EXPORTER_MODULES)
+            warnings.filterwarnings("default", module=r"centermask2(\..*)?")
+            yield
+    finally:
+        registry_log.setLevel(level)
+
+
 def _sample_inputs(settings: ExportSettings) -> tuple[Tensor, Tensor]:
     b = settings.batch_size
     h, w = settings.input_size
@@ -172,7 +202,7 @@ def export_onnx(
         settings.input_dtype,
         settings.opset,
     )
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
             module,
             sample,

@@ -2,7 +2,9 @@
 
 Used as ``custom_translation_table`` of PyTorch's ONNX exporter (``torch.onnx.export(...,
 dynamo=True)``). Each function receives the op's inputs as ONNX values and emits standard
-operators; the attributes they cannot express raise instead of producing a wrong graph.
+operators. Both RoIAlign flavours lower to ``RoiAlign`` (opset >= 16): detectron2's
+``ROIAlignV2`` (aligned=True) with ``coordinate_transformation_mode="half_pixel"``, its
+``ROIAlign`` (aligned=False) with ``"output_half_pixel"``.
 """
 
 from __future__ import annotations
@@ -62,13 +64,13 @@ def multilevel_roi_align_onnx(
     """One ``RoiAlign`` per level on every box, merged with ``Where`` on the level index.
 
     ``RoiAlign`` (opset >= 16) with ``coordinate_transformation_mode="half_pixel"`` is
-    detectron2's ``ROIAlignV2`` (aligned=True); ``sampling_ratio=0`` is the same adaptive rule.
+    detectron2's ``ROIAlignV2`` (aligned=True: -0.5 shift, no size clamp); with
+    ``"output_half_pixel"`` it is detectron2's ``ROIAlign`` (aligned=False: no shift, box
+    width and height clamped to at least one feature pixel, like the reference
+    :func:`~centermask2.modeling.ops.roi_align.roi_align`). ``sampling_ratio=0`` is the same
+    adaptive rule in both.
     """
-    if not aligned:
-        raise NotImplementedError(
-            "exporting ROIAlign with aligned=False (MODEL.ROI_MASK_HEAD.POOLER_TYPE 'ROIAlign') is not "
-            "supported: ONNX RoiAlign's output_half_pixel mode does not clamp small boxes like detectron2"
-        )
+    mode = "half_pixel" if aligned else "output_half_pixel"
     boxes = op.Slice(rois, op.Constant(value_ints=[1]), op.Constant(value_ints=[5]), op.Constant(value_ints=[1]))
     batch_index = op.Cast(
         op.Squeeze(
@@ -83,7 +85,7 @@ def multilevel_roi_align_onnx(
             feature,
             boxes,
             batch_index,
-            coordinate_transformation_mode="half_pixel",
+            coordinate_transformation_mode=mode,
             mode="avg",
             output_height=int(output_size),
             output_width=int(output_size),

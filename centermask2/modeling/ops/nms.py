@@ -3,7 +3,9 @@
 Eager reference for the greedy NMS that detectron2 calls through torchvision: boxes are
 visited in decreasing score order and a box is dropped when its IoU with an already kept box
 of the same class is *greater than* the threshold. IoU uses ``(x2 - x1) * (y2 - y1)`` areas
-(no +1), like torchvision. The class-aware form runs the greedy pass per class on the
+(no +1), like torchvision, and like torchvision it is computed in float32 for lower-precision
+floating boxes (float16 / bfloat16), whose products overflow or lose the overlap for boxes
+larger than about 181 x 181 pixels. The class-aware form runs the greedy pass per class on the
 original coordinates (torchvision's "vanilla" strategy), so no coordinate offsets perturb
 the IoU arithmetic. ONNX expresses the same thing with ``NonMaxSuppression``.
 """
@@ -17,6 +19,13 @@ from torch import Tensor
 __all__ = ["box_iou", "nms", "batched_nms"]
 
 
+def _upcast(t: Tensor) -> Tensor:
+    """float16 / bfloat16 (any float other than float32 / float64) -> float32; others unchanged."""
+    if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+        return t.float()
+    return t
+
+
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise IoU.
 
@@ -24,8 +33,10 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         boxes1 (Tensor[N, 4]), boxes2 (Tensor[M, 4]): ``(x1, y1, x2, y2)``.
 
     Returns:
-        Tensor[N, M]: IoU; 0 where the union is empty.
+        Tensor[N, M]: IoU; 0 where the union is empty. float32 for float16 / bfloat16 boxes,
+        which are upcast before computing areas (as torchvision's ``_upcast``).
     """
+    boxes1, boxes2 = _upcast(boxes1), _upcast(boxes2)
     area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
     area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
     lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
