@@ -21,6 +21,7 @@ from ..errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, Center
 
 __all__ = [
     "PROVIDER_CHOICES",
+    "new_parser",
     "hw_type",
     "positive_int",
     "add_config_arguments",
@@ -37,6 +38,16 @@ PROVIDER_CHOICES = tuple(PROVIDERS)
 
 # third-party loggers that narrate exports and graph rewrites at INFO level
 _NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._export", "onnxslim")
+
+
+def new_parser(prog: str, description: str, epilog: str | None = None, *, raw: bool = True) -> argparse.ArgumentParser:
+    """The parser of a stage script (``raw``: keep the description's and epilog's line breaks)."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter,
+    )
 
 
 def hw_type(text: str) -> tuple[int, int]:

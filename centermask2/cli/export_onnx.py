@@ -18,18 +18,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError, MissingFileError
-from .common import add_config_arguments, add_overrides, hw_type, run_main, setup_logging
+from .common import add_config_arguments, add_overrides, hw_type, new_parser, run_main, setup_logging
 
 logger = logging.getLogger("convert_model_into_onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="convert_model_into_onnx.py",
-        description="Export a CenterMask2 checkpoint (detectron2 .pth/.pkl) to ONNX: one graph from raw pixels "
+    p = new_parser(
+        "convert_model_into_onnx.py",
+        "Export a CenterMask2 checkpoint (detectron2 .pth/.pkl) to ONNX: one graph from raw pixels "
         "to boxes, scores, classes, masks and mask scores, default ONNX domain only.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Trailing KEY VALUE pairs override the config; MODEL.WEIGHTS /path/to/model.pth is required.",
+        "Trailing KEY VALUE pairs override the config; MODEL.WEIGHTS /path/to/model.pth is required.",
     )
     add_config_arguments(p, required=True)
     p.add_argument("--output", required=True, help="the .onnx file to write")

@@ -27,27 +27,28 @@ from pathlib import Path
 
 from ..errors import EXIT_BAD_INPUT, EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError
 from ..evaluation import evaluate_coco, format_table, load_coco_results
-from .common import report_error, run_main, setup_logging
+from .common import new_parser, report_error, run_main, setup_logging
 
 logger = logging.getLogger("postprocess_bin_outputs")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of this script."""
-    parser = argparse.ArgumentParser(
-        prog="postprocess_bin_outputs.py",
-        description=(
+    parser = new_parser(
+        "postprocess_bin_outputs.py",
+        (
             "Evaluate CenterMask2 detections on a COCO-format dataset (bbox and segm AP, segm "
             "ranked by mask_score as centermask2 does). Give --results to evaluate an existing "
             "coco_instances_results.json; the .bin mode (--outputs/--info) converts raw "
             "offline outputs first."
         ),
-        epilog=(
+        (
             "examples: python postprocess_bin_outputs.py --results out/coco_instances_results.json "
             "--coco-json annotations/instances_val2017.json --output-dir out/eval;  "
             "python postprocess_bin_outputs.py --outputs RAW --info BINS/bin_info.json "
             "--coco-json annotations/instances_val2017.json --output-dir out/offline"
         ),
+        raw=False,
     )
     parser.add_argument(
         "--results",

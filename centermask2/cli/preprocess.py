@@ -22,20 +22,27 @@ import logging
 from collections.abc import Sequence
 
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError
-from .common import add_config_arguments, add_overrides, hw_type, positive_int, run_main, setup_logging
+from .common import (
+    add_config_arguments,
+    add_overrides,
+    hw_type,
+    new_parser,
+    positive_int,
+    run_main,
+    setup_logging,
+)
 
 logger = logging.getLogger("preprocess_inputs_to_bin")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of this script."""
-    p = argparse.ArgumentParser(
-        prog="preprocess_inputs_to_bin.py",
-        description="Turn images into raw .bin inputs of a static-shape CenterMask2 model: read (EXIF, BGR), "
+    p = new_parser(
+        "preprocess_inputs_to_bin.py",
+        "Turn images into raw .bin inputs of a static-shape CenterMask2 model: read (EXIF, BGR), "
         "ResizeShortestEdge, zero padding to the fixed size, raw pixels in the model's dtype "
         "(the graph normalizes), plus image_sizes bins and bin_info.json / bin_info.info.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Without --model, trailing KEY VALUE pairs override the config, e.g. INPUT.MIN_SIZE_TEST 800.\n"
+        "Without --model, trailing KEY VALUE pairs override the config, e.g. INPUT.MIN_SIZE_TEST 800.\n"
         "Exit status: 0 all images written, 1 some failed (listed), 2 bad arguments.",
     )
     p.add_argument("--model", help="exported .onnx model; its metadata gives every setting")

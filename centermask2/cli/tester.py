@@ -26,7 +26,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError
-from .common import PROVIDER_CHOICES, add_config_arguments, add_overrides, hw_type, run_main, setup_logging
+from .common import (
+    PROVIDER_CHOICES,
+    add_config_arguments,
+    add_overrides,
+    hw_type,
+    new_parser,
+    run_main,
+    setup_logging,
+)
 
 logger = logging.getLogger("tester")
 
@@ -35,13 +43,12 @@ PARTIAL_NAME = "coco_instances_results.partial.jsonl"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tester.py",
-        description="Run CenterMask2 over a folder of images (optionally a COCO dataset) and write "
+    p = new_parser(
+        "tester.py",
+        "Run CenterMask2 over a folder of images (optionally a COCO dataset) and write "
         "coco_instances_results.json (and metrics.json with --coco-json); or, with --bins, run the .bin inputs "
         "of preprocess_inputs_to_bin.py through an ONNX model and write raw output bins.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="With --backend torch, trailing KEY VALUE pairs override the config, "
+        "With --backend torch, trailing KEY VALUE pairs override the config, "
         "e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu.",
     )
     p.add_argument(

@@ -15,18 +15,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError
-from .common import PROVIDER_CHOICES, add_overrides, run_main, setup_logging
+from .common import PROVIDER_CHOICES, add_overrides, new_parser, run_main, setup_logging
 
 logger = logging.getLogger("visualizer")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="visualizer.py",
-        description="Draw instance masks, boxes, class names and scores from a results file, an ONNX model or a "
+    p = new_parser(
+        "visualizer.py",
+        "Draw instance masks, boxes, class names and scores from a results file, an ONNX model or a "
         "PyTorch checkpoint; optionally side by side with a second source.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="With --config-file, trailing KEY VALUE pairs override the config (MODEL.WEIGHTS m.pth ...).",
+        "With --config-file, trailing KEY VALUE pairs override the config (MODEL.WEIGHTS m.pth ...).",
     )
     src = p.add_argument_group("source (exactly one)")
     src.add_argument("--results", help="COCO results JSON (coco_instances_results.json)")
