@@ -242,3 +242,16 @@ def test_compare_outputs_flags_disagreement():
     assert not compare_outputs(ref, worse).ok
     swapped = dict(ref, classes=ref["classes"][:, ::-1].copy())
     assert not compare_outputs(ref, swapped).ok
+
+
+def test_export_prints_our_lines_only(tmp_path):
+    """No PyTorch-internal FutureWarnings or exporter registry notices reach the user."""
+    ckpt = write_checkpoint(LITE, tmp_path / "lite.pth")
+    cmd = [sys.executable, str(ROOT / "convert_model_into_onnx.py"), "--config-file",
+           str(CONFIGS / case_info(LITE)["config"]), "--output", str(tmp_path / "m.onnx"), "--input-size", "640x640",
+           "MODEL.WEIGHTS", str(ckpt)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    noise = [line for line in proc.stderr.splitlines() if "Warning" in line or "torchvision" in line]
+    assert noise == [], proc.stderr
+    assert "Exported" in proc.stderr

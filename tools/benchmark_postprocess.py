@@ -6,7 +6,7 @@
 Takes a golden case's raw outputs (``tests/data/golden_<case>/raw_outputs.npz``, upstream's
 network outputs before post-processing), writes them as output bins for the case's images
 repeated ``--repeat`` times under synthetic image ids, with a matching ``bin_info.json`` and a
-ground-truth file repeated the same way, then times :func:`centermask2.bin_postprocess.postprocess_bins`
+ground-truth file repeated the same way, then times :func:`centermask2.offline.postprocess.postprocess_bins`
 (read bins, rescale boxes, paste masks, RLE-encode) and :func:`centermask2.evaluation.evaluate_coco`
 (bbox + segm, writing results and metrics) and prints images/s for each and for both. The AP
 printed is a sanity check: repeating images does not change it. A script, not a test.

@@ -38,8 +38,6 @@ from .common import (
 
 logger = logging.getLogger("tester")
 
-#: per-image progress of a run, kept next to the results until they are written (for --resume)
-PARTIAL_NAME = "coco_instances_results.partial.jsonl"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,10 +177,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
     from ..data.catalog import list_images, resolve_dataset
     from ..data.categories import category_mapping
-    from ..engine.loop import run_inference
-    from ..engine.resume import PartialResults
+    from ..engine.loop import run_to_folder
     from ..evaluation import evaluate_coco
-    from ..fileio import atomic_write_json
 
     if args.dataset:
         args.images, args.coco_json = resolve_dataset(args.dataset)
@@ -192,33 +188,17 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.coco_json:
         ids, _names = category_mapping(args.coco_json, len(source.category_ids))
 
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     logger.info("Running %s on %d image(s) from %s", source.label, len(records), args.images)
-    partial = PartialResults(out_dir / PARTIAL_NAME, identity=f"{source.label}, {source.spec}")
-    done = partial.load() if args.resume else {}
-    if not args.resume and partial.path.is_file():
-        logger.warning("%s holds an interrupted run's progress; starting over (pass --resume to continue it)", partial.path)
-    wanted = {r.image_id for r in records}
-    done = {k: v for k, v in done.items() if k in wanted}
-    partial.start(done)
-    try:
-        results, summary = run_inference(
-            source.backend, records, source.spec, ids, batch_size=source.batch_size, progress=not args.no_progress,
-            done=done, on_results=partial.append,
-        )
-    finally:
-        partial.close()
-    results_path = out_dir / "coco_instances_results.json"
-    atomic_write_json(results, results_path)
-    partial.finish()
+    results, summary, results_path = run_to_folder(
+        source, records, args.output_dir, ids, resume=args.resume, progress=not args.no_progress
+    )
     logger.info("Inference: %s", summary.format())
     logger.info("Results: %s", results_path)
     if args.coco_json:
         if summary.failed:
             logger.warning("%d image(s) could not be read; they count as having no detections", len(summary.failed))
-        evaluate_coco(results, args.coco_json, output_dir=out_dir)
-        logger.info("Metrics: %s", out_dir / "metrics.json")
+        evaluate_coco(results, args.coco_json, output_dir=args.output_dir)
+        logger.info("Metrics: %s", Path(args.output_dir) / "metrics.json")
     if summary.failed:
         logger.error("%d image(s) could not be read and were skipped:\n%s", len(summary.failed),
                      summary.format_failures(limit=len(summary.failed)))

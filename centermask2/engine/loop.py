@@ -10,10 +10,12 @@ A backend is anything with ``run(inputs: dict[str, ndarray]) -> dict[str, ndarra
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,11 +24,21 @@ from ..data.spec import InputSpec
 from ..data.transforms import load_and_resize, pad_batch
 from ..errors import CenterMask2Error, InputError
 from ..evaluation.coco import instances_to_coco_json
+from ..fileio import atomic_write_json, ensure_writable_dir
 from ..modeling.postprocessing import detector_postprocess
 from ..summary import StageSummary
 from .backend import Backend
+from .resume import PartialResults
 
-__all__ = ["InferenceSummary", "run_inference"]
+if TYPE_CHECKING:
+    from .sources import ModelSource
+
+__all__ = ["RESULTS_NAME", "PARTIAL_NAME", "InferenceSummary", "run_inference", "run_to_folder"]
+
+#: the results file of a run (the name centermask2's COCO evaluator uses)
+RESULTS_NAME = "coco_instances_results.json"
+#: per-image progress of a run, kept next to the results until they are written (for ``resume``)
+PARTIAL_NAME = "coco_instances_results.partial.jsonl"
 
 logger = logging.getLogger(__name__)
 
@@ -158,3 +170,56 @@ def run_inference(
     for rec in records:  # input order, resumed and new together
         results.extend(done.get(rec.image_id, new.get(rec.image_id, [])))
     return results, summary
+
+
+def run_to_folder(
+    source: ModelSource,
+    records: Sequence[ImageRecord],
+    output_dir: str | os.PathLike,
+    contiguous_to_dataset_id: Sequence[int] | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], InferenceSummary, Path]:
+    """Run ``source`` over ``records`` and write ``OUTPUT_DIR/coco_instances_results.json``.
+
+    Each image's records are appended to ``OUTPUT_DIR/coco_instances_results.partial.jsonl`` as
+    soon as they exist, so a run killed at any point loses at most one image; with ``resume`` the
+    images recorded there by an earlier run of the same model and input rules are not run again
+    (another run's file is refused). The partial file is removed once the results are written.
+
+    Args:
+        source: the model and how to feed it (:mod:`centermask2.engine.sources`).
+        records: images, in output order.
+        output_dir: created if missing.
+        contiguous_to_dataset_id: category ids (default ``source.category_ids``).
+        resume: continue an interrupted run.
+        progress: tqdm progress bar.
+
+    Returns:
+        (COCO results in image order, summary, path of the results file).
+
+    Raises:
+        OutputError: ``output_dir`` cannot be written.
+        InputError: ``resume`` over another run's progress file.
+    """
+    out_dir = ensure_writable_dir(output_dir, option="--output-dir")
+    ids = list(contiguous_to_dataset_id if contiguous_to_dataset_id is not None else source.category_ids)
+    partial = PartialResults(out_dir / PARTIAL_NAME, identity=f"{source.label}, {source.spec}")
+    done = partial.load() if resume else {}
+    if not resume and partial.path.is_file():
+        logger.warning("%s holds an interrupted run's progress; starting over (pass --resume to continue it)", partial.path)
+    wanted = {r.image_id for r in records}
+    done = {k: v for k, v in done.items() if k in wanted}
+    partial.start(done)
+    try:
+        results, summary = run_inference(
+            source.backend, records, source.spec, ids, batch_size=source.batch_size, progress=progress,
+            done=done, on_results=partial.append,
+        )
+    finally:
+        partial.close()
+    results_path = out_dir / RESULTS_NAME
+    atomic_write_json(results, results_path)
+    partial.finish()
+    return results, summary, results_path

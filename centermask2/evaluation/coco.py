@@ -58,7 +58,7 @@ def instances_to_coco_json(
     (RLE with ``counts`` as str) and ``"mask_score"`` when the result has masks / mask scores.
 
     Args:
-        result: output of :func:`centermask2.postprocessing.detector_postprocess`: ``boxes``
+        result: output of :func:`centermask2.modeling.postprocessing.detector_postprocess`: ``boxes``
             Tensor[K, 4] xyxy in original pixels, ``scores`` [K], ``classes`` [K] contiguous ids,
             optional ``masks`` [K, H, W] bool and ``mask_scores`` [K].
         image_id: the COCO image id.

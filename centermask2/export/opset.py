@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
+
 __all__ = ["downgrade_opset", "NATIVE_OPSET"]
 
 NATIVE_OPSET = 18
@@ -79,10 +81,10 @@ def downgrade_opset(model: Any, target: int) -> Any:
     if current is None or current == target:
         return model
     if current != NATIVE_OPSET or target not in (16, 17):
-        raise ValueError(f"can only lower opset {NATIVE_OPSET} to 16 or 17, not {current} to {target}")
+        raise InputError(f"can only lower opset {NATIVE_OPSET} to 16 or 17, not {current} to {target}")
 
     def fail(node: Any, why: str) -> None:
-        raise ValueError(f"cannot express node {node.name!r} ({node.op_type}) in opset {target}: {why}; use --opset 18")
+        raise InputError(f"cannot express node {node.name!r} ({node.op_type}) in opset {target}: {why}; use --opset 18")
 
     for node in model.graph.node:
         for version, ops in _NEW_IN.items():

@@ -1,0 +1,93 @@
+"""centermask2.engine.loop and .resume: the image -> results loop with a fake backend."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from centermask2.data import InputSpec, list_images
+from centermask2.engine.loop import PARTIAL_NAME, RESULTS_NAME, run_inference, run_to_folder
+from centermask2.engine.resume import PartialResults
+from centermask2.engine.sources import ModelSource
+from centermask2.errors import InputError
+
+SPEC = InputSpec(min_size=32, max_size=64, size_divisibility=32)
+
+
+class FakeBackend:
+    """One detection per image: a box over the top-left quarter, class = batch position."""
+
+    input_dtype = "uint8"
+
+    def __init__(self):
+        self.batches = []
+
+    def run(self, inputs):
+        images, sizes = inputs["images"], inputs["image_sizes"]
+        b = images.shape[0]
+        self.batches.append((images.shape, sizes.tolist()))
+        boxes = np.zeros((b, 2, 4), np.float32)
+        boxes[:, 0] = [[0, 0, w / 2, h / 2] for h, w in sizes]
+        return {
+            "boxes": boxes,
+            "scores": np.full((b, 2), 0.9, np.float32),
+            "classes": np.tile(np.arange(b)[:, None], (1, 2)).astype(np.int64),
+            "masks": np.ones((b, 2, 28, 28), np.float32),
+            "mask_scores": np.full((b, 2), 0.8, np.float32),
+            "num_detections": np.ones(b, np.int64),
+        }
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, (w, h) in enumerate([(40, 30), (64, 48), (30, 40)], start=1):
+        Image.new("RGB", (w, h), (i, 2 * i, 3 * i)).save(folder / f"{i:012d}.png")
+    (folder / f"{4:012d}.png").write_bytes(b"not a png")
+    return folder
+
+
+def test_batches_padding_and_unreadable_images(images):
+    backend = FakeBackend()
+    records = list_images(images)
+    results, summary = run_inference(backend, records, SPEC, [10, 20, 30], batch_size=2, progress=False)
+    # image 1 (30x40 -> 32x43) and 2 (48x64 -> 32x43) share a batch padded to 32x64; 3 alone; 4 unreadable
+    assert [shape for shape, _ in backend.batches] == [(2, 3, 32, 64), (1, 3, 64, 32)]
+    assert [r["image_id"] for r in results] == [1, 2, 3]
+    assert [r["category_id"] for r in results] == [10, 20, 10]
+    assert results[0]["bbox"] == pytest.approx([0, 0, 20, 15], abs=0.5)  # back in original pixels
+    assert summary.num_images == 3 and summary.num_detections == 3 and not summary.ok
+    assert summary.failed[0][0] == f"{4:012d}.png"
+    assert "3 images (1 unreadable, skipped), 3 detections" in summary.format()
+
+
+def test_resume_keeps_done_images_and_runs_the_rest(images):
+    records = list_images(images)[:3]
+    done = {1: [{"image_id": 1, "marker": True}]}
+    backend = FakeBackend()
+    results, summary = run_inference(backend, records, SPEC, [10, 20, 30], done=done, progress=False)
+    assert results[0] == {"image_id": 1, "marker": True} and [r["image_id"] for r in results] == [1, 2, 3]
+    assert len(backend.batches) == 2 and summary.num_resumed == 1 and summary.num_images == 2
+
+
+def test_run_to_folder_writes_results_and_removes_progress(images, tmp_path):
+    source = ModelSource(FakeBackend(), SPEC, 1, [10, 20, 30], ["a", "b", "c"], "fake")
+    records = list_images(images)[:3]
+    results, summary, path = run_to_folder(source, records, tmp_path / "out", progress=False)
+    assert path == tmp_path / "out" / RESULTS_NAME and json.loads(path.read_text()) == results
+    assert not (tmp_path / "out" / PARTIAL_NAME).exists()
+
+
+def test_partial_results_survive_a_torn_last_line_and_refuse_another_run(tmp_path, images):
+    rec = list_images(images)[0]
+    partial = PartialResults(tmp_path / PARTIAL_NAME, identity="model A")
+    partial.start({})
+    partial.append(rec, [{"image_id": 1}])
+    partial.close()
+    with open(tmp_path / PARTIAL_NAME, "a") as f:
+        f.write('{"image_id": 2, "rec')  # killed mid-write
+    assert PartialResults(tmp_path / PARTIAL_NAME, identity="model A").load() == {1: [{"image_id": 1}]}
+    with pytest.raises(InputError, match="another run"):
+        PartialResults(tmp_path / PARTIAL_NAME, identity="model B").load()
