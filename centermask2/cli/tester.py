@@ -39,7 +39,6 @@ from .common import (
 logger = logging.getLogger("tester")
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = new_parser(
         "tester.py",

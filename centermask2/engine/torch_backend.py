@@ -13,6 +13,7 @@ __all__ = ["TorchBackend", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``MODEL.DEVICE`` as a torch device; ``cuda`` without a usable GPU falls back to the CPU
     with a warning (detectron2's default config says ``cuda``)."""

@@ -26,7 +26,6 @@ __all__ = ["CenterMask", "build_model", "OUTPUT_NAMES"]
 logger = logging.getLogger(__name__)
 
 
-
 class CenterMask(nn.Module):
     """CenterMask instance segmentation, inference only.
 

@@ -23,11 +23,11 @@ from typing import Protocol
 
 import numpy as np
 
-from ..contract import ModelMetadata, OutputSpec, expected_nbytes, model_output_specs
-from ..errors import BackendError, InputError, ItemError
+from ..contract import ModelMetadata, OutputSpec, model_output_specs
+from ..errors import BackendError, InputError, ItemError, MissingFileError
 from ..fileio import ensure_writable_dir, remove_stale_temp_files
 from ..summary import StageSummary
-from .layout import INFO_JSON, MANIFEST, BinImage, BinInfo, Manifest, output_path, write_array
+from .layout import INFO_JSON, MANIFEST, BinImage, BinInfo, Manifest, output_path, read_array, write_array
 
 __all__ = [
     "BinRunSummary",
@@ -109,22 +109,17 @@ def _load_inputs(info_dir: Path, im: BinImage, dtype: str, shape: Sequence[int])
     Raises:
         ItemError: a bin is missing, has the wrong size, or its image_sizes disagree with the info file.
     """
-    img_path = info_dir / im.bin
-    sizes_path = info_dir / im.sizes_bin
-    checks = ((img_path, dtype, list(shape)), (sizes_path, "int64", [1, 2]))
-    for path, want_dtype, want_shape in checks:
-        if not path.is_file():
-            raise ItemError(f"{str(path)!r} is missing")
-        got, want = path.stat().st_size, expected_nbytes(want_shape, want_dtype)
-        if got != want:
-            raise ItemError(f"{str(path)!r} has {got} bytes, the model input needs {want} ({want_dtype} {want_shape})")
     if im.resized_height > shape[2] or im.resized_width > shape[3]:
         raise ItemError(
             f"{INFO_JSON} gives {im.stem!r} a valid size of {im.resized_height}x{im.resized_width}, larger than "
             f"the bins' {shape[2]}x{shape[3]}"
         )
-    images = np.fromfile(img_path, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
-    sizes = np.fromfile(sizes_path, dtype=np.dtype("int64").newbyteorder("<")).reshape(1, 2)
+    sizes_path = info_dir / im.sizes_bin
+    try:
+        images = read_array(info_dir / im.bin, dtype, shape)
+        sizes = read_array(sizes_path, "int64", (1, 2))
+    except MissingFileError as exc:  # a missing bin is one bad item, like a truncated one
+        raise ItemError(str(exc)) from None
     if (int(sizes[0, 0]), int(sizes[0, 1])) != (im.resized_height, im.resized_width):
         raise ItemError(
             f"{str(sizes_path)!r} says {int(sizes[0, 0])}x{int(sizes[0, 1])} but {INFO_JSON} says "
