@@ -16,7 +16,11 @@ from centermask2.checkpoint import write_checkpoint as _write_checkpoint
 from centermask2.evaluation.matching import match_records
 
 DATA = Path(__file__).parent / "data"
-CASES = {"V_39": DATA / "golden_V_39", "lite_V_19_slim_dw": DATA / "golden_lite_V_19_slim_dw"}
+CASES = {
+    "V_39": DATA / "golden_V_39",
+    "lite_V_19_slim_dw": DATA / "golden_lite_V_19_slim_dw",
+    "V_39_dcn": DATA / "golden_V_39_dcn",
+}
 CONFIGS = Path(__file__).parent.parent / "configs" / "centermask"
 
 

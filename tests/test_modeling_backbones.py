@@ -19,7 +19,7 @@ from centermask2.modeling.backbone import (
     build_fcos_mobilenetv2_fpn_backbone,
     build_fcos_resnet_fpn_backbone,
 )
-from centermask2.modeling.backbone.vovnet import ESEModule, Hsigmoid, OSAModule
+from centermask2.modeling.backbone.vovnet import DeformConvUnit, ESEModule, Hsigmoid, OSAModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs" / "centermask"
@@ -135,17 +135,32 @@ def test_resnet_builder_honours_mobilenet_flag():
     assert _state_listing(via_resnet) == _state_listing(direct)
 
 
-def test_dcn_config_builds_but_forward_raises():
+def test_dcn_config_builds_and_runs():
     backbone = build_backbone(_cfg("centermask_V_39_eSE_dcn_FPN_ms_3x.yaml")).eval()
+    plain = build_backbone(_cfg("centermask_V_39_eSE_FPN_ms_3x.yaml")).eval()
     names = backbone.state_dict()
     assert names["bottom_up.stage3.OSA3_1.layers.0.OSA3_1_0/conv_offset.weight"].shape == (27, 256, 3, 3)
     assert names["bottom_up.stage3.OSA3_1.layers.0.OSA3_1_0/conv.weight"].shape == (160, 256, 3, 3)
-    with pytest.raises(NotImplementedError, match=r"deformable convolution is not supported.*without _dcn_"):
-        with torch.no_grad():
-            backbone(torch.randn(1, 3, 64, 64))
+    with torch.no_grad():
+        out, want = backbone(torch.randn(1, 3, 64, 96)), plain(torch.randn(1, 3, 64, 96))
+    assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in want.items()}
 
 
-def test_resnet_deformable_stages_build_but_forward_raises():
+@pytest.mark.parametrize("modulated", [True, False])
+def test_deformable_unit_with_zero_offsets_is_a_convolution(modulated):
+    """Zero offsets sample the regular grid: DCNv1 is the plain 3x3 conv, DCNv2 (mask logit 0) half of it."""
+    torch.manual_seed(0)
+    unit = DeformConvUnit(in_channels=8, out_channels=6, prefix="u", norm="", modulated=modulated,
+                          deformable_groups=1).eval()
+    x = torch.randn(2, 8, 9, 7)
+    conv = getattr(unit, "u/conv")
+    with torch.no_grad():
+        got = unit(x)
+        want = torch.relu(F.conv2d(x, conv.weight, padding=1) * (0.5 if modulated else 1.0))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_resnet_deformable_stages_run():
     cfg = _cfg(
         "centermask_R_50_FPN_ms_3x.yaml",
         (
@@ -160,9 +175,9 @@ def test_resnet_deformable_stages_build_but_forward_raises():
     assert sd["bottom_up.res5.0.conv2_offset.weight"].shape == (27, 512, 3, 3)
     assert sd["bottom_up.res5.0.conv2.weight"].shape == (512, 512, 3, 3)
     assert "bottom_up.res5.0.conv2.norm.running_var" in sd
-    with pytest.raises(NotImplementedError, match="without _dcn_"):
-        with torch.no_grad():
-            backbone(torch.randn(1, 3, 64, 64))
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 3, 64, 64))
+    assert out["p5"].shape[-2:] == (2, 2)
 
 
 def test_frozen_batchnorm_matches_formula():

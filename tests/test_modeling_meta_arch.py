@@ -43,7 +43,7 @@ def _run_case(case, **overrides):
     return info, model, spec
 
 
-@pytest.mark.parametrize("case", ["lite_V_19_slim_dw", "V_39"])
+@pytest.mark.parametrize("case", ["lite_V_19_slim_dw", "V_39", "V_39_dcn"])
 def test_raw_outputs_match_upstream(case):
     """Network outputs before post-processing equal upstream's on the golden images."""
     info, model, spec = _run_case(case)
@@ -130,11 +130,3 @@ def test_normalize_zeroes_padding():
     assert torch.count_nonzero(y[1, :, 20:, :]) == 0 and torch.count_nonzero(y[1, :, :, 30:]) == 0
     want = (200.0 - model.pixel_mean) / model.pixel_std
     torch.testing.assert_close(y[0, :, 0, 0], want.flatten())
-
-
-def test_dcn_config_builds_but_refuses_to_run():
-    cfg = load_config(CONFIGS / "centermask_V_39_eSE_dcn_FPN_ms_3x.yaml")
-    model = build_model(cfg)
-    with pytest.raises(NotImplementedError, match="deformable convolution is not supported"):
-        with torch.no_grad():
-            model(torch.zeros(1, 3, 64, 64), torch.tensor([[64, 64]]))

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input-dtype", choices=["uint8", "float32"], default="uint8", help="raw BGR pixel dtype the graph takes"
     )
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 16 (default 17)")
+    p.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset, >= 16 (default 17; 19, the first with DeformConv, for _dcn_ models)")
     p.add_argument(
         "--max-detections", type=int, default=None, help="output rows per image (default: MODEL.FCOS.POST_NMS_TOPK_TEST)"
     )
@@ -64,7 +65,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from ..checkpoint import check_weights_path, load_weights
     from ..config import load_config
     from ..data.categories import category_mapping
-    from ..export import ExportSettings, export_onnx
+    from ..export import ExportSettings, default_opset, export_onnx
+    from ..export.onnx import check_opset
     from ..modeling import build_model
 
     opts = list(args.opts)
@@ -76,15 +78,17 @@ def _main(argv: Sequence[str] | None) -> int:
     check_weights_path(cfg.MODEL.WEIGHTS)
     if args.verify and not Path(args.verify).is_file():
         raise MissingFileError(f"--verify image not found: {args.verify!r}")
+    model = build_model(cfg)
+    opset = args.opset if args.opset is not None else default_opset(model)
     settings = ExportSettings(
         input_size=args.input_size,
         batch_size=args.batch_size,
         dynamic=args.dynamic,
         input_dtype=args.input_dtype,
-        opset=args.opset,
+        opset=opset,
     )
-    model = build_model(cfg)
     settings.validate(model.size_divisibility)
+    check_opset(model, opset)
     if args.dynamic:
         # the sample used for tracing: small and a multiple of the divisibility
         d = model.size_divisibility
@@ -93,7 +97,7 @@ def _main(argv: Sequence[str] | None) -> int:
             batch_size=1,
             dynamic=True,
             input_dtype=args.input_dtype,
-            opset=args.opset,
+            opset=opset,
         )
     ids, names = category_mapping(args.coco_json, int(cfg.MODEL.FCOS.NUM_CLASSES))
     load_weights(model, cfg.MODEL.WEIGHTS)

@@ -27,7 +27,17 @@ from ..errors import InputError, MissingDependencyError
 from ..fileio import atomic_write_bytes
 from ..modeling import CenterMask
 
-__all__ = ["ExportSettings", "OnnxExportModule", "export_onnx", "build_metadata"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "DEFORM_CONV_OPSET",
+    "ExportSettings",
+    "OnnxExportModule",
+    "build_metadata",
+    "check_opset",
+    "default_opset",
+    "export_onnx",
+    "has_deformable_conv",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +56,7 @@ class ExportSettings:
         batch_size: static batch size (and the sample's with ``dynamic``).
         dynamic: any batch size and any H, W that are multiples of the size divisibility.
         input_dtype: ``"uint8"`` or ``"float32"`` raw BGR pixels.
-        opset: ONNX opset (>= 16).
+        opset: ONNX opset (>= 16; >= 19 for models with deformable convolutions).
     """
 
     input_size: tuple[int, int] = (1344, 1344)
@@ -89,6 +99,38 @@ class OnnxExportModule(nn.Module):
         """
         out = self.model(self.model.normalize(images, image_sizes), image_sizes)
         return tuple(out[name] for name in OUTPUT_NAMES)
+
+
+#: first opset with ``DeformConv``
+DEFORM_CONV_OPSET = 19
+#: opset of models without deformable convolutions unless asked otherwise
+DEFAULT_OPSET = 17
+
+
+def has_deformable_conv(model: nn.Module) -> bool:
+    """True when ``model`` has deformable convolutions (the ``_dcn_`` configs)."""
+    from ..modeling.backbone.layers import DeformConv2d
+
+    return any(isinstance(m, DeformConv2d) for m in model.modules())
+
+
+def default_opset(model: nn.Module) -> int:
+    """The opset a model is exported at by default: 19 with deformable convolutions, else 17."""
+    return DEFORM_CONV_OPSET if has_deformable_conv(model) else DEFAULT_OPSET
+
+
+def check_opset(model: nn.Module, opset: int) -> None:
+    """Refuse an opset that cannot express ``model``.
+
+    Raises:
+        InputError: deformable convolutions below opset 19.
+    """
+    if opset < DEFORM_CONV_OPSET and has_deformable_conv(model):
+        raise InputError(
+            f"opset {opset} cannot hold this model: it has deformable convolutions, which ONNX has "
+            f"(as DeformConv) from opset {DEFORM_CONV_OPSET} on; use --opset {DEFORM_CONV_OPSET} (the default for "
+            "_dcn_ models)"
+        )
 
 
 def build_metadata(
@@ -184,6 +226,7 @@ def export_onnx(
     from .opset import NATIVE_OPSET, downgrade_opset
 
     settings.validate(model.size_divisibility)
+    check_opset(model, settings.opset)
     if len(class_names) != len(category_ids):
         raise InputError("class_names and category_ids must have the same length")
     module = OnnxExportModule(model.cpu().eval()).eval()

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from onnxscript import opset18 as op
+from onnxscript import opset19
 
 from ..modeling.ops import registry  # noqa: F401  (registers the torch.library ops)
 
@@ -100,9 +101,39 @@ def multilevel_roi_align_onnx(
     return out
 
 
+def deform_conv2d_onnx(
+    input: Any,
+    offset: Any,
+    mask: Any,
+    weight: Any,
+    bias: Any,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    offset_groups: int,
+) -> Any:
+    """ONNX ``DeformConv`` (opset 19): the same offset layout ((dy, dx) per tap, groups outermost),
+    the same bilinear sampling with corners outside the map counting as 0, and ``mask`` as the
+    optional modulation input (absent for DCNv1)."""
+    return opset19.DeformConv(
+        input,
+        weight,
+        offset,
+        bias,
+        mask,
+        dilations=[int(d) for d in dilation],
+        group=int(groups),
+        offset_group=int(offset_groups),
+        pads=[int(padding[0]), int(padding[1]), int(padding[0]), int(padding[1])],
+        strides=[int(v) for v in stride],
+    )
+
+
 def translation_table() -> dict[Callable, Callable]:
     """``{torch op overload: ONNX lowering}`` for ``torch.onnx.export(custom_translation_table=...)``."""
     return {
         torch.ops.centermask2.padded_batched_nms.default: padded_batched_nms_onnx,
         torch.ops.centermask2.multilevel_roi_align.default: multilevel_roi_align_onnx,
+        torch.ops.centermask2.deform_conv2d.default: deform_conv2d_onnx,
     }

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import ConfigError
-from ...errors import UnsupportedError
+from ..ops.registry import deform_conv2d
 
 logger = logging.getLogger(__name__)
 
@@ -261,12 +261,12 @@ class Conv2d(nn.Conv2d):
 
 
 class DeformConv2d(nn.Module):
-    """Weights of a (modulated) deformable convolution, without a kernel to run it.
+    """A (modulated) deformable convolution, detectron2's ``DeformConv`` / ``ModulatedDeformConv``.
 
     It holds ``weight (Tensor[C_out, C_in / groups, k, k])`` (plus ``bias`` when asked, and an
-    optional ``norm`` child) under the same names as detectron2's ``DeformConv`` /
-    ``ModulatedDeformConv``, so that ``_dcn_`` checkpoints build and load. Calling it raises
-    ``NotImplementedError``: there is no deformable convolution in this plain-PyTorch port.
+    optional ``norm`` child) under detectron2's names, so ``_dcn_`` checkpoints load, and runs the
+    named op ``centermask2::deform_conv2d`` (plain-PyTorch reference on every device, ONNX
+    ``DeformConv`` when exported).
     """
 
     def __init__(
@@ -328,23 +328,26 @@ class DeformConv2d(nn.Module):
     def forward(
         self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Always raises.
-
+        """
         Args:
             x (Tensor[N, C_in, H, W]): input.
-            offset (Tensor[N, 2 * deformable_groups * k * k, H', W']): sampling offsets.
-            mask (Tensor[N, deformable_groups * k * k, H', W'] or None): modulation (DCNv2).
+            offset (Tensor[N, 2 * deformable_groups * k * k, H', W']): (dy, dx) sampling offsets per tap.
+            mask (Tensor[N, deformable_groups * k * k, H', W'] or None): modulation in [0, 1] (DCNv2).
 
-        Raises:
-            NotImplementedError: always.
+        Returns:
+            Tensor[N, C_out, H', W'] after ``norm`` and ``activation``.
         """
-        where = f" (layer {self.layer_name!r})" if self.layer_name else ""
-        raise UnsupportedError(
-            f"deformable convolution is not supported{where}: this plain-PyTorch port builds "
-            "and loads the weights of deformable layers (MODEL.VOVNET.STAGE_WITH_DCN / "
-            "MODEL.RESNETS.DEFORM_ON_PER_STAGE) but cannot run them; use a config without _dcn_ "
-            "(e.g. centermask_V_39_eSE_FPN_ms_3x.yaml instead of centermask_V_39_eSE_dcn_FPN_ms_3x.yaml)"
+        if self.modulated and mask is None:
+            raise ValueError(f"modulated deformable conv {self.layer_name!r} needs a mask")
+        x = deform_conv2d(
+            x, offset, mask if self.modulated else None, self.weight, self.bias, list(self.stride),
+            list(self.padding), list(self.dilation), self.groups, self.deformable_groups,
         )
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
 
     def extra_repr(self) -> str:
         return (

@@ -228,7 +228,7 @@ class BottleneckBlock(_Block):
 
 
 class DeformBottleneckBlock(_Block):
-    """Bottleneck whose 3x3 conv is deformable: builds and loads, forward raises.
+    """Bottleneck whose 3x3 conv is deformable (detectron2's ``DeformBottleneckBlock``).
 
     Children: ``shortcut``, ``conv1``, ``conv2_offset`` (3x3 conv with bias producing
     ``(27 if modulated else 18) * deform_num_groups`` channels), ``conv2`` (deformable weight
@@ -304,8 +304,11 @@ class DeformBottleneckBlock(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
-        Raises:
-            NotImplementedError: deformable convolution has no implementation here.
+        Args:
+            x (Tensor[N, C_in, H, W]): input.
+
+        Returns:
+            Tensor[N, C_out, H / stride, W / stride].
         """
         out = F.relu(self.conv1(x))
         offset_out = self.conv2_offset(out)
@@ -487,12 +490,6 @@ class ResNet(Backbone):
             in_channels = out_channels
             out_channels *= 2
             bottleneck_channels *= 2
-        if any(deform_on):
-            logger.warning(
-                "ResNet built with deformable blocks (MODEL.RESNETS.DEFORM_ON_PER_STAGE=%s): their "
-                "weights load, but forward raises NotImplementedError",
-                deform_on,
-            )
         return cls(
             stem=stem,
             stages=stages,

@@ -205,8 +205,9 @@ class DeformConvUnit(nn.Module):
 
     Children (names contain ``/``): ``<prefix>/conv_offset`` (3x3 conv with bias, producing
     ``(27 if modulated else 18) * deformable_groups`` channels), ``<prefix>/conv`` (the
-    deformable conv weight, no bias), ``<prefix>/norm``. The forward raises
-    ``NotImplementedError`` when it reaches the deformable conv.
+    deformable conv weight, no bias), ``<prefix>/norm``. As upstream, ``conv_offset``'s output is
+    split in three equal chunks: the first two are the (dy, dx) offsets (18 channels per group),
+    the third the mask logits (sigmoid), for DCNv2; DCNv1 uses all 18 channels as offsets.
     """
 
     def __init__(
@@ -259,8 +260,8 @@ class DeformConvUnit(nn.Module):
         Args:
             x (Tensor[N, C_in, H, W]): input.
 
-        Raises:
-            NotImplementedError: deformable convolution has no implementation here.
+        Returns:
+            Tensor[N, C_out, H, W].
         """
         offset_out = getattr(self, self._offset_name)(x)
         deform_conv = getattr(self, self._conv_name)
@@ -450,8 +451,8 @@ class VoVNet(Backbone):
             in_channels: input image channels.
             out_features: features returned by ``forward``.
             norm: normalization of every conv unit (``"FrozenBN"``, ``"BN"``, ``"GN"`` ...).
-            stage_with_dcn: per stage2..5, build deformable 3x3 units (weights only; running
-                them raises ``NotImplementedError``). Ignored for depthwise variants, as upstream.
+            stage_with_dcn: per stage2..5, build deformable 3x3 units (:class:`DeformConvUnit`).
+                Ignored for depthwise variants, as upstream.
             with_modulated_dcn: DCNv2 instead of DCNv1.
             deformable_groups: offset groups of the deformable units.
             freeze_at: if > 0, stop gradients in the stem and the first ``freeze_at - 1`` stages
@@ -479,7 +480,6 @@ class VoVNet(Backbone):
         self.stage_names: list[str] = []
         stride = 4
         stage_in = stem_ch[2]
-        any_dcn = False
         for i in range(4):
             stage = i + 2
             name = f"stage{stage}"
@@ -488,7 +488,6 @@ class VoVNet(Backbone):
                 deform = _DeformSettings(
                     modulated=bool(with_modulated_dcn), deformable_groups=int(deformable_groups)
                 )
-                any_dcn = True
             self.add_module(
                 name,
                 OSAStage(
@@ -509,12 +508,6 @@ class VoVNet(Backbone):
             self._feature_strides[name] = stride
             self._feature_channels[name] = spec.stage_out_channels[i]
             stage_in = spec.stage_out_channels[i]
-        if any_dcn:
-            logger.warning(
-                "VoVNet built with deformable units in stages %s: their weights load, but forward "
-                "raises NotImplementedError",
-                [f"stage{i + 2}" for i, on in enumerate(stage_with_dcn) if on],
-            )
         self._set_out_features(out_features, "MODEL.VOVNET.OUT_FEATURES")
         self._freeze(freeze_at)
 

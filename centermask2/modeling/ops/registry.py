@@ -2,11 +2,12 @@
 
 Each op's eager implementation is the plain-PyTorch reference in this package; exporters see
 an opaque node with a known output shape and lower it (``centermask2/export/onnx_ops.py``
-maps them to ONNX ``NonMaxSuppression`` and ``RoiAlign``). Model code calls these ops and
-never asks whether it is being exported.
+maps them to ONNX ``NonMaxSuppression``, ``RoiAlign`` and ``DeformConv``). Model code calls
+these ops and never asks whether it is being exported.
 
 * ``centermask2::padded_batched_nms`` — class-aware NMS per image on padded candidates.
 * ``centermask2::multilevel_roi_align`` — RoIAlign of every box on the level assigned to it.
+* ``centermask2::deform_conv2d`` — (modulated) deformable convolution, detectron2's DCNv1/v2.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .deform_conv import deform_conv2d as _deform_conv2d_reference
 from .nms import batched_nms
 from .roi_align import roi_align
 
-__all__ = ["padded_batched_nms", "multilevel_roi_align"]
+__all__ = ["padded_batched_nms", "multilevel_roi_align", "deform_conv2d"]
 
 
 @torch.library.custom_op("centermask2::padded_batched_nms", mutates_args=())
@@ -101,3 +103,50 @@ def _multilevel_roi_align_fake(
     aligned: bool,
 ) -> Tensor:
     return features[0].new_empty((rois.shape[0], features[0].shape[1], output_size, output_size))
+
+
+@torch.library.custom_op("centermask2::deform_conv2d", mutates_args=())
+def deform_conv2d(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor | None,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    offset_groups: int,
+) -> Tensor:
+    """Deformable convolution; see :func:`centermask2.modeling.ops.deform_conv.deform_conv2d`.
+
+    Args:
+        input (Tensor[N, C_in, H, W]).
+        offset (Tensor[N, 2 * offset_groups * kh * kw, H_out, W_out]): (dy, dx) per tap.
+        mask (Tensor[N, offset_groups * kh * kw, H_out, W_out] or None): DCNv2 modulation.
+        weight (Tensor[C_out, C_in / groups, kh, kw]), bias (Tensor[C_out] or None).
+        stride, padding, dilation: (h, w) pairs.
+        groups, offset_groups: convolution and deformable groups.
+
+    Returns:
+        Tensor[N, C_out, H_out, W_out].
+    """
+    return _deform_conv2d_reference(
+        input, offset, mask, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, offset_groups
+    )
+
+
+@deform_conv2d.register_fake
+def _deform_conv2d_fake(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor | None,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    offset_groups: int,
+) -> Tensor:
+    return input.new_empty((input.shape[0], weight.shape[0], offset.shape[-2], offset.shape[-1]))
