@@ -27,6 +27,9 @@ def _ap_close(got: dict, want: dict, tol: float) -> None:
         ("V_39", "pth", None),
         pytest.param("V_39", "pkl", None, marks=pytest.mark.slow),
         pytest.param("V_39", "pth", "1344x1344", marks=pytest.mark.slow),
+        ("V_39_dcn", "pth", None),
+        pytest.param("V_39_dcn", "pkl", None, marks=pytest.mark.slow),
+        pytest.param("V_39_dcn", "pth", "1344x1344", marks=pytest.mark.slow),
     ],
 )
 def test_tester_matches_upstream(tmp_path, case, fmt, pad):

@@ -187,21 +187,28 @@ def test_lite_golden_static_float32_opset16_simplified(tmp_path, lite_static_f32
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("form", ["dynamic", "static-uint8", "static-float32"])
-def test_v39_golden_through_the_scripts(tmp_path, form):
-    ckpt = write_checkpoint("V_39", tmp_path / "v39.pth")
-    onnx_path = tmp_path / f"v39_{form}.onnx"
+@pytest.mark.parametrize(
+    "case,form",
+    [("V_39", "dynamic"), ("V_39", "static-uint8"), ("V_39", "static-float32"), ("V_39_dcn", "dynamic"),
+     ("V_39_dcn", "static-uint8")],
+)
+def test_v39_golden_through_the_scripts(tmp_path, case, form):
+    """The _dcn_ model exports at opset 19 by default (ONNX DeformConv)."""
+    ckpt = write_checkpoint(case, tmp_path / f"{case}.pth")
+    onnx_path = tmp_path / f"{case}_{form}.onnx"
     cmd = [sys.executable, str(ROOT / "convert_model_into_onnx.py"),
-           "--config-file", str(CONFIGS / case_info("V_39")["config"]), "--output", str(onnx_path)]
+           "--config-file", str(CONFIGS / case_info(case)["config"]), "--output", str(onnx_path)]
     if form == "dynamic":
-        cmd += ["--dynamic", "--verify", str(CASES["V_39"] / "images" / "000000000001.png")]
+        cmd += ["--dynamic", "--verify", str(CASES[case] / "images" / "000000000001.png")]
     else:
         cmd += ["--input-size", "1344x1344", "--input-dtype", form.split("-")[1]]
     proc = subprocess.run(cmd + ["MODEL.WEIGHTS", str(ckpt)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     if form == "dynamic":
         assert "PyTorch and ONNX Runtime agree" in proc.stdout + proc.stderr
-    _run_tester(tmp_path, onnx_path, "V_39", "" if form == "dynamic" else "_pad1344")
+    opsets = {o.version for o in onnx.load(str(onnx_path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")}
+    assert opsets == ({19} if case == "V_39_dcn" else {17})
+    _run_tester(tmp_path, onnx_path, case, "" if form == "dynamic" else "_pad1344")
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,7 @@ def test_raw_outputs_match_upstream(case):
         assert list(out) == list(OUTPUT_NAMES)
         n = int(out["num_detections"][0])
         assert n == len(raw[f"{i}_scores"])
-        if SAME_KERNELS_AS_GOLDEN:
+        if SAME_KERNELS_AS_GOLDEN and case != "V_39_dcn":
             torch.testing.assert_close(out["boxes"][0, :n], torch.from_numpy(raw[f"{i}_boxes"]), atol=1e-3, rtol=1e-5)
             torch.testing.assert_close(out["scores"][0, :n], torch.from_numpy(raw[f"{i}_scores"]), atol=1e-5, rtol=1e-5)
             assert torch.equal(out["classes"][0, :n], torch.from_numpy(raw[f"{i}_classes"]))
@@ -78,7 +78,9 @@ def test_raw_outputs_match_upstream(case):
 #: The golden raw outputs were made, and the tight tolerances above set, on CPUs where PyTorch runs
 #: its AVX-512 kernels. With AVX2 kernels (other accumulation order) scores move by up to 1e-4 and
 #: two detections whose scores tie to 1e-6 can swap rows, so there every detection is matched
-#: (:func:`match_boxes`) instead of compared row by row, with tolerances 10-20x wider.
+#: (:func:`match_boxes`) instead of compared row by row, with tolerances 10-20x wider. The same
+#: holds for the DCN case everywhere: upstream's deformable convolution ran there as a float64
+#: reference kernel rounded to float32, a different summation than any float32 kernel.
 SAME_KERNELS_AS_GOLDEN = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 

@@ -24,7 +24,7 @@ import centermask2.cli.tester as tester
 from centermask2.config import load_config
 from centermask2.contract import default_output_specs, model_output_specs
 from centermask2.data.categories import coco_class_names, coco_contiguous_to_dataset_id
-from centermask2.export import ExportSettings, export_onnx
+from centermask2.export import ExportSettings, default_opset, export_onnx
 from centermask2.modeling import OUTPUT_NAMES, build_model
 from centermask2.offline.layout import MANIFEST, BinImage, BinInfo, Manifest, output_path, write_array
 from centermask2.offline.postprocess import OutputProblem, format_problems, resolve_manifest
@@ -47,6 +47,7 @@ def _export(folder: Path, name: str, case: str = LITE, **settings) -> Path:
     model = build_model(cfg)
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in recipe_arrays(case).items()})
     path = folder / f"{name}.onnx"
+    settings.setdefault("opset", default_opset(model))
     export_onnx(model, cfg, path, ExportSettings(input_size=SIZE, **settings), class_names=coco_class_names(),
                 category_ids=coco_contiguous_to_dataset_id())
     return path
@@ -405,11 +406,10 @@ def test_problem_list_is_capped():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["uint8", "float32"])
-def test_v39_end_to_end(tmp_path, dtype):
-    case = "V_39"
+@pytest.mark.parametrize("case,dtype", [("V_39", "uint8"), ("V_39", "float32"), ("V_39_dcn", "uint8")])
+def test_v39_end_to_end(tmp_path, case, dtype):
     root = CASES[case]
-    model = _export(tmp_path, f"v39_{dtype}", case=case, input_dtype=dtype)
+    model = _export(tmp_path, f"{case}_{dtype}", case=case, input_dtype=dtype)
     bins = _preprocess(tmp_path / "bins", root / "images", "--coco-json", root / "annotations_gt_pad1344.json",
                        "--model", model)
     raw = tmp_path / "raw"

@@ -13,11 +13,17 @@ read bilinearly from the input with every corner outside the map counting as 0, 
 convolution would. These are also the semantics of ONNX ``DeformConv`` (opset 19), which the
 exporter lowers this op to.
 
-The implementation gathers the four bilinear corners of every sample for all positions at once
-(no Python loop over positions or taps) and finishes with one matmul per convolution group.
+Since sampling and the convolution's weighted sum are both linear, the weight is applied first:
+one dense matmul gives, for every input pixel, each tap's contribution to every output channel
+(``Y[pixel, tap, C_out]``, the FLOPs of the plain convolution), and each output position is then
+the bilinear-weighted, mask-weighted sum of 4 corners x taps x offset groups rows of ``Y`` -- one
+sparse (CSR) matrix times ``Y``. No Python loop over positions or taps, no gathered
+``[C_in x taps x positions]`` tensor; about 2-3x a plain convolution on a CPU.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor
@@ -78,43 +84,59 @@ def deform_conv2d(
             f"not fit {g_off} offset group(s) of a {kh}x{kw} kernel"
         )
     cg = c_in // g_off
-    dtype, device = input.dtype, input.device
+    compute = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
+    device = input.device
+    x = input.to(compute)
 
-    # sample coordinates [N, G, K, P]: base grid of each tap plus its learned offset
-    off = offset.reshape(n, g_off, k, 2, p)
-    ys = torch.arange(h_out, device=device, dtype=dtype) * sh - ph
-    xs = torch.arange(w_out, device=device, dtype=dtype) * sw - pw
-    ii = torch.arange(kh, device=device, dtype=dtype).repeat_interleave(kw) * dh  # [K]
-    jj = torch.arange(kw, device=device, dtype=dtype).repeat(kh) * dw
-    base_y = (ii[:, None, None] + ys[None, :, None]).expand(k, h_out, w_out).reshape(k, p)
-    base_x = (jj[:, None, None] + xs[None, None, :]).expand(k, h_out, w_out).reshape(k, p)
-    sy = base_y + off[:, :, :, 0]
-    sx = base_x + off[:, :, :, 1]
-
+    # sample coordinates [N, G, K, P]: the regular grid of each tap plus its learned offset
+    off = offset.to(compute).reshape(n, g_off, k, 2, p)
+    ys = torch.arange(h_out, device=device, dtype=compute) * sh - ph
+    xs = torch.arange(w_out, device=device, dtype=compute) * sw - pw
+    ii = torch.arange(kh, device=device, dtype=compute).repeat_interleave(kw) * dh  # [K]
+    jj = torch.arange(kw, device=device, dtype=compute).repeat(kh) * dw
+    sy = (ii[:, None, None] + ys[None, :, None]).expand(k, h_out, w_out).reshape(k, p) + off[:, :, :, 0]
+    sx = (jj[:, None, None] + xs[None, None, :]).expand(k, h_out, w_out).reshape(k, p) + off[:, :, :, 1]
     y0f, x0f = torch.floor(sy), torch.floor(sx)
     ly, lx = sy - y0f, sx - x0f
     y0, x0 = y0f.to(torch.int64), x0f.to(torch.int64)
+    modulation = None if mask is None else mask.to(compute).reshape(n, g_off, k, p)
 
-    # channels last per offset group, one row per (n, g, pixel): [N * G * H * W, Cg]
-    rows = input.reshape(n, g_off, cg, h * w).permute(0, 1, 3, 2).reshape(n * g_off * h * w, cg)
-    row_base = (torch.arange(n * g_off, device=device) * (h * w)).reshape(n, g_off, 1, 1)
-    cols = None
+    # Y[n, g, pixel, tap, o] = sum over the group's input channels c of x[n, c, pixel] * weight[o, c, tap]
+    full = weight.to(compute).reshape(c_out, c_per_group, k)
+    if groups > 1:  # block-diagonal: output channels of conv group j read only its input channels
+        dense = full.new_zeros((c_out, c_in, k))
+        per_out = c_out // groups
+        for j in range(groups):
+            dense[j * per_out:(j + 1) * per_out, j * c_per_group:(j + 1) * c_per_group] = full[j * per_out:(j + 1) * per_out]
+        full = dense
+    w_taps = full.reshape(c_out, g_off, cg, k).permute(1, 2, 3, 0).reshape(g_off, cg, k * c_out)
+    pixels = x.reshape(n, g_off, cg, h * w).transpose(2, 3)  # [N, G, H*W, Cg]
+    y_rows = torch.matmul(pixels, w_taps).reshape(n * g_off * h * w * k, c_out)
+
+    # one sparse row per output position: 4 corners x K taps x G groups entries into y_rows
+    tap = torch.arange(k, device=device).reshape(1, 1, k, 1)
+    image_group = torch.arange(n * g_off, device=device).reshape(n, g_off, 1, 1)
+    columns, values = [], []
     for cy, cx, wy, wx in ((y0, x0, 1 - ly, 1 - lx), (y0, x0 + 1, 1 - ly, lx),
                            (y0 + 1, x0, ly, 1 - lx), (y0 + 1, x0 + 1, ly, lx)):
         inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
-        index = row_base + (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1))
-        weight_c = torch.where(inside, wy * wx, torch.zeros((), dtype=dtype, device=device))
-        sampled = rows.index_select(0, index.reshape(-1)).reshape(n, g_off, k, p, cg)
-        term = sampled * weight_c[..., None]
-        cols = term if cols is None else cols + term
-    assert cols is not None
-    if mask is not None:
-        cols = cols * mask.reshape(n, g_off, k, p, 1)
-
-    # [N, G, K, P, Cg] -> [N, P, C_in, K], C_in = (G, Cg) as the weight's input channels
-    cols = cols.permute(0, 3, 1, 4, 2).reshape(n, p, groups, c_per_group * k)
-    wmat = weight.reshape(groups, c_out // groups, c_per_group * k)
-    out = torch.einsum("npgc,goc->ngop", cols, wmat).reshape(n, c_out, h_out, w_out)
+        value = wy * wx if modulation is None else wy * wx * modulation
+        values.append(torch.where(inside, value, torch.zeros((), dtype=compute, device=device)))
+        pixel = cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)
+        columns.append((image_group * (h * w) + pixel) * k + tap)
+    per_row = g_off * k * 4
+    order = (0, 3, 1, 2, 4)  # [N, G, K, P, corner] -> [N, P, G, K, corner]: rows are (n, p)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        sampling = torch.sparse_csr_tensor(
+            torch.arange(0, n * p * per_row + 1, per_row, device=device),
+            torch.stack(columns, -1).permute(order).reshape(-1),
+            torch.stack(values, -1).permute(order).reshape(-1),
+            (n * p, y_rows.shape[0]),
+            check_invariants=False,
+        )
+        out = torch.sparse.mm(sampling, y_rows)  # [N * P, C_out]
+    out = out.reshape(n, h_out, w_out, c_out).permute(0, 3, 1, 2)
     if bias is not None:
-        out = out + bias.reshape(1, c_out, 1, 1)
-    return out
+        out = out + bias.to(compute).reshape(1, c_out, 1, 1)
+    return out.to(input.dtype).contiguous()
