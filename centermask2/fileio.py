@@ -21,6 +21,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "read_json",
+    "plain_name",
+    "path_inside",
     "ensure_writable_dir",
     "remove_stale_temp_files",
 ]
@@ -93,6 +95,36 @@ def read_json(
         names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
         raise InputError(f"{str(p)!r} is not a valid {what}: expected a JSON {names}, found {type(data).__name__}{tail}")
     return data
+
+
+def plain_name(name: object, what: str = "name") -> str:
+    """``name`` if it is a plain file name (no folder part), else an error naming it.
+
+    Files received from elsewhere (``bin_info.json``, ``manifest.json``) name other files; a name
+    like ``../x`` or ``/abs/x`` would make a stage read or write outside its folder.
+
+    Raises:
+        InputError: not a non-empty string, or it contains ``/``, ``\\``, NUL, or is ``.``/``..``.
+    """
+    if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise InputError(f"{what} {name!r} is not a plain file name (no folders, '..', or NUL); refusing to use it")
+    return name
+
+
+def path_inside(folder: str | os.PathLike, relative: object, what: str = "path") -> Path:
+    """``folder / relative`` if it stays inside ``folder``, else an error naming it.
+
+    Raises:
+        InputError: ``relative`` is not a string, is absolute, contains NUL or climbs out of
+            ``folder`` (``..``, also through symbolic links).
+    """
+    if not isinstance(relative, str) or not relative or "\0" in relative or os.path.isabs(relative):
+        raise InputError(f"{what} {relative!r} must be a relative path inside {os.fspath(folder)!r}")
+    base = Path(folder).resolve()
+    target = (base / relative).resolve()
+    if target != base and base not in target.parents:
+        raise InputError(f"{what} {relative!r} points outside {os.fspath(folder)!r}; refusing to use it")
+    return Path(folder) / relative
 
 
 _PROBE = "write_test"

@@ -84,3 +84,71 @@ def test_argparse_exit_codes():
 
     assert run_main(main, ["--n", "0"]) == EXIT_BAD_INPUT
     assert run_main(main, ["--help"]) == 0
+
+
+SCRIPTS = ["tester", "export_onnx", "preprocess", "postprocess", "visualizer"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_turns_ctrl_c_into_130(name, monkeypatch, capsys):
+    import importlib
+
+    module = importlib.import_module(f"centermask2.cli.{name}")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "setup_logging", interrupted)
+    assert module.main(_minimal_args(name)) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+    assert ("--resume" in err) == (name in ("tester", "preprocess"))
+
+
+def _minimal_args(name):
+    return {
+        "tester": ["--images", "x", "--output-dir", "o"],
+        "export_onnx": ["--config-file", "c.yaml", "--output", "m.onnx"],
+        "preprocess": ["--images", "x", "--output", "o"],
+        "postprocess": ["--results", "r.json", "--coco-json", "a.json"],
+        "visualizer": ["--images", "x", "--output-dir", "o"],
+    }[name]
+
+
+@pytest.mark.parametrize("name", ["tester", "export_onnx", "preprocess", "visualizer"])
+def test_options_after_the_overrides_are_named(name, caplog):
+    import importlib
+
+    module = importlib.import_module(f"centermask2.cli.{name}")
+    args = _minimal_args(name) + ["MODEL.DEVICE", "cpu", "--no-progress" if name != "export_onnx" else "--dynamic"]
+    if name in ("tester", "visualizer", "preprocess"):
+        args = ["--config-file", "c.yaml", *args]
+    with caplog.at_level(logging.ERROR):
+        assert module.main(args) == EXIT_BAD_INPUT
+    assert "came after the KEY VALUE config overrides" in caplog.text
+
+
+def test_tester_refuses_dataset_with_images(caplog):
+    import centermask2.cli.tester as tester
+
+    with caplog.at_level(logging.ERROR):
+        assert tester.main(["--dataset", "coco_2017_val", "--images", "x", "--output-dir", "o"]) == EXIT_BAD_INPUT
+    assert "--dataset names both" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("tester", ["--batch-size", "0"]),
+        ("tester", ["--threads", "0"]),
+        ("preprocess", ["--workers", "0"]),
+        ("visualizer", ["--max-images", "0"]),
+        ("export_onnx", ["--batch-size", "0"]),
+    ],
+)
+def test_counts_must_be_positive(name, args, capsys):
+    import importlib
+
+    module = importlib.import_module(f"centermask2.cli.{name}")
+    assert module.main(_minimal_args(name) + args) == EXIT_BAD_INPUT
+    assert "must be >= 1" in capsys.readouterr().err

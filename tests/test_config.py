@@ -443,3 +443,18 @@ def test_to_dict_copy_and_pickle() -> None:
     for clone in (copy.deepcopy(cfg), pickle.loads(pickle.dumps(cfg))):
         assert isinstance(clone, CfgNode) and isinstance(clone.MODEL, CfgNode)
         assert clone == cfg and clone.is_frozen()
+
+
+def test_yaml_alias_bombs_are_refused_quickly(tmp_path: Path) -> None:
+    """'Billion laughs': nine levels of nine aliases would expand to 387 million strings."""
+    import time
+
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size < 700
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"aliases \(\*a0\) are not supported"):
+        load_config(path)
+    assert time.perf_counter() - start < 1.0

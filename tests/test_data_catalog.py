@@ -67,3 +67,25 @@ def test_registered_datasets(tmp_path):
     (tmp_path / "coco" / "annotations" / "instances_val2017.json").write_text("{}")
     images, ann = resolve_dataset("coco_2017_val", tmp_path)
     assert images.endswith("coco/val2017") and ann.endswith("instances_val2017.json")
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/../../x.png"])
+def test_file_names_outside_the_folder_are_refused_unopened(tmp_path, name):
+    folder = _images(tmp_path / "imgs", ["x.png"])
+    (tmp_path / "ann.json").write_text(json.dumps({"images": [{"id": 1, "file_name": name}]}))
+    with pytest.raises(InputError, match="file_name"):
+        list_images(folder, tmp_path / "ann.json")
+
+
+@pytest.mark.parametrize(
+    "images,message",
+    [
+        ([{"id": 1, "file_name": "x.png"}, {"id": 1, "file_name": "y.png"}], "image id.* 1 more than once"),
+        ([{"id": 1, "file_name": "x.png"}, {"id": 2, "file_name": "x.png"}], "file_name.* x.png more than once"),
+    ],
+)
+def test_duplicate_ids_or_file_names_are_refused(tmp_path, images, message):
+    folder = _images(tmp_path / "imgs", ["x.png", "y.png"])
+    (tmp_path / "ann.json").write_text(json.dumps({"images": images}))
+    with pytest.raises(InputError, match=message):
+        list_images(folder, tmp_path / "ann.json")

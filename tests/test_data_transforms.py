@@ -221,3 +221,30 @@ def test_preprocess_rejects_bad_inputs():
         preprocess_batch([np.zeros((4, 4, 3), dtype=np.float32)], MEAN, STD, 32)
     with pytest.raises(ValueError, match="pixel_mean"):
         preprocess_batch([np.zeros((4, 4, 3), dtype=np.uint8)], (1.0, 2.0), STD, 32)
+
+
+def _png_declaring(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header declares ``width x height`` (a decompression bomb when large)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bombs_are_item_errors(tmp_path):
+    """A 70-byte PNG declaring 40000x40000 is named and skipped like any unreadable image."""
+    from centermask2.data import image_size
+    from centermask2.errors import ItemError
+
+    bomb = _png_declaring(tmp_path / "bomb.png", 40000, 40000)
+    assert bomb.stat().st_size < 100
+    with pytest.raises(ItemError, match="bomb.png.*too large"):
+        read_image(bomb)
+    with pytest.raises(ItemError, match="bomb.png"):
+        image_size(bomb)

@@ -5,7 +5,14 @@ import os
 import pytest
 
 from centermask2.errors import InputError, MissingFileError, OutputError
-from centermask2.fileio import atomic_write_json, ensure_writable_dir, read_json, remove_stale_temp_files
+from centermask2.fileio import (
+    atomic_write_json,
+    ensure_writable_dir,
+    path_inside,
+    plain_name,
+    read_json,
+    remove_stale_temp_files,
+)
 
 
 def test_read_json_names_the_file_and_the_problem(tmp_path):
@@ -46,3 +53,24 @@ def test_stale_temp_files_are_swept(tmp_path):
     (tmp_path / ".other.txt.x1y2.tmp").write_text("")
     assert remove_stale_temp_files(tmp_path, lambda name: name.endswith(".bin")) == 1
     assert os.listdir(tmp_path) == [".other.txt.x1y2.tmp"]
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs/x", "a/b", "a\\b", "..", ".", "", "x\0y", 7])
+def test_plain_name_refuses_folders(name):
+    with pytest.raises(InputError, match="not a plain file name"):
+        plain_name(name, "stem")
+
+
+def test_plain_name_accepts_names():
+    assert plain_name("000000000139") == "000000000139"
+    assert plain_name("a b.c") == "a b.c"  # whitespace is the caller's concern
+
+
+def test_path_inside(tmp_path):
+    assert path_inside(tmp_path, "a/b.bin") == tmp_path / "a" / "b.bin"
+    for bad in ("../x.bin", "/etc/passwd", "a/../../x", "", "a\0b"):
+        with pytest.raises(InputError, match="inside|outside"):
+            path_inside(tmp_path, bad, "bin")
+    (tmp_path / "link").symlink_to(tmp_path.parent)
+    with pytest.raises(InputError, match="points outside"):
+        path_inside(tmp_path, "link/x.bin")

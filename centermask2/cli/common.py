@@ -26,6 +26,7 @@ __all__ = [
     "positive_int",
     "add_config_arguments",
     "add_overrides",
+    "parse_args",
     "setup_logging",
     "report_error",
     "run_main",
@@ -82,6 +83,23 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = Fa
 def add_overrides(parser: argparse.ArgumentParser, help: str = "config overrides: KEY VALUE ...") -> None:
     """Trailing ``KEY VALUE`` config overrides (``opts``); add it last."""
     parser.add_argument("opts", nargs=argparse.REMAINDER, help=help)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args`` plus the checks every script needs: an option written after the
+    ``KEY VALUE`` overrides (where argparse would take it for an override) is refused by name.
+
+    Raises:
+        InputError: an option among the overrides.
+    """
+    args = parser.parse_args(argv)
+    stray = [item for item in getattr(args, "opts", None) or [] if item.startswith("--")]
+    if stray:
+        raise InputError(
+            f"{', '.join(stray)} came after the KEY VALUE config overrides, which take everything that follows "
+            f"them; put options first, e.g. ... {stray[0]} ... MODEL.WEIGHTS model.pth"
+        )
+    return args
 
 
 def setup_logging(quiet_third_party: bool = True) -> None:

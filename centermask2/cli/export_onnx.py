@@ -18,7 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError, MissingFileError
-from .common import add_config_arguments, add_overrides, hw_type, new_parser, run_main, setup_logging
+from .common import (
+    add_config_arguments,
+    add_overrides,
+    hw_type,
+    new_parser,
+    parse_args,
+    positive_int,
+    run_main,
+    setup_logging,
+)
 
 logger = logging.getLogger("convert_model_into_onnx")
 
@@ -34,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="the .onnx file to write")
     p.add_argument("--input-size", default=(1344, 1344), type=hw_type, metavar="HxW",
                    help="static input size (default 1344x1344)")
-    p.add_argument("--batch-size", type=int, default=1, help="static batch size (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="static batch size (default 1)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width instead of a static size")
     p.add_argument(
         "--input-dtype", choices=["uint8", "float32"], default="uint8", help="raw BGR pixel dtype the graph takes"
@@ -59,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     setup_logging()
 
     from ..checkpoint import check_weights_path, load_weights

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import EXIT_BAD_INPUT, EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError
 from ..evaluation import evaluate_coco, format_table, load_coco_results
-from .common import new_parser, report_error, run_main, setup_logging
+from .common import new_parser, parse_args, report_error, run_main, setup_logging
 
 logger = logging.getLogger("postprocess_bin_outputs")
 
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     setup_logging()
 
     if args.results is None:

@@ -27,6 +27,7 @@ from .common import (
     add_overrides,
     hw_type,
     new_parser,
+    parse_args,
     positive_int,
     run_main,
     setup_logging,
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     setup_logging()
 
     from ..data.catalog import list_images

@@ -32,6 +32,8 @@ from .common import (
     add_overrides,
     hw_type,
     new_parser,
+    parse_args,
+    positive_int,
     run_main,
     setup_logging,
 )
@@ -79,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run: skip images already done (image mode: their results are kept in "
         "OUTPUT_DIR/coco_instances_results.partial.jsonl; --bins: their output bins are complete)")
     p.add_argument(
-        "--batch-size", type=int, default=None, help="images per forward pass (default 1; a static ONNX model's own)"
+        "--batch-size", type=positive_int, default=None,
+        help="images per forward pass (default 1; a static ONNX model's own)"
     )
     p.add_argument(
         "--pad-to",
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="[torch] pad every resized image to this fixed size (e.g. 1344x1344), as a static-shape model "
         "sees it; default: pad only to a multiple of the size divisibility, as upstream",
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the backend's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the backend's choice)")
     p.add_argument("--allow-incomplete-weights", action="store_true", help="[torch] load a checkpoint with missing keys")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_overrides(p, "[torch] config overrides: KEY VALUE ...")
@@ -161,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     setup_logging()
     if args.bins is not None:
         return _run_bins(args)
@@ -170,6 +173,8 @@ def _main(argv: Sequence[str] | None) -> int:
             "give --images DIR (or --dataset coco_2017_val, or --bins BINS --model model.onnx for the "
             "offline pipeline)"
         )
+    if args.dataset and (args.images or args.coco_json):
+        raise InputError("--dataset names both the images and the annotations; give it alone, or --images/--coco-json")
     args.backend = args.backend or "torch"
     if args.index_base:
         raise InputError("--index-base is for --bins")

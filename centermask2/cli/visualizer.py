@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError
-from .common import PROVIDER_CHOICES, add_overrides, new_parser, run_main, setup_logging
+from .common import (
+    PROVIDER_CHOICES,
+    add_overrides,
+    new_parser,
+    parse_args,
+    positive_int,
+    run_main,
+    setup_logging,
+)
 
 logger = logging.getLogger("visualizer")
 
@@ -40,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score", choices=["box", "mask"], default="box",
                    help="which score to threshold and show: box score or mask_score (default box)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="picture format (default png)")
-    p.add_argument("--max-images", type=int, default=None, help="draw at most this many images")
+    p.add_argument("--max-images", type=positive_int, default=None, help="draw at most this many images")
     p.add_argument("--provider", choices=PROVIDER_CHOICES, default="cpu", help="ONNX Runtime provider")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_overrides(p, "config overrides KEY VALUE ... (with --config-file)")
@@ -80,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     setup_logging()
 
     import cv2

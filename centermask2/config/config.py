@@ -299,6 +299,20 @@ def _plain_copy(value: Any) -> Any:
     return value
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases (``*name``): a few hundred bytes of nested aliases expand
+    to gigabytes ("billion laughs"), and detectron2/centermask2 configs never use them."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, f"YAML aliases (*{event.anchor}) are not supported in configs; write the values out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
 class _ConfigDumper(yaml.SafeDumper):
     """Safe YAML dumper writing sections as blocks and lists of scalars on one line."""
 
@@ -355,7 +369,7 @@ def _read_yaml_file(path: str, included_by: str | None) -> dict[str, Any]:
         raise ConfigError(f"Config path '{path}' is a directory; pass a .yaml file.")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except UnicodeDecodeError as e:
         raise ConfigError(f"Config file '{path}' is not UTF-8 text ({e}); pass a .yaml file.") from e
     except yaml.YAMLError as e:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError, MissingFileError
-from ..fileio import read_json
+from ..fileio import path_inside, read_json
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageRecord", "list_images", "DATASETS", "resolve_dataset"]
 
@@ -31,12 +31,14 @@ def list_images(images_dir: str | os.PathLike, coco_json: str | os.PathLike | No
     """The images to run on.
 
     With a COCO annotation file, its ``images`` entries in file order (``file_name`` relative to
-    ``images_dir``); all must exist. Without one, every image file in ``images_dir`` sorted by
+    ``images_dir``); all must exist, ids and file names must be unique, and no file name may
+    leave ``images_dir`` (absolute, ``..``). Without one, every image file in ``images_dir`` sorted by
     name, with ``image_id = int(stem)`` when every stem is a number (COCO file names), else 1..N.
 
     Raises:
         MissingFileError: the folder, the annotation file or a listed image does not exist.
-        InputError: the annotation file is not COCO JSON.
+        InputError: the annotation file is not COCO JSON, repeats an id or a file name, or names a
+            file outside ``images_dir`` (such entries are never opened).
     """
     root = Path(images_dir)
     if not root.is_dir():
@@ -47,11 +49,21 @@ def list_images(images_dir: str | os.PathLike, coco_json: str | os.PathLike | No
         if not isinstance(data.get("images"), list):
             raise InputError(f"{str(path)!r} is not a COCO annotation file (no 'images' list)")
         try:
-            records = [ImageRecord(int(im["id"]), str(im["file_name"]), root / im["file_name"]) for im in data["images"]]
+            entries = [(int(im["id"]), im["file_name"]) for im in data["images"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(
                 f"{str(path)!r}: an 'images' entry lacks a numeric 'id' or a 'file_name' ({type(exc).__name__}: {exc})"
             ) from None
+        records = [ImageRecord(i, name, path_inside(root, name, f"{str(path)!r}: image {i}'s file_name"))
+                   for i, name in entries]
+        for key, label in ((lambda r: r.image_id, "image id"), (lambda r: r.file_name, "file_name")):
+            seen: set = set()
+            repeated = sorted({str(key(r)) for r in records if key(r) in seen or seen.add(key(r))})
+            if repeated:
+                raise InputError(
+                    f"{str(path)!r} lists the {label}(s) {', '.join(repeated[:10])} more than once; every image "
+                    "needs its own id and file (their detections would be mixed up)"
+                )
         missing = [r.file_name for r in records if not r.path.is_file()]
         if missing:
             raise MissingFileError(

@@ -123,6 +123,8 @@ def read_image(path: str | os.PathLike, format: str = "BGR") -> np.ndarray:
             image = _apply_exif_orientation(image)
             # convert() forces the (lazy) decode, so truncated files fail inside this block.
             rgb = np.asarray(image.convert("RGB"))
+    except Image.DecompressionBombError as exc:
+        raise ItemError(f"{path!r} declares an image too large to decode safely ({exc}); skipped") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ItemError(
             f"Failed to read image {path!r}: {exc}. Check that it is a valid image file "
@@ -215,7 +217,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
                 orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
             except Exception:  # noqa: BLE001 - read_image ignores a corrupt EXIF block too
                 orientation = None
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError) as exc:
         raise ItemError(f"cannot read the size of image {os.fspath(path)!r}: {exc}") from exc
     if orientation in _TRANSPOSING_ORIENTATIONS:
         h, w = w, h

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..contract import OutputSpec, expected_nbytes
 from ..errors import InputError, ItemError, MissingFileError
-from ..fileio import atomic_write_bytes, atomic_write_json, read_json
+from ..fileio import atomic_write_bytes, atomic_write_json, path_inside, plain_name, read_json
 
 __all__ = [
     "INFO_JSON",
@@ -50,6 +50,8 @@ INFO_TXT = "bin_info.info"
 MANIFEST = "manifest.json"
 SIZES_DIR = "image_sizes"
 FORMAT_VERSION = 1
+#: dtypes a manifest may give an output (what engines write for exported models)
+OUTPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "bool")
 
 
 @dataclass
@@ -116,9 +118,20 @@ class BinInfo:
         data = read_json(path, "bin info file", dict, f"preprocess_inputs_to_bin.py writes BINS/{INFO_JSON}")
         try:
             images = [BinImage(**im) for im in data.pop("images")]
-            return cls(images=images, **data)
-        except (TypeError, KeyError) as exc:
+            info = cls(images=images, **data)
+        except (TypeError, KeyError, AttributeError) as exc:
             raise InputError(f"{str(path)!r} is not a {INFO_JSON} written by preprocess_inputs_to_bin.py: {exc}") from exc
+        # the file may come from another machine: every name it gives must stay inside its folder
+        where = f"{str(path)!r}:"
+        for im in info.images:
+            plain_name(im.stem, f"{where} stem")
+            path_inside(path.parent, im.bin, f"{where} bin of {im.stem!r}")
+            path_inside(path.parent, im.sizes_bin, f"{where} sizes_bin of {im.stem!r}")
+        stems = [im.stem for im in info.images]
+        if len(set(stems)) != len(stems):
+            dupes = sorted({s for s in stems if stems.count(s) > 1})
+            raise InputError(f"{where} lists the stem(s) {dupes[:10]} more than once")
+        return info
 
 
 @dataclass
@@ -141,9 +154,17 @@ class Manifest:
         data = read_json(path, "output manifest", dict)
         try:
             outputs = [OutputSpec(**o) for o in data.pop("outputs")]
-            return cls(outputs=outputs, **data)
-        except (TypeError, KeyError) as exc:
+            manifest = cls(outputs=outputs, **data)
+        except (TypeError, KeyError, AttributeError) as exc:
             raise InputError(f"{str(path)!r} is not an output manifest: {exc}") from exc
+        for o in manifest.outputs:
+            shape_ok = isinstance(o.shape, list) and all(isinstance(d, int) and d > 0 for d in o.shape)
+            if o.dtype not in OUTPUT_DTYPES or not shape_ok or not isinstance(o.index, int) or o.index < 0:
+                raise InputError(
+                    f"{str(path)!r}: output {o.name!r} has dtype {o.dtype!r}, shape {o.shape!r}, index {o.index!r}; "
+                    f"expected a dtype of {', '.join(OUTPUT_DTYPES)}, positive integer dims and an index >= 0"
+                )
+        return manifest
 
 
 def write_array(array: np.ndarray, path: str | os.PathLike) -> None:

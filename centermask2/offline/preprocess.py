@@ -205,9 +205,16 @@ def bin_stems(records: Sequence[ImageRecord]) -> list[str]:
 
     Raises:
         InputError: two images share a stem (e.g. ``a/x.jpg`` and ``b/x.jpg``, or ``x.jpg`` and
-            ``x.png``); the message names them.
+            ``x.png``), or a stem contains whitespace (it would break ``bin_info.info``'s
+            ``<index> <path> <W> <H>`` lines); the message names them.
     """
     stems = [Path(r.file_name).stem for r in records]
+    spaced = [r.file_name for r, stem in zip(records, stems) if any(c.isspace() for c in stem)]
+    if spaced:
+        raise InputError(
+            f"{len(spaced)} image name(s) contain whitespace, which bin_info.info's '<index> <path> <W> <H>' lines "
+            f"cannot hold: {', '.join(repr(n) for n in spaced[:10])}{' ...' if len(spaced) > 10 else ''}; rename them"
+        )
     seen: dict[str, str] = {}
     clashes: list[str] = []
     for rec, stem in zip(records, stems):

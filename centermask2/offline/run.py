@@ -212,10 +212,7 @@ def run_bins(
     path = getattr(backend, "path", None)
     model_name = model_name or (os.fspath(path) if path is not None else "the model")
     check_bins_match_model(info, meta, model_name)
-    stems = [im.stem for im in info.images]
-    if len(set(stems)) != len(stems):
-        dupes = sorted({s for s in stems if stems.count(s) > 1})
-        raise InputError(f"{INFO_JSON} in {str(info_dir)!r} lists the stem(s) {dupes[:10]} more than once")
+    stems = [im.stem for im in info.images]  # plain and unique: checked by BinInfo.load
     if output_specs is None:
         if path is None:
             raise InputError("pass output_specs for a backend without a model path")
