@@ -8,6 +8,7 @@ Files users receive from elsewhere (annotation JSON, bin folders, manifests) are
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +23,8 @@ __all__ = [
     "atomic_write_json",
     "read_json",
     "plain_name",
+    "file_digest",
+    "text_digest",
     "path_inside",
     "ensure_writable_dir",
     "remove_stale_temp_files",
@@ -95,6 +98,20 @@ def read_json(
         names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
         raise InputError(f"{str(p)!r} is not a valid {what}: expected a JSON {names}, found {type(data).__name__}{tail}")
     return data
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's content (hex), read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def text_digest(text: str) -> str:
+    """SHA-256 of a string (hex), for comparing settings without storing them."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def plain_name(name: object, what: str = "name") -> str:

@@ -189,3 +189,40 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
     (other / "coco_instances_results.partial.jsonl").write_text('{"identity": "something else"}\n')
     refused = subprocess.run(base + ["--output-dir", str(other), "--resume"] + weights, capture_output=True, text=True)
     assert refused.returncode == 2 and "another run" in refused.stdout + refused.stderr
+
+
+def test_resume_refuses_another_model_config_or_image_list(tmp_path, monkeypatch, caplog):
+    """An interrupted run is resumed only by the same run: other weights, another config value or
+    another image list are refused, naming what changed (their detections would be mixed)."""
+    import centermask2.cli.tester as tester
+    import centermask2.engine.loop as loop
+
+    case = "lite_V_19_slim_dw"
+    ckpt = write_checkpoint(case, tmp_path / "a.pth")
+    other = write_checkpoint(case, tmp_path / "b.pth")
+    with open(other, "ab") as f:  # same tensors, other bytes: another file
+        f.write(b"\0")
+    args = ["--config-file", str(CONFIGS / case_info(case)["config"]), "--images", str(CASES[case] / "images"),
+            "--output-dir", str(tmp_path / "out"), "--no-progress"]
+    real = loop.run_inference
+
+    def interrupted(*a, **kw):  # the first image is done, then Ctrl-C
+        on_results = kw["on_results"]
+        kw["on_results"] = lambda rec, recs: (on_results(rec, recs), (_ for _ in ()).throw(KeyboardInterrupt()))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loop, "run_inference", interrupted)
+    assert tester.main([*args, "MODEL.WEIGHTS", str(ckpt)]) == 130
+    monkeypatch.setattr(loop, "run_inference", real)
+    assert (tmp_path / "out" / loop.PARTIAL_NAME).is_file()
+    for extra, changed in (
+        (["MODEL.WEIGHTS", str(other)], "model"),
+        (["MODEL.WEIGHTS", str(ckpt), "MODEL.FCOS.INFERENCE_TH_TEST", "0.06"], "config"),
+    ):
+        caplog.clear()
+        assert tester.main([*args, "--resume", *extra]) == 2
+        assert f"its {changed} differ" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert tester.main([*args, "--resume", "MODEL.WEIGHTS", str(ckpt)]) == 0
+    assert "1 of 2 image(s) already done" in caplog.text

@@ -30,7 +30,7 @@ _SPEC.loader.exec_module(postprocess_bin_outputs)
 DATA = ROOT / "tests" / "data"
 VARIANTS = [
     (case, suffix)
-    for case in ("golden_V_39", "golden_lite_V_19_slim_dw")
+    for case in ("golden_V_39", "golden_lite_V_19_slim_dw", "golden_V_39_dcn")
     for suffix in ("", "_pad1344")
 ]
 
@@ -235,3 +235,37 @@ def test_script_subprocess(tmp_path):
         json.loads((tmp_path / "metrics.json").read_text()),
         json.loads((case / "metrics_gt_pad1344.json").read_text()),
     )
+
+
+def test_box_only_ground_truth_scores_bbox_and_skips_segm(tmp_path, caplog):
+    case = DATA / "golden_V_39"
+    gt = json.loads((case / "annotations_gt.json").read_text())
+    for ann in gt["annotations"]:
+        ann.pop("segmentation", None)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    results = json.loads((case / "coco_instances_results.json").read_text())
+    metrics = evaluate_coco(results, tmp_path / "gt.json")
+    want = json.loads((case / "metrics_gt.json").read_text())
+    assert "segm" not in metrics and abs(metrics["bbox"]["AP"] - want["bbox"]["AP"]) < 0.01
+    assert "segm skipped" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"bbox": [1, 2, 3]}, "'bbox' must be 4 finite numbers"),
+        ({"bbox": [1, 2, "3", 4]}, "'bbox' must be 4 finite numbers"),
+        ({"score": "high"}, "'score' must be a finite number"),
+        ({"score": float("nan")}, "'score' must be a finite number"),
+        ({"mask_score": float("inf")}, "'mask_score' must be a finite number"),
+        ({"category_id": "person"}, "'category_id' must be an integer"),
+        ({"image_id": 1.5}, "'image_id' must be an integer"),
+    ],
+)
+def test_malformed_result_values_are_refused_by_entry(tmp_path, change, message):
+    case = DATA / "golden_V_39"
+    results = json.loads((case / "coco_instances_results.json").read_text())
+    results[3].update(change)
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    with pytest.raises(ValueError, match=f"Entry 3 .*{message}"):
+        load_coco_results(tmp_path / "r.json")

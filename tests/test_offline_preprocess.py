@@ -359,6 +359,10 @@ def test_interrupted_run_resumes_to_identical_files(tmp_path, caplog, small_imag
     done_before = len(list(out.glob("*.bin")))
     assert 3 <= done_before < 40
     assert not (out / INFO_JSON).exists()  # an interrupted folder never looks complete
+    # the interrupted run recorded its settings when it started: resuming with others is refused
+    rc, log = _run(caplog, _cfg_args(small_images, out, "--resume", "INPUT.MIN_SIZE_TEST", "640"))
+    assert rc == 2 and "cannot --resume" in log and "min_size: " in log and "640 now" in log, log
+    assert len(list(out.glob("*.bin"))) == done_before
     # what a kill in the middle of a write leaves, and a damaged bin
     (out / ".000000000040.bin.abc123_x.tmp").write_bytes(b"partial")
     (out / SIZES_DIR / ".000000000040.bin.k9j8h7g6.tmp").write_bytes(b"")

@@ -110,7 +110,7 @@ def _main(argv: Sequence[str] | None) -> int:
     spec = _spec(args)
     records = list_images(args.images, args.coco_json)
     bin_stems(records)
-    prepare_output_dir(args.output, spec, args.resume)
+    prepare_output_dir(args.output, spec, args.resume, records)
 
     summary = preprocess_to_bins(
         records, args.output, spec, workers=args.workers, resume=args.resume, progress=not args.no_progress

@@ -9,6 +9,7 @@ A backend is anything with ``run(inputs: dict[str, ndarray]) -> dict[str, ndarra
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from ..data.spec import InputSpec
 from ..data.transforms import load_and_resize, pad_batch
 from ..errors import CenterMask2Error, InputError
 from ..evaluation.coco import instances_to_coco_json
-from ..fileio import atomic_write_json, ensure_writable_dir
+from ..fileio import atomic_write_json, ensure_writable_dir, text_digest
 from ..modeling.postprocessing import detector_postprocess
 from ..summary import StageSummary
 from .backend import Backend
@@ -205,7 +206,13 @@ def run_to_folder(
     """
     out_dir = ensure_writable_dir(output_dir, option="--output-dir")
     ids = list(contiguous_to_dataset_id if contiguous_to_dataset_id is not None else source.category_ids)
-    partial = PartialResults(out_dir / PARTIAL_NAME, identity=f"{source.label}, {source.spec}")
+    identity = {
+        "label": source.label,
+        **(source.identity or {"input": str(source.spec)}),
+        "images": text_digest(json.dumps([[r.image_id, r.file_name] for r in records])),
+        "categories": text_digest(json.dumps(ids)),
+    }
+    partial = PartialResults(out_dir / PARTIAL_NAME, identity=identity)
     done = partial.load() if resume else {}
     if not resume and partial.path.is_file():
         logger.warning("%s holds an interrupted run's progress; starting over (pass --resume to continue it)", partial.path)

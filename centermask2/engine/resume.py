@@ -18,6 +18,14 @@ __all__ = ["PartialResults"]
 logger = logging.getLogger(__name__)
 
 
+def _describe(theirs: Mapping[str, str], mine: Mapping[str, str], keys: list[str]) -> str:
+    def short(v: object) -> str:
+        text = str(v)
+        return text[:12] + "..." if len(text) > 40 else text
+
+    return "; ".join(f"{k}: {short(theirs.get(k))} then, {short(mine.get(k))} now" for k in keys)
+
+
 class PartialResults:
     """Per-image results of a run in progress, appended to a JSON-lines file as they come.
 
@@ -25,10 +33,11 @@ class PartialResults:
     half-written last line. :meth:`finish` removes the file once the final results are saved.
     """
 
-    def __init__(self, path: str | os.PathLike, identity: str = "") -> None:
-        """``identity`` describes the run (model, input rules); resuming another run's file is refused."""
+    def __init__(self, path: str | os.PathLike, identity: Mapping[str, str] | str = "") -> None:
+        """``identity`` describes the run (what changes its output: model, config, input rules, image
+        list); resuming a file written with another identity is refused, naming what changed."""
         self.path = Path(path)
-        self.identity = identity
+        self.identity = dict(identity) if isinstance(identity, Mapping) else {"run": str(identity)}
         self._file: Any = None
 
     def load(self) -> dict[int, list[dict[str, Any]]]:
@@ -44,10 +53,13 @@ class PartialResults:
                     logger.warning("ignoring an incomplete line of %s (the run was interrupted there)", self.path)
                     continue
                 if isinstance(entry, dict) and "identity" in entry:
-                    if entry["identity"] != self.identity:
+                    theirs = entry["identity"] if isinstance(entry["identity"], dict) else {"run": entry["identity"]}
+                    changed = sorted(k for k in set(theirs) | set(self.identity) if theirs.get(k) != self.identity.get(k))
+                    if changed:
                         raise InputError(
-                            f"{str(self.path)!r} holds the progress of another run ({entry['identity']}), not of "
-                            f"this one ({self.identity}); use another output folder or run without --resume"
+                            f"{str(self.path)!r} holds the progress of another run: its {', '.join(changed)} "
+                            f"differ(s) from this one's ({_describe(theirs, self.identity, changed)}); resuming would "
+                            "mix two runs' detections. Use another output folder or run without --resume"
                         )
                     continue
                 try:

@@ -6,19 +6,31 @@ same way.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..data.categories import category_mapping
 from ..data.spec import InputSpec
 from ..errors import InputError
+from ..fileio import file_digest, text_digest
 from .backend import Backend
 
 __all__ = ["ModelSource", "torch_source", "onnx_source"]
 
 logger = logging.getLogger(__name__)
+
+
+def _config_digest(config_yaml: str) -> str:
+    """Digest of a resolved config, all keys but ``MODEL.WEIGHTS`` (the file's content is the
+    identity's ``model``, so a moved checkpoint is the same run)."""
+    import yaml
+
+    data = yaml.safe_load(config_yaml) or {}
+    data.get("MODEL", {}).pop("WEIGHTS", None)
+    return text_digest(json.dumps(data, sort_keys=True, default=str))
 
 
 @dataclass
@@ -32,6 +44,9 @@ class ModelSource:
         category_ids: dataset category id per contiguous class.
         class_names: class name per contiguous class.
         label: short description for logs and pictures.
+        identity: what makes this source's outputs what they are: ``model`` (SHA-256 of the
+            checkpoint or ``.onnx``), ``config`` (of the resolved config, all keys) and ``input``
+            (the input rules, batch size); a resumed run must have the same.
     """
 
     backend: Backend
@@ -40,6 +55,7 @@ class ModelSource:
     category_ids: list[int]
     class_names: list[str]
     label: str
+    identity: dict[str, str] = field(default_factory=dict)
 
 
 def torch_source(
@@ -78,6 +94,11 @@ def torch_source(
         category_ids=ids,
         class_names=names,
         label=f"PyTorch {os.path.basename(os.fspath(config_file))}",
+        identity={
+            "model": file_digest(cfg.MODEL.WEIGHTS),
+            "config": _config_digest(cfg.dump()),
+            "input": f"{spec}, batch {batch_size or 1}",
+        },
     )
 
 
@@ -106,4 +127,9 @@ def onnx_source(
         category_ids=list(meta.category_ids),
         class_names=list(meta.class_names),
         label=f"ONNX Runtime {os.path.basename(os.fspath(model_path))}",
+        identity={
+            "model": file_digest(model_path),
+            "config": _config_digest(meta.config_yaml),
+            "input": f"{spec}, batch {batch}",
+        },
     )

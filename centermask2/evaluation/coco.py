@@ -123,6 +123,24 @@ def instances_to_coco_json(
     return records
 
 
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _malformed(rec: Mapping[str, Any]) -> str:
+    """What is wrong with one result record's values, or ``""``."""
+    bbox = rec["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)):
+        return f"'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}"
+    for key in ("image_id", "category_id"):
+        if not isinstance(rec[key], int) or isinstance(rec[key], bool):
+            return f"'{key}' must be an integer, got {rec[key]!r}"
+    for key in ("score", "mask_score"):
+        if key in rec and not _finite_number(rec[key]):
+            return f"'{key}' must be a finite number, got {rec[key]!r}"
+    return ""
+
+
 def load_coco_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Load and validate a COCO results file (``coco_instances_results.json``).
 
@@ -148,6 +166,9 @@ def load_coco_results(path: str | os.PathLike) -> list[dict[str, Any]]:
                 f"Entry {i} of results file {path!r} is not a COCO detection; every entry needs "
                 f"the keys {list(_RESULT_KEYS)}."
             )
+        problem = _malformed(rec)
+        if problem:
+            raise InputError(f"Entry {i} of results file {path!r}: {problem}")
     return data
 
 
@@ -271,6 +292,13 @@ def evaluate_coco(
         )
 
     tasks = ["bbox"] + (["segm"] if any("segmentation" in r for r in results) else [])
+    without_masks = sum("segmentation" not in a for a in coco_gt.dataset.get("annotations", []))
+    if "segm" in tasks and without_masks:
+        logger.warning(
+            "%d ground-truth annotation(s) in %r have no 'segmentation' (box-only ground truth): scoring bbox only, "
+            "segm skipped", without_masks, coco_path,
+        )
+        tasks.remove("segm")
     metrics: dict[str, dict[str, float]] = {}
     for task in tasks:
         if not results:

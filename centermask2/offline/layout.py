@@ -9,6 +9,7 @@ Input side, written by ``preprocess_inputs_to_bin.py`` into ``BINS/``::
     BINS/bin_info.json            everything needed to undo the preprocessing (see BinInfo)
     BINS/bin_info.info            classic text info file: "<index> <bin path> <W> <H>" per line
                                   (W, H = the model's input width and height)
+    BINS/bin_settings.json        the run's settings, written when it starts (``--resume`` checks them)
 
 Output side, written by ``tester.py --bins`` (or any engine) into ``RAW/``::
 
@@ -33,6 +34,7 @@ from ..fileio import atomic_write_bytes, atomic_write_json, path_inside, plain_n
 __all__ = [
     "INFO_JSON",
     "INFO_TXT",
+    "SETTINGS_JSON",
     "MANIFEST",
     "SIZES_DIR",
     "BinImage",
@@ -47,6 +49,7 @@ __all__ = [
 
 INFO_JSON = "bin_info.json"
 INFO_TXT = "bin_info.info"
+SETTINGS_JSON = "bin_settings.json"
 MANIFEST = "manifest.json"
 SIZES_DIR = "image_sizes"
 FORMAT_VERSION = 1

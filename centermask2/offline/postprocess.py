@@ -190,7 +190,8 @@ def decode_image_outputs(
         ``masks`` [N, H, W] bool, ``mask_scores`` [N].
 
     Raises:
-        ItemError: ``num_detections`` is outside [0, K] (corrupt or misnumbered outputs).
+        ItemError: ``num_detections`` is outside [0, K] (corrupt or misnumbered outputs), or boxes or
+            scores of the valid rows are NaN or infinite.
     """
     boxes = np.asarray(raw["boxes"]).reshape(-1, 4)
     k = boxes.shape[0]
@@ -200,6 +201,12 @@ def decode_image_outputs(
             f"{source or im.stem}: num_detections is {n}, outside [0, {k}]; the output bins are corrupt or "
             "numbered differently (check --index-base / the manifest)"
         )
+    for name in ("boxes", "scores", "mask_scores"):
+        if name in raw and not np.isfinite(np.asarray(raw[name]).reshape(k, -1)[:n]).all():
+            raise ItemError(
+                f"{source or im.stem}: {name} of the first {n} detection(s) hold NaN or infinite values; the engine's "
+                "outputs are corrupt (results files cannot hold them)"
+            )
 
     def rows(name: str) -> torch.Tensor | None:
         if name not in raw:

@@ -21,6 +21,7 @@ number of workers or on scheduling.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -29,6 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,9 +39,9 @@ from ..data.catalog import ImageRecord
 from ..data.spec import InputSpec
 from ..data.transforms import get_resize_shape, image_size, load_and_resize, pad_batch
 from ..errors import CenterMask2Error, InputError, OutputError
-from ..fileio import ensure_writable_dir, remove_stale_temp_files
+from ..fileio import atomic_write_json, ensure_writable_dir, read_json, remove_stale_temp_files, text_digest
 from ..summary import StageSummary
-from .layout import INFO_JSON, INFO_TXT, SIZES_DIR, BinImage, BinInfo, read_array, write_array
+from .layout import INFO_JSON, INFO_TXT, SETTINGS_JSON, SIZES_DIR, BinImage, BinInfo, read_array, write_array
 
 __all__ = [
     "BIN_DTYPES",
@@ -49,6 +51,7 @@ __all__ = [
     "spec_from_config",
     "bin_stems",
     "prepare_output_dir",
+    "run_settings",
     "preprocess_image",
     "preprocess_to_bins",
 ]
@@ -231,36 +234,66 @@ def bin_stems(records: Sequence[ImageRecord]) -> list[str]:
     return stems
 
 
+def run_settings(spec: PreprocessSpec, records: Sequence[ImageRecord] | None = None) -> dict[str, Any]:
+    """What a preprocessing run's bins depend on, as recorded in ``BINS/bin_settings.json``."""
+    settings: dict[str, Any] = {
+        "dtype": spec.dtype,
+        "shape": spec.shape,
+        "input_format": spec.input.input_format,
+        "min_size": spec.input.min_size,
+        "max_size": spec.input.max_size,
+    }
+    if records is not None:
+        settings["images"] = text_digest(json.dumps([[r.image_id, r.file_name] for r in records]))
+    return settings
+
+
 def prepare_output_dir(
-    folder: str | os.PathLike, spec: PreprocessSpec | None = None, resume: bool = False
+    folder: str | os.PathLike,
+    spec: PreprocessSpec | None = None,
+    resume: bool = False,
+    records: Sequence[ImageRecord] | None = None,
 ) -> Path:
     """Create ``folder`` (and its ``image_sizes``) and check that files can be written there.
 
-    With ``resume``, a ``bin_info.json`` already there (from a finished run) must describe the
-    same preprocessing as ``spec``.
+    With ``resume``, the settings an earlier run recorded when it started (``bin_settings.json``,
+    else the ``bin_info.json`` of a finished run) must equal this run's: input rules, dtype, size
+    and, when ``records`` is given, the image list.
 
     Raises:
         OutputError: ``folder`` exists and is a file, or cannot be created or written to.
-        InputError: resuming over bins made with other settings.
+        InputError: resuming over bins made with other settings; the message says which differ.
     """
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise OutputError(f"output {str(path)!r} exists and is not a folder; choose another --output")
     ensure_writable_dir(path)
     ensure_writable_dir(path / SIZES_DIR)
-    if resume and spec is not None and (path / INFO_JSON).is_file():
+    if not (resume and spec is not None):
+        return path
+    mine = run_settings(spec, records)
+    theirs: dict[str, Any] | None = None
+    if (path / SETTINGS_JSON).is_file():
+        try:
+            theirs = read_json(path / SETTINGS_JSON, "bin settings file", dict)
+        except CenterMask2Error:
+            theirs = None
+    elif (path / INFO_JSON).is_file():
         try:
             old = BinInfo.load(path / INFO_JSON)
+            theirs = {"dtype": old.dtype, "shape": list(old.shape), "input_format": old.input_format,
+                      "min_size": old.min_size, "max_size": old.max_size}
         except CenterMask2Error:
-            old = None
-        if old is not None:
-            mine = (spec.dtype, spec.shape, spec.input.input_format, spec.input.min_size, spec.input.max_size)
-            theirs = (old.dtype, list(old.shape), old.input_format, old.min_size, old.max_size)
-            if mine != theirs:
-                raise InputError(
-                    f"cannot --resume in {str(path)!r}: its bins were made as (dtype, shape, format, min, max) = "
-                    f"{theirs}, this run makes {mine}; use another --output or run without --resume"
-                )
+            theirs = None
+    if theirs is not None:
+        changed = sorted(k for k in mine if k in theirs and theirs[k] != mine[k])
+        if changed:
+            detail = "; ".join(f"{k}: {theirs[k]!r} then, {mine[k]!r} now" for k in changed if k != "images")
+            detail += "; the image list differs" if "images" in changed else ""
+            raise InputError(
+                f"cannot --resume in {str(path)!r}: its bins were made with other settings ({detail.strip('; ')}); "
+                "use another --output or run without --resume"
+            )
     return path
 
 
@@ -361,7 +394,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 def _remove_leftovers(folder: Path) -> None:
     """Delete temp files an interrupted run left behind, and the info files of any earlier run."""
     for d in (folder, folder / SIZES_DIR):
-        remove_stale_temp_files(d, lambda name: name.endswith(".bin") or name in (INFO_JSON, INFO_TXT))
+        remove_stale_temp_files(d, lambda name: name.endswith(".bin") or name in (INFO_JSON, INFO_TXT, SETTINGS_JSON))
     for name in (INFO_JSON, INFO_TXT):
         # rewritten at the end; until then the folder must not claim to be complete
         (folder / name).unlink(missing_ok=True)
@@ -409,8 +442,10 @@ def preprocess_to_bins(
     if workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
     stems = bin_stems(records)
-    folder = prepare_output_dir(output_dir, spec, resume)
+    folder = prepare_output_dir(output_dir, spec, resume, records)
     _remove_leftovers(folder)
+    # recorded first, so that a resumed run can check it continues the same preprocessing
+    atomic_write_json(run_settings(spec, records), folder / SETTINGS_JSON, indent=1)
     pad_h, pad_w = spec.input.pad_to  # type: ignore[misc]
     if min(pad_h, pad_w) < spec.input.max_size:
         logger.warning(
