@@ -28,6 +28,7 @@ __all__ = [
     "path_inside",
     "ensure_writable_dir",
     "remove_stale_temp_files",
+    "check_output_file",
 ]
 
 
@@ -187,3 +188,17 @@ def remove_stale_temp_files(folder: str | os.PathLike, is_ours: Callable[[str], 
                 os.remove(entry.path)
                 removed += 1
     return removed
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--output") -> Path:
+    """Check, before any work, that the file ``path`` can be written (its folder is created).
+
+    Raises:
+        OutputError: ``path`` is a folder, or its folder cannot be created or written; the message
+            names it and ``option``.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{option} {str(p)!r} is a folder; give a file path, e.g. {str(p / 'model.onnx')!r}")
+    ensure_writable_dir(p.parent if str(p.parent) else ".", option)
+    return p

@@ -76,6 +76,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from ..data.categories import category_mapping
     from ..export import ExportSettings, default_opset, export_onnx
     from ..export.onnx import check_opset
+    from ..fileio import check_output_file
     from ..modeling import build_model
 
     opts = list(args.opts)
@@ -83,10 +84,11 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.max_detections < 1:
             raise InputError(f"--max-detections must be >= 1, got {args.max_detections}")
         opts += ["MODEL.FCOS.POST_NMS_TOPK_TEST", str(args.max_detections)]
-    cfg = load_config(args.config_file, opts)
-    check_weights_path(cfg.MODEL.WEIGHTS)
+    check_output_file(args.output, "--output")
     if args.verify and not Path(args.verify).is_file():
         raise MissingFileError(f"--verify image not found: {args.verify!r}")
+    cfg = load_config(args.config_file, opts)
+    check_weights_path(cfg.MODEL.WEIGHTS)
     model = build_model(cfg)
     opset = args.opset if args.opset is not None else default_opset(model)
     settings = ExportSettings(

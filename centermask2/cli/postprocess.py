@@ -23,9 +23,8 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from ..errors import EXIT_BAD_INPUT, EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError
+from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError
 from ..evaluation import evaluate_coco, format_table, load_coco_results
 from .common import new_parser, parse_args, report_error, run_main, setup_logging
 
@@ -120,7 +119,7 @@ def _category_ids(args: argparse.Namespace) -> list[int]:
 
 def _run_bins(args: argparse.Namespace) -> int:
     """The .bin mode; returns the exit status."""
-    from ..fileio import atomic_write_json
+    from ..fileio import atomic_write_json, ensure_writable_dir
     from ..offline.layout import BinInfo
     from ..offline.postprocess import (
         find_output_problems,
@@ -132,6 +131,7 @@ def _run_bins(args: argparse.Namespace) -> int:
 
     if not (args.outputs and args.info and args.output_dir):
         raise InputError("the .bin mode needs --outputs RAW --info BINS/bin_info.json --output-dir OUT.")
+    out_dir = ensure_writable_dir(args.output_dir, "--output-dir")
     info = BinInfo.load(args.info)
     manifest = resolve_manifest(args.outputs, args.model, args.index_base)
     ids = _category_ids(args)
@@ -156,11 +156,6 @@ def _run_bins(args: argparse.Namespace) -> int:
             logger.warning("--allow-missing: those images count as having no detections; the AP is a lower bound")
     skip = sorted({p.stem for p in problems if p.stem is not None})
 
-    out_dir = Path(args.output_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return report_error(f"cannot write to {str(out_dir)!r}: {exc}", EXIT_BAD_INPUT)
     try:
         results, summary = postprocess_bins(args.outputs, info, manifest, ids, skip=skip,
                                             progress=not args.no_progress)
@@ -203,6 +198,10 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_usage(sys.stderr)
         raise InputError("--results needs --coco-json (the ground-truth annotations).")
 
+    if args.output_dir:
+        from ..fileio import ensure_writable_dir
+
+        ensure_writable_dir(args.output_dir, "--output-dir")
     try:
         results = load_coco_results(args.results)
         logger.info("Loaded %d detections from %s", len(results), args.results)

@@ -129,6 +129,7 @@ def _setup(args: argparse.Namespace):
 def _run_bins(args: argparse.Namespace) -> int:
     """--bins mode: stage 2 of the offline pipeline. 0 ok, 1 bad input bins skipped, 2 setup error."""
     from ..engine.onnxruntime_backend import OnnxRuntimeBackend
+    from ..fileio import ensure_writable_dir
     from ..offline.run import run_bins
 
     if args.backend == "torch":
@@ -145,6 +146,7 @@ def _run_bins(args: argparse.Namespace) -> int:
             f"{', '.join(unused)} cannot be used with --bins (the bins and the model fix the input; "
             "postprocess_bin_outputs.py scores the results)"
         )
+    ensure_writable_dir(args.output_dir, "--output")
     backend = OnnxRuntimeBackend(args.model, provider=args.provider, threads=args.threads)
     logger.info("Running %s (%s) on the bins of %s", Path(args.model).name, args.provider, args.bins)
     summary = run_bins(backend, args.bins, args.output_dir, index_base=args.index_base, resume=args.resume,
@@ -183,9 +185,11 @@ def _main(argv: Sequence[str] | None) -> int:
     from ..data.categories import category_mapping
     from ..engine.loop import run_to_folder
     from ..evaluation import evaluate_coco
+    from ..fileio import ensure_writable_dir
 
     if args.dataset:
         args.images, args.coco_json = resolve_dataset(args.dataset)
+    ensure_writable_dir(args.output_dir, "--output-dir")
     records = list_images(args.images, args.coco_json)
     source = _setup(args)
     ids = source.category_ids

@@ -99,6 +99,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from ..data.transforms import read_image
     from ..errors import CenterMask2Error
     from ..evaluation.matching import summarize_match
+    from ..fileio import ensure_writable_dir
     from ..visualization import draw_instances, filter_records, side_by_side
 
     given = [(k, v) for k, v in (("results", args.results), ("onnx", args.model), ("torch", args.config_file)) if v]
@@ -108,6 +109,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise InputError(f"KEY VALUE overrides {args.opts[:2]} only apply with --config-file")
     if args.compare and not args.compare.endswith((".json", ".onnx")):
         raise InputError(f"--compare {args.compare!r}: give a results .json or an .onnx model")
+    out_dir = ensure_writable_dir(args.output_dir, "--output-dir")
     images = list_images(args.images, args.coco_json)
     if args.max_images:
         images = images[: args.max_images]
@@ -123,8 +125,6 @@ def _main(argv: Sequence[str] | None) -> int:
         names.update(zip(ids, class_names))
     score_key = "mask_score" if args.score == "mask" else "score"
     per_source = [_records_by_image(records) for _, records, _ in sources]
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     total_match = [0, 0, 0]
     written = 0
     unreadable: list[str] = []

@@ -66,8 +66,25 @@ class OnnxRuntimeBackend:
             raise BackendError(f"ONNX Runtime cannot load {str(self.path)!r}: {exc}") from None
         self.input_dtype = self.metadata.input_dtype
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._check_input_shape()
         if list(self.output_names) != list(OUTPUT_NAMES):
             raise InputError(f"{str(self.path)!r} outputs {self.output_names}, expected {list(OUTPUT_NAMES)}")
+
+    def _check_input_shape(self) -> None:
+        """The graph's ``images`` input must agree with what the metadata says (static size, batch)."""
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if "images" not in inputs or "image_sizes" not in inputs:
+            raise InputError(f"{str(self.path)!r} has inputs {sorted(inputs)}, expected ['image_sizes', 'images']")
+        dims = [d if isinstance(d, int) else None for d in inputs["images"].shape]
+        meta = self.metadata
+        if meta.dynamic or len(dims) != 4:
+            return
+        want = [meta.batch_size, 3, *(meta.input_size or (None, None))]
+        if any(d is not None and w is not None and d != w for d, w in zip(dims, want)):
+            raise InputError(
+                f"{str(self.path)!r}: its metadata says input {want} but the graph takes {dims}; the metadata was "
+                "edited or belongs to another model: re-export it with convert_model_into_onnx.py"
+            )
 
     @property
     def static_batch(self) -> int | None:
@@ -86,5 +103,10 @@ class OnnxRuntimeBackend:
             fill = static - b
             images = np.concatenate([images, np.repeat(images[:1], fill, axis=0)])
             sizes = np.concatenate([sizes, np.repeat(sizes[:1], fill, axis=0)])
-        outs: Sequence[np.ndarray] = self.session.run(self.output_names, {"images": images, "image_sizes": sizes})
+        try:
+            outs: Sequence[np.ndarray] = self.session.run(self.output_names, {"images": images, "image_sizes": sizes})
+        except Exception as exc:  # noqa: BLE001 - ORT's own exception types are not RuntimeError
+            raise BackendError(
+                f"ONNX Runtime failed running {str(self.path)!r} on input {list(images.shape)} {images.dtype}: {exc}"
+            ) from None
         return {name: value[:b] for name, value in zip(self.output_names, outs)}
