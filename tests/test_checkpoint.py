@@ -343,3 +343,19 @@ def test_shape_mismatch(ckpt_dir: Path) -> None:
     assert report.shape_mismatch == [("head.weight", (5, 4), (2, 4))]
     assert torch.equal(model.head.weight, before)
     assert torch.equal(model.head.bias, state["head.bias"])
+
+
+def test_zip_entries_declaring_far_more_than_the_model_are_refused_before_inflating(tmp_path: Path) -> None:
+    """A small zip that declares huge entries (a zip bomb) is refused from its directory alone."""
+    import zipfile
+
+    model = nn.Linear(4, 2)
+    path = tmp_path / "bomb.pth"
+    torch.save({"model": model.state_dict()}, path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb/data/zeros", b"\0" * (80 << 20))  # 80 MB of zeros: ~80 KB compressed
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(ValueError, match="declares .* bytes of content, far more than the model's weights need"):
+        load_weights(model, path)
+    # without a model to size it against, the file is read as before
+    assert set(load_state_dict_file(path)) == {"weight", "bias"}

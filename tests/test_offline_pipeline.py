@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -417,3 +418,16 @@ def test_v39_end_to_end(tmp_path, case, dtype):
     _ok(_run_bins(model, bins, raw, *index_base))
     assert (raw / ("000000000001_6.bin" if index_base else "000000000001_0.bin")).is_file()
     _postprocess_golden(raw, bins, tmp_path / "eval", case=case)
+
+
+def test_resume_refuses_outputs_of_another_model(raw_u8, bins_u8, lite_u8, tmp_path):
+    """Same output layout, other model file: resuming would mix two models' outputs."""
+    raw = tmp_path / "raw"
+    shutil.copytree(raw_u8, raw)
+    other = onnx.load(str(lite_u8))
+    entry = other.metadata_props.add()
+    entry.key, entry.value = "note", "another model"
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    proc = _run_bins(tmp_path / "other.onnx", bins_u8, raw, "--resume")
+    assert proc.returncode == 2 and "another model file" in proc.stderr, proc.stderr
+    _ok(_run_bins(lite_u8, bins_u8, raw, "--resume"))  # the same model resumes

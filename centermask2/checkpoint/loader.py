@@ -261,7 +261,32 @@ def _select_state_dict(obj: Any, path: str) -> Mapping[str, Any]:
     )
 
 
-def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+#: how many times the model's own tensor bytes a checkpoint's zip entries may declare (optimizer
+#: state and EMA copies make real training checkpoints 2-4x the weights), plus a fixed slack
+_ZIP_SIZE_FACTOR = 8
+_ZIP_SIZE_SLACK = 64 << 20
+
+
+def _check_zip_sizes(path: str, limit: int) -> None:
+    """Refuse a ``torch.save`` zip whose entries declare more than ``limit`` bytes in all, before any
+    entry is inflated (a few kilobytes of zip can declare terabytes)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise _corrupt(path, e) from e
+    if declared > limit:
+        raise InputError(
+            f"Checkpoint '{path}' declares {declared:,} bytes of content, far more than the model's weights need "
+            f"(at most {limit:,}); refusing to inflate it. It is corrupt, or not a checkpoint of this model."
+        )
+
+
+def load_state_dict_file(
+    path: str | os.PathLike[str], *, max_zip_bytes: int | None = None
+) -> dict[str, torch.Tensor]:
     """Read the model weights stored in a checkpoint file, without running code from it.
 
     Args:
@@ -277,12 +302,17 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
             checkpoint, or holds Python objects beyond tensors/arrays and containers.
         UnsafeCheckpointError: A ``.pkl`` references a disallowed global (subclass of ValueError).
         FileNotFoundError: The file does not exist.
+
+    ``max_zip_bytes``: refuse a ``torch.save`` zip whose entries declare more bytes than this
+    (checked before inflating anything); :func:`load_weights` sets it from the model's size.
     """
     local = check_weights_path(path)
     with open(local, "rb") as f:
         head = f.read(len(_LEGACY_TORCH_MAGIC))
     if not head:
         raise InputError(f"Checkpoint '{local}' is empty; download or write it again.")
+    if head.startswith(_ZIP_MAGIC) and max_zip_bytes is not None:
+        _check_zip_sizes(local, max_zip_bytes)
     if head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_TORCH_MAGIC):
         obj = _torch_load(local)
     else:
@@ -403,5 +433,6 @@ def load_weights(
         FileNotFoundError: The file does not exist.
         ValueError: URL or empty path, unreadable/unsafe file, or weights that do not fit.
     """
-    state_dict = load_state_dict_file(path)
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    state_dict = load_state_dict_file(path, max_zip_bytes=_ZIP_SIZE_FACTOR * weight_bytes + _ZIP_SIZE_SLACK)
     return apply_state_dict(model, state_dict, allow_incomplete=allow_incomplete, source=os.fspath(path))

@@ -145,6 +145,10 @@ class Manifest:
     index_base: int = 0
     model: str | None = None
     version: int = FORMAT_VERSION
+    #: SHA-256 of the model file the outputs came from (``tester.py --bins`` writes it; engines may not)
+    model_digest: str | None = None
+    #: SHA-256 of the bin_info.json the inputs came from
+    inputs_digest: str | None = None
 
     def save(self, folder: str | os.PathLike) -> None:
         atomic_write_json(asdict(self), Path(folder) / MANIFEST, indent=1)

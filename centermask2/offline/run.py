@@ -25,7 +25,7 @@ import numpy as np
 
 from ..contract import ModelMetadata, OutputSpec, model_output_specs
 from ..errors import BackendError, InputError, ItemError, MissingFileError
-from ..fileio import ensure_writable_dir, remove_stale_temp_files
+from ..fileio import ensure_writable_dir, file_digest, remove_stale_temp_files
 from ..summary import StageSummary
 from .layout import INFO_JSON, MANIFEST, BinImage, BinInfo, Manifest, output_path, read_array, write_array
 
@@ -220,13 +220,24 @@ def run_bins(
     specs = list(output_specs)
 
     out_dir = prepare_output_dir(output_dir)
-    manifest = Manifest(outputs=specs, index_base=index_base, model=model_name)
+    info_file = info_path / INFO_JSON if info_path.is_dir() else info_path
+    manifest = Manifest(outputs=specs, index_base=index_base, model=model_name,
+                        model_digest=file_digest(path) if path is not None else None,
+                        inputs_digest=file_digest(info_file))
     if resume and (out_dir / MANIFEST).is_file():
         old = Manifest.load(out_dir)
         if old.outputs != manifest.outputs or old.index_base != manifest.index_base:
             raise InputError(
                 f"{str(out_dir / MANIFEST)!r} was written for other outputs or index base {old.index_base}; "
                 f"resume with the same model and --index-base {old.index_base}, or use a new --output"
+            )
+        changed = [what for what, a, b in (("model file", old.model_digest, manifest.model_digest),
+                                            ("bins (bin_info.json)", old.inputs_digest, manifest.inputs_digest))
+                   if a is not None and b is not None and a != b]
+        if changed:
+            raise InputError(
+                f"cannot --resume in {str(out_dir)!r}: its outputs came from another {' and '.join(changed)}; "
+                "resuming would mix two runs' outputs. Use a new --output or run without --resume"
             )
     manifest.save(out_dir)
     names = {output_path(out_dir, s, spec.index, index_base).name for s in stems for spec in specs} | {MANIFEST}
