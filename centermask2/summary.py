@@ -58,13 +58,13 @@ class StageSummary:
         """``seconds`` (a total over the run) in milliseconds per processed image."""
         return 1000.0 * seconds / max(self.num_images, 1)
 
-    def counts(self) -> str:
-        """``"N images (M already done, K failed)"``."""
+    def counts(self, failed_word: str = "failed") -> str:
+        """``"N images (M already done, K failed)"`` (``failed_word`` names what happened to failures)."""
         extra = []
         if self.num_resumed:
             extra.append(f"{self.num_resumed} already done")
         if self.failed:
-            extra.append(f"{len(self.failed)} failed")
+            extra.append(f"{len(self.failed)} {failed_word}")
         return f"{self.num_images} images{' (' + ', '.join(extra) + ')' if extra else ''}"
 
     def format(self) -> str:

@@ -82,12 +82,12 @@ def test_run_to_folder_writes_results_and_removes_progress(images, tmp_path):
 
 def test_partial_results_survive_a_torn_last_line_and_refuse_another_run(tmp_path, images):
     rec = list_images(images)[0]
-    partial = PartialResults(tmp_path / PARTIAL_NAME, identity="model A")
+    partial = PartialResults(tmp_path / PARTIAL_NAME, identity={"model": "A"})
     partial.start({})
     partial.append(rec, [{"image_id": 1}])
     partial.close()
     with open(tmp_path / PARTIAL_NAME, "a") as f:
         f.write('{"image_id": 2, "rec')  # killed mid-write
-    assert PartialResults(tmp_path / PARTIAL_NAME, identity="model A").load() == {1: [{"image_id": 1}]}
+    assert PartialResults(tmp_path / PARTIAL_NAME, identity={"model": "A"}).load() == {1: [{"image_id": 1}]}
     with pytest.raises(InputError, match="another run"):
-        PartialResults(tmp_path / PARTIAL_NAME, identity="model B").load()
+        PartialResults(tmp_path / PARTIAL_NAME, identity={"model": "B"}).load()

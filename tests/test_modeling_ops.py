@@ -61,21 +61,31 @@ def naive_roi_align(feats, rois, out_size, scale, sampling_ratio, aligned):
     return torch.from_numpy(out)
 
 
+#: (batch, x0, y0, x1, y1) boxes at the edges of RoIAlign's behaviour, for a 13x17 map at scale 1/8
+EDGE_ROIS = torch.tensor([
+    [0, 10.0, 12.0, 60.0, 40.0],      # inside
+    [1, -20.0, -8.0, 30.0, 25.0],     # partly outside top-left
+    [1, 100.0, 70.0, 160.0, 130.0],   # partly outside bottom-right
+    [0, 5.0, 5.0, 5.0, 5.0],          # zero-size box
+    [0, 0.0, 0.0, 136.0, 104.0],      # whole map: several samples per bin
+    [1, 50.0, 30.0, 52.5, 33.0],      # tiny box (< 1 feature pixel)
+    [0, 200.0, 200.0, 260.0, 230.0],  # completely outside
+    [1, 40.0, 40.0, 30.0, 30.0],      # reversed (negative size)
+])
+#: more boxes below one feature pixel, where ONNX's output_half_pixel clamps the box size
+SMALL_ROIS = torch.tensor([
+    [0, 3.0, 4.0, 6.5, 5.0],          # < 1 feature pixel
+    [1, -4.0, -4.0, 2.0, 3.0],        # < 1 feature pixel, partly outside
+    [0, 130.0, 100.0, 139.0, 110.0],  # small, at the bottom-right edge
+])
+
+
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_roi_align_matches_naive(aligned, sampling_ratio):
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(2, 3, 13, 17, generator=g)
-    rois = torch.tensor([
-        [0, 10.0, 12.0, 60.0, 40.0],      # inside
-        [1, -20.0, -8.0, 30.0, 25.0],     # partly outside top-left
-        [1, 100.0, 70.0, 160.0, 130.0],   # partly outside bottom-right
-        [0, 5.0, 5.0, 5.0, 5.0],          # zero-size box
-        [0, 0.0, 0.0, 136.0, 104.0],      # whole map: several samples per bin
-        [1, 50.0, 30.0, 52.5, 33.0],      # tiny box
-        [0, 200.0, 200.0, 260.0, 230.0],  # completely outside
-        [1, 40.0, 40.0, 30.0, 30.0],      # reversed (negative size)
-    ])
+    rois = EDGE_ROIS
     got = roi_align(feats, rois, 7, 1 / 8, sampling_ratio, aligned)
     want = naive_roi_align(feats, rois, 7, 1 / 8, sampling_ratio, aligned)
     assert got.shape == (8, 3, 7, 7)
@@ -217,19 +227,7 @@ def _onnx_roi_align_session(mode, output_size, sampling_ratio, spatial_scale):
 
 def _roi_align_cases(seed, n_random, extent):
     g = torch.Generator().manual_seed(seed)
-    edge = torch.tensor([
-        [0, 10.0, 12.0, 60.0, 40.0],      # inside
-        [1, -20.0, -8.0, 30.0, 25.0],     # partly outside top-left
-        [1, 100.0, 70.0, 160.0, 130.0],   # partly outside bottom-right
-        [0, 5.0, 5.0, 5.0, 5.0],          # zero-size box
-        [0, 0.0, 0.0, 136.0, 104.0],      # whole map: several samples per bin
-        [1, 50.0, 30.0, 52.5, 33.0],      # < 1 feature pixel at scale 1/8
-        [0, 3.0, 4.0, 6.5, 5.0],          # < 1 feature pixel
-        [1, -4.0, -4.0, 2.0, 3.0],        # < 1 feature pixel, partly outside
-        [0, 130.0, 100.0, 139.0, 110.0],  # small, at the bottom-right edge
-        [0, 200.0, 200.0, 260.0, 230.0],  # completely outside
-        [1, 40.0, 40.0, 30.0, 30.0],      # reversed (negative size)
-    ])
+    edge = torch.cat((EDGE_ROIS, SMALL_ROIS))
     xy = torch.rand(n_random, 2, generator=g) * (extent + 40) - 20
     wh = torch.rand(n_random, 2, generator=g) * 60
     wh[: n_random // 2] /= 60 / 7  # half of them below one feature pixel at scale 1/8

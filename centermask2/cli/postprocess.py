@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError
 from ..evaluation import evaluate_coco, format_table, load_coco_results
+from ..fileio import ensure_writable_dir
 from .common import new_parser, parse_args, report_error, run_main, setup_logging
 
 logger = logging.getLogger("postprocess_bin_outputs")
@@ -119,7 +120,7 @@ def _category_ids(args: argparse.Namespace) -> list[int]:
 
 def _run_bins(args: argparse.Namespace) -> int:
     """The .bin mode; returns the exit status."""
-    from ..fileio import atomic_write_json, ensure_writable_dir
+    from ..fileio import atomic_write_json
     from ..offline.layout import BinInfo
     from ..offline.postprocess import (
         find_output_problems,
@@ -199,8 +200,6 @@ def _main(argv: Sequence[str] | None) -> int:
         raise InputError("--results needs --coco-json (the ground-truth annotations).")
 
     if args.output_dir:
-        from ..fileio import ensure_writable_dir
-
         ensure_writable_dir(args.output_dir, "--output-dir")
     try:
         results = load_coco_results(args.results)

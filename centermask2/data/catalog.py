@@ -7,6 +7,7 @@ the PyTorch path, ONNX Runtime and the offline pipeline line up image by image.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +57,8 @@ def list_images(images_dir: str | os.PathLike, coco_json: str | os.PathLike | No
             ) from None
         records = [ImageRecord(i, name, path_inside(root, name, f"{str(path)!r}: image {i}'s file_name"))
                    for i, name in entries]
-        for key, label in ((lambda r: r.image_id, "image id"), (lambda r: r.file_name, "file_name")):
-            seen: set = set()
-            repeated = sorted({str(key(r)) for r in records if key(r) in seen or seen.add(key(r))})
+        for label, values in (("image id", [r.image_id for r in records]), ("file_name", [r.file_name for r in records])):
+            repeated = sorted(str(v) for v, n in Counter(values).items() if n > 1)
             if repeated:
                 raise InputError(
                     f"{str(path)!r} lists the {label}(s) {', '.join(repeated[:10])} more than once; every image "

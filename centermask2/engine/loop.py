@@ -208,7 +208,7 @@ def run_to_folder(
     ids = list(contiguous_to_dataset_id if contiguous_to_dataset_id is not None else source.category_ids)
     identity = {
         "label": source.label,
-        **(source.identity or {"input": str(source.spec)}),
+        **source.identity(),
         "images": text_digest(json.dumps([[r.image_id, r.file_name] for r in records])),
         "categories": text_digest(json.dumps(ids)),
     }

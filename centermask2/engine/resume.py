@@ -33,11 +33,11 @@ class PartialResults:
     half-written last line. :meth:`finish` removes the file once the final results are saved.
     """
 
-    def __init__(self, path: str | os.PathLike, identity: Mapping[str, str] | str = "") -> None:
+    def __init__(self, path: str | os.PathLike, identity: Mapping[str, str]) -> None:
         """``identity`` describes the run (what changes its output: model, config, input rules, image
         list); resuming a file written with another identity is refused, naming what changed."""
         self.path = Path(path)
-        self.identity = dict(identity) if isinstance(identity, Mapping) else {"run": str(identity)}
+        self.identity = dict(identity)
         self._file: Any = None
 
     def load(self) -> dict[int, list[dict[str, Any]]]:

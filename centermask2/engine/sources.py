@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..data.categories import category_mapping
 from ..data.spec import InputSpec
@@ -44,9 +44,8 @@ class ModelSource:
         category_ids: dataset category id per contiguous class.
         class_names: class name per contiguous class.
         label: short description for logs and pictures.
-        identity: what makes this source's outputs what they are: ``model`` (SHA-256 of the
-            checkpoint or ``.onnx``), ``config`` (of the resolved config, all keys) and ``input``
-            (the input rules, batch size); a resumed run must have the same.
+        model_file: the checkpoint or ``.onnx`` the weights come from (None: not from a file).
+        config_yaml: the resolved config (a model's own, for an exported model).
     """
 
     backend: Backend
@@ -55,7 +54,21 @@ class ModelSource:
     category_ids: list[int]
     class_names: list[str]
     label: str
-    identity: dict[str, str] = field(default_factory=dict)
+    model_file: str | None = None
+    config_yaml: str = ""
+
+    def identity(self) -> dict[str, str]:
+        """What makes this source's outputs what they are; a resumed run must have the same.
+
+        ``model``: SHA-256 of the checkpoint or ``.onnx`` (read here, only when asked: runs that
+        do not resume need not hash a few hundred megabytes); ``config``: digest of the resolved
+        config, every key but ``MODEL.WEIGHTS``; ``input``: the input rules and batch size.
+        """
+        return {
+            "model": file_digest(self.model_file) if self.model_file else "",
+            "config": _config_digest(self.config_yaml),
+            "input": f"{self.spec}, batch {self.batch_size}",
+        }
 
 
 def torch_source(
@@ -94,11 +107,8 @@ def torch_source(
         category_ids=ids,
         class_names=names,
         label=f"PyTorch {os.path.basename(os.fspath(config_file))}",
-        identity={
-            "model": file_digest(cfg.MODEL.WEIGHTS),
-            "config": _config_digest(cfg.dump()),
-            "input": f"{spec}, batch {batch_size or 1}",
-        },
+        model_file=str(cfg.MODEL.WEIGHTS),
+        config_yaml=cfg.dump(),
     )
 
 
@@ -127,9 +137,6 @@ def onnx_source(
         category_ids=list(meta.category_ids),
         class_names=list(meta.class_names),
         label=f"ONNX Runtime {os.path.basename(os.fspath(model_path))}",
-        identity={
-            "model": file_digest(model_path),
-            "config": _config_digest(meta.config_yaml),
-            "input": f"{spec}, batch {batch}",
-        },
+        model_file=os.fspath(model_path),
+        config_yaml=meta.config_yaml,
     )

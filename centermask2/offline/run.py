@@ -32,7 +32,6 @@ from .layout import INFO_JSON, MANIFEST, BinImage, BinInfo, Manifest, output_pat
 __all__ = [
     "BinRunSummary",
     "check_bins_match_model",
-    "prepare_output_dir",
     "run_bins",
 ]
 
@@ -81,15 +80,6 @@ def check_bins_match_model(info: BinInfo, metadata: ModelMetadata, model_name: s
             "from running the model on the images",
             info.min_size, info.max_size, model_name, metadata.min_size, metadata.max_size,
         )
-
-
-def prepare_output_dir(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` if needed and make sure files can be written in it.
-
-    Raises:
-        OutputError: the folder (or a parent) cannot be created or written; names it.
-    """
-    return ensure_writable_dir(folder)
 
 
 def _is_complete(folder: Path, stem: str, specs: Sequence[OutputSpec], index_base: int) -> bool:
@@ -146,7 +136,7 @@ class BinRunSummary(StageSummary):
     def format(self) -> str:
         """One line: images, seconds, images/s and per-image times."""
         return (
-            f"{self.counts().replace(' failed', ' skipped')} in {self.wall_s:.1f} s, "
+            f"{self.counts('skipped')} in {self.wall_s:.1f} s, "
             f"{self.images_per_s:.2f} images/s; model {self.model_ms_per_image():.1f} ms/image (median), "
             f"reading {self.ms_per_image(self.read_s):.1f} ms/image, writing {self.ms_per_image(self.write_s):.1f} ms/image"
         )
@@ -219,7 +209,7 @@ def run_bins(
         output_specs = model_output_specs(path)
     specs = list(output_specs)
 
-    out_dir = prepare_output_dir(output_dir)
+    out_dir = ensure_writable_dir(output_dir)
     info_file = info_path / INFO_JSON if info_path.is_dir() else info_path
     manifest = Manifest(outputs=specs, index_base=index_base, model=model_name,
                         model_digest=file_digest(path) if path is not None else None,
