@@ -24,12 +24,15 @@ from torch.nn import functional as F
 from ..config import ConfigError
 from ..errors import UnsupportedError
 from .ops.registry import padded_batched_nms
+from .padding import ValidRegion, run
 
 __all__ = ["Scale", "FCOSHead", "FCOS", "compute_locations"]
 
 
 class Scale(nn.Module):
     """Learnable scalar multiplier (one per pyramid level)."""
+
+    pointwise = True  # see centermask2.modeling.padding
 
     def __init__(self, init_value: float = 1.0) -> None:
         super().__init__()
@@ -85,10 +88,13 @@ class FCOSHead(nn.Module):
         self.ctrness = nn.Conv2d(in_channels, 1, kernel_size=3, stride=1, padding=1)
         self.scales = nn.ModuleList([Scale(1.0) for _ in range(num_levels)]) if use_scale else None
 
-    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    def forward(
+        self, features: list[Tensor], regions: list[ValidRegion | None] | None = None
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """
         Args:
             features: per level, Tensor[B, C, Hl, Wl].
+            regions: per level, the valid part of each image (:mod:`.padding`), or None.
 
         Returns:
             logits: per level Tensor[B, num_classes, Hl, Wl] (class logits),
@@ -97,9 +103,13 @@ class FCOSHead(nn.Module):
         """
         logits, reg, ctrness = [], [], []
         for level, feature in enumerate(features):
-            feature = self.share_tower(feature)
-            cls_feat = self.cls_tower(feature)
-            box_feat = self.bbox_tower(feature)
+            region = regions[level] if regions is not None else None
+            feature = run(self.share_tower, feature, region)
+            cls_feat = run(self.cls_tower, feature, region)
+            box_feat = run(self.bbox_tower, feature, region)
+            if region is not None:  # read by the 3x3 predictors
+                cls_feat = region.fill_outside(cls_feat)
+                box_feat = region.fill_outside(box_feat)
             logits.append(self.cls_logits(cls_feat))
             ctrness.append(self.ctrness(box_feat))
             r = self.bbox_pred(box_feat)
@@ -200,11 +210,16 @@ class FCOS(nn.Module):
             return self.post_nms_topk
         return self.pre_nms_topk * len(self.strides)
 
-    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+    def forward(
+        self, features: dict[str, Tensor], regions: dict[str, ValidRegion | None] | None = None
+    ) -> dict[str, Tensor]:
         """Detect boxes.
 
         Args:
             features: FPN outputs, each Tensor[B, C, Hl, Wl].
+            regions: FPN level regions (:mod:`.padding`): locations outside a level's region
+                give no candidates and padding has no effect on the others. None: no padding to
+                ignore.
 
         Returns:
             dict with
@@ -213,7 +228,8 @@ class FCOS(nn.Module):
               ``valid`` Tensor[B, K] bool; rows sorted by score, invalid rows zero.
         """
         feats = [features[name] for name in self.in_features]
-        logits, reg, ctrness = self.fcos_head(feats)
+        level_regions = [regions[name] for name in self.in_features] if regions is not None else None
+        logits, reg, ctrness = self.fcos_head(feats, level_regions)
         cand_boxes, cand_scores, cand_classes, cand_valid = [], [], [], []
         for level, stride in enumerate(self.strides):
             b, c, h, w = logits[level].shape
@@ -229,6 +245,9 @@ class FCOS(nn.Module):
             else:
                 candidate = cls_prob > self.score_thresh
                 score = cls_prob * ctr
+            if level_regions is not None and level_regions[level] is not None:
+                inside = level_regions[level].inside(h, w).reshape(b, h * w, 1).expand(b, h * w, c)
+                candidate = candidate & inside.reshape(b, h * w * c)
             k = torch.sym_min(self.pre_nms_topk, h * w * c)
             ranked = torch.where(candidate, score, torch.full_like(score, -1.0))
             top_score, top_idx = ranked.topk(k, dim=1, sorted=True)

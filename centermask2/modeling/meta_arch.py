@@ -19,6 +19,7 @@ from ..data.transforms import normalize
 from ..errors import InputError
 from .backbone import build_backbone
 from .fcos import FCOS
+from .padding import ValidRegion
 from .roi_heads import CenterROIHeads
 
 __all__ = ["CenterMask", "build_model", "OUTPUT_NAMES"]
@@ -82,13 +83,26 @@ class CenterMask(nn.Module):
         """
         return normalize(images, image_sizes, self.pixel_mean, self.pixel_std)
 
-    def forward(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
+    def needs_padding_invariance(self, images: Tensor, image_sizes: Tensor) -> bool:
+        """Whether any image of the batch is padded beyond its own multiple of
+        :attr:`size_divisibility` (eager only: it reads the sizes). When not, ``forward`` with
+        ``ignore_padding=False`` computes the same and is cheaper."""
+        region = ValidRegion.for_input(image_sizes, self.size_divisibility).sizes
+        full = torch.tensor([images.shape[-2], images.shape[-1]], device=region.device)
+        return bool((region != full).any())
+
+    def forward(self, images: Tensor, image_sizes: Tensor, ignore_padding: bool = True) -> dict[str, Tensor]:
         """Run the network.
 
         Args:
             images (Tensor[B, 3, H, W] float32): normalized images, zero-padded at the bottom/right;
                 H and W multiples of :attr:`size_divisibility`.
             image_sizes (Tensor[B, 2] int64): valid (h, w) of each image (the resized size).
+            ignore_padding: every image gets exactly what upstream computes for it alone, padded
+                only to a multiple of :attr:`size_divisibility`, however large the tensor and
+                whatever else is in the batch (:mod:`.padding`). False: the padding is part of
+                the input, as when upstream runs on the padded tensor (cheaper; the same when
+                :meth:`needs_padding_invariance` is False).
 
         Returns:
             dict (keys :data:`OUTPUT_NAMES`), K = :attr:`max_detections`:
@@ -98,10 +112,13 @@ class CenterMask(nn.Module):
               ``mask_scores`` Tensor[B, K], ``num_detections`` Tensor[B] int64.
             Rows are sorted by score; rows past ``num_detections`` are zero.
         """
-        features = self.backbone(images)
-        det = self.proposal_generator(features)
+        region = ValidRegion.for_input(image_sizes, self.size_divisibility) if ignore_padding else None
+        features, regions = self.backbone.forward_with_regions(images, region)
+        if region is None:
+            regions = None
+        det = self.proposal_generator(features, regions)
         masks, mask_scores = self.roi_heads(
-            features, det["boxes"], det["scores"], det["classes"], det["valid"], image_sizes
+            features, det["boxes"], det["scores"], det["classes"], det["valid"], image_sizes, regions
         )
         return {
             "boxes": det["boxes"],

@@ -21,6 +21,7 @@ from ..config import ConfigError
 from ..errors import UnsupportedError
 from .backbone.layers import Conv2d, get_norm
 from .ops.registry import multilevel_roi_align
+from .padding import ValidRegion
 
 __all__ = [
     "assign_boxes_to_levels_by_ratio",
@@ -120,12 +121,20 @@ class ROIPooler(nn.Module):
             boxes, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
         )
 
-    def forward(self, features: list[Tensor], boxes: Tensor, image_sizes: Tensor) -> Tensor:
+    def forward(
+        self,
+        features: list[Tensor],
+        boxes: Tensor,
+        image_sizes: Tensor,
+        regions: list[ValidRegion | None] | None = None,
+    ) -> Tensor:
         """
         Args:
             features: per level Tensor[B, C, Hl, Wl], finest first.
             boxes (Tensor[B, K, 4]): xyxy in network-input pixels.
             image_sizes (Tensor[B, 2]): valid (h, w) of each image.
+            regions: per level, the part of each image's map upstream's tensor would hold
+                (:mod:`.padding`); RoIAlign's border rules then apply at its edge.
 
         Returns:
             Tensor[B * K, C, R, R], rows in image-major order.
@@ -139,8 +148,11 @@ class ROIPooler(nn.Module):
         else:
             areas = (image_sizes[:, 0] * image_sizes[:, 1]).to(torch.float32)
             levels = self.assign_levels(flat_boxes, areas[:, None].expand(b, k).reshape(b * k))
+        stacked = None
+        if regions is not None and all(r is not None for r in regions):
+            stacked = torch.stack([r.sizes for r in regions])
         return multilevel_roi_align(
-            features, rois, levels, self.output_size, list(self.scales), self.sampling_ratio, self.aligned
+            features, rois, levels, self.output_size, list(self.scales), self.sampling_ratio, self.aligned, stacked
         )
 
 
@@ -325,10 +337,12 @@ class CenterROIHeads(nn.Module):
         classes: Tensor,
         valid: Tensor,
         image_sizes: Tensor,
+        regions: dict[str, ValidRegion | None] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """
         Args:
             features: FPN outputs, each Tensor[B, C, Hl, Wl].
+            regions: FPN level regions (:mod:`.padding`), or None.
             boxes (Tensor[B, K, 4]), scores (Tensor[B, K]), classes (Tensor[B, K] int64),
             valid (Tensor[B, K] bool): FCOS detections, padded.
             image_sizes (Tensor[B, 2] int64): valid (h, w) of each image.
@@ -338,7 +352,8 @@ class CenterROIHeads(nn.Module):
             mask_scores (Tensor[B, K]): ``scores * maskiou[class]`` (``scores`` without a MaskIoU head).
         """
         b, k = scores.shape
-        pooled = self.mask_pooler([features[f] for f in self.in_features], boxes, image_sizes)
+        level_regions = [regions[f] for f in self.in_features] if regions is not None else None
+        pooled = self.mask_pooler([features[f] for f in self.in_features], boxes, image_sizes, level_regions)
         logits = self.mask_head(pooled)  # [B*K, C or 1, M, M]
         flat_classes = classes.reshape(b * k)
         if logits.shape[1] == 1:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ...config import ConfigError
+from ..padding import ValidRegion, run_with_region
 from .layers import ShapeSpec
 
 __all__ = ["Backbone"]
@@ -45,22 +46,39 @@ class Backbone(nn.Module):
             )
         self._out_features = out_features
 
-    def _forward_stages(self, x: Tensor) -> dict[str, Tensor]:
-        """Run ``self.stem`` then the modules named in ``self.stage_names`` in order, keeping the
-        outputs named in :attr:`out_features` (``"stem"`` included). For stem + stages networks.
+    def forward_with_regions(
+        self, x: Tensor, region: ValidRegion | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, ValidRegion | None]]:
+        """Features and, when ``region`` is given, the region of each (None otherwise).
 
         Args:
             x (Tensor[N, C, H, W]): normalized images.
+            region: valid part of each image (:class:`~centermask2.modeling.padding.ValidRegion`);
+                padding outside it then has no effect on anything inside.
+        """
+        return self._forward_stages(x, region)
+
+    def _forward_stages(
+        self, x: Tensor, region: ValidRegion | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, ValidRegion | None]]:
+        """Run ``self.stem`` then the modules named in ``self.stage_names`` in order, keeping the
+        outputs named in :attr:`out_features` (``"stem"`` included) and their regions. For stem +
+        stages networks.
+
+        Args:
+            x (Tensor[N, C, H, W]): normalized images.
+            region: see :meth:`forward_with_regions`.
         """
         outputs: dict[str, Tensor] = {}
-        x = self.stem(x)
+        regions: dict[str, ValidRegion | None] = {}
+        x, region = run_with_region(self.stem, x, region)
         if "stem" in self._out_features:
-            outputs["stem"] = x
+            outputs["stem"], regions["stem"] = x, region
         for name in self.stage_names:
-            x = getattr(self, name)(x)
+            x, region = run_with_region(getattr(self, name), x, region)
             if name in self._out_features:
-                outputs[name] = x
-        return outputs
+                outputs[name], regions[name] = x, region
+        return outputs, regions
 
     @property
     def out_features(self) -> list[str]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import ConfigError
+from ..padding import ValidRegion, output_region, run
 from .base import Backbone
 from .layers import Conv2d, c2_xavier_fill, get_norm
 
@@ -47,18 +48,24 @@ class LastLevelP6P7(nn.Module):
         for module in (self.p6, self.p7):
             c2_xavier_fill(module)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> list[torch.Tensor]:
         """
         Args:
             x (Tensor[N, C_in, H, W]): input level.
+            region: if given, padding outside it has no effect (:mod:`..padding`).
 
         Returns:
             list[Tensor]: ``[p6, p7]``, ``p6 (Tensor[N, C, ceil(H/2), ceil(W/2)])``,
             ``p7 (Tensor[N, C, ceil(H/4), ceil(W/4)])``.
         """
-        p6 = self.p6(x)
-        p7 = self.p7(F.relu(p6))
+        p6 = run(self.p6, x, region)
+        p7 = run(self.p7, F.relu(p6), output_region(self.p6, region))
         return [p6, p7]
+
+    def output_regions(self, region: ValidRegion | None) -> list[ValidRegion | None]:
+        """Regions of ``[p6, p7]``."""
+        p6 = output_region(self.p6, region)
+        return [p6, output_region(self.p7, p6)]
 
 
 class LastLevelP6(nn.Module):
@@ -77,15 +84,20 @@ class LastLevelP6(nn.Module):
         self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
         c2_xavier_fill(self.p6)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> list[torch.Tensor]:
         """
         Args:
             x (Tensor[N, C_in, H, W]): input level.
+            region: if given, padding outside it has no effect (:mod:`..padding`).
 
         Returns:
             list[Tensor]: ``[p6 (Tensor[N, C, ceil(H/2), ceil(W/2)])]``.
         """
-        return [self.p6(x)]
+        return [run(self.p6, x, region)]
+
+    def output_regions(self, region: ValidRegion | None) -> list[ValidRegion | None]:
+        """Regions of ``[p6]``."""
+        return [output_region(self.p6, region)]
 
 
 def build_fcos_top_block(top_levels: int, out_channels: int) -> nn.Module | None:
@@ -223,31 +235,48 @@ class FPN(Backbone):
             fuse_type=fcfg.FUSE_TYPE,
         )
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> dict[str, torch.Tensor]:
         """
         Args:
             x (Tensor[N, C, H, W]): normalized images, H and W multiples of
                 :attr:`size_divisibility` (otherwise the 2x upsampling may not line up).
+            region: if given, the valid part of each image (:mod:`..padding`).
 
         Returns:
             dict[str, Tensor]: ``{"p3": Tensor[N, out_channels, H/8, W/8], ..., "p7": ...}``,
             fine to coarse, keys :attr:`out_features`.
         """
-        bottom_up_features = self.bottom_up(x)
-        prev = self._lateral_convs[0](bottom_up_features[self.in_features[-1]])
-        results = [self._output_convs[0](prev)]
+        return self.forward_with_regions(x, region)[0]
+
+    def forward_with_regions(
+        self, x: torch.Tensor, region: ValidRegion | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, ValidRegion | None]]:
+        bottom_up_features, bottom_up_regions = self.bottom_up.forward_with_regions(x, region)
+        # Each level has its lateral's region: the 2x upsampled coarser map covers exactly that
+        # much (upstream could not add them otherwise) and the lateral is 1x1.
+        level_regions = [bottom_up_regions[name] for name in self.in_features[::-1]]
+        prev = run(self._lateral_convs[0], bottom_up_features[self.in_features[-1]], level_regions[0])
+        results = [run(self._output_convs[0], prev, level_regions[0])]
         for idx in range(1, len(self._lateral_convs)):
-            lateral = self._lateral_convs[idx](bottom_up_features[self.in_features[-idx - 1]])
+            lateral = run(
+                self._lateral_convs[idx], bottom_up_features[self.in_features[-idx - 1]], level_regions[idx]
+            )
             top_down = F.interpolate(prev, scale_factor=2.0, mode="nearest")
             prev = lateral + top_down
             if self._fuse_type == "avg":
                 prev = prev / 2
-            results.insert(0, self._output_convs[idx](prev))
+            results.insert(0, run(self._output_convs[idx], prev, level_regions[idx]))
+        regions = level_regions[::-1]
         if self.top_block is not None:
             source = self.top_block.in_feature
             if source in bottom_up_features:
-                top_input = bottom_up_features[source]
+                top_input, top_region = bottom_up_features[source], bottom_up_regions[source]
             else:
-                top_input = results[self._out_features.index(source)]
-            results.extend(self.top_block(top_input))
-        return dict(zip(self._out_features, results, strict=True))
+                index = self._out_features.index(source)
+                top_input, top_region = results[index], regions[index]
+            results.extend(self.top_block(top_input, top_region))
+            regions.extend(self.top_block.output_regions(top_region))
+        return (
+            dict(zip(self._out_features, results, strict=True)),
+            dict(zip(self._out_features, regions, strict=True)),
+        )

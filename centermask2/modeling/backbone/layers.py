@@ -326,13 +326,19 @@ class DeformConv2d(nn.Module):
         nn.init.kaiming_uniform_(self.weight, nonlinearity="relu")
 
     def forward(
-        self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        offset: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        region: Any = None,
     ) -> torch.Tensor:
         """
         Args:
-            x (Tensor[N, C_in, H, W]): input.
+            x (Tensor[N, C_in, H, W]): input; with ``region``, already 0 outside it.
             offset (Tensor[N, 2 * deformable_groups * k * k, H', W']): (dy, dx) sampling offsets per tap.
             mask (Tensor[N, deformable_groups * k * k, H', W'] or None): modulation in [0, 1] (DCNv2).
+            region (:class:`~centermask2.modeling.padding.ValidRegion` or None): region of ``x``;
+                the norm then takes its statistics inside the output's region.
 
         Returns:
             Tensor[N, C_out, H', W'] after ``norm`` and ``activation``.
@@ -344,7 +350,12 @@ class DeformConv2d(nn.Module):
             list(self.padding), list(self.dilation), self.groups, self.deformable_groups,
         )
         if self.norm is not None:
-            x = self.norm(x)
+            if region is None:
+                x = self.norm(x)
+            else:
+                from ..padding import run  # the padding helpers import this module
+
+                x = run(self.norm, x, region.after(self.kernel_size, self.stride, self.padding, self.dilation))
         if self.activation is not None:
             x = self.activation(x)
         return x

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ...config import ConfigError
+from ..padding import ValidRegion, output_region, run, run_with_region
 from .base import Backbone
 from .layers import FrozenBatchNorm2d
 
@@ -85,17 +86,21 @@ class InvertedResidual(nn.Module):
         layers += _conv_bn(hidden, out_channels, kernel_size=1, stride=1)
         self.conv = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> torch.Tensor:
         """
         Args:
             x (Tensor[N, in_channels, H, W]): input.
+            region: if given, padding outside it has no effect (:mod:`..padding`).
 
         Returns:
             Tensor[N, out_channels, H / stride, W / stride]: output.
         """
         if self.use_res_connect:
-            return x + self.conv(x)
-        return self.conv(x)
+            return x + run(self.conv, x, region)
+        return run(self.conv, x, region)
+
+    def output_region(self, region: ValidRegion) -> ValidRegion:
+        return output_region(self.conv, region)
 
 
 class MobileNetV2(Backbone):
@@ -159,24 +164,31 @@ class MobileNetV2(Backbone):
             freeze_at=int(cfg.MODEL.BACKBONE.FREEZE_AT),
         )
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> dict[str, torch.Tensor]:
         """
         Args:
             x (Tensor[N, C, H, W]): normalized images.
+            region: if given, the valid part of each image (:mod:`..padding`).
 
         Returns:
             dict[str, Tensor]: ``{name: Tensor[N, C_name, H_name, W_name]}`` for each name in
             ``out_features``.
         """
+        return self.forward_with_regions(x, region)[0]
+
+    def forward_with_regions(
+        self, x: torch.Tensor, region: ValidRegion | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, ValidRegion | None]]:
         outputs: dict[str, torch.Tensor] = {}
+        regions: dict[str, ValidRegion | None] = {}
         for idx, layer in enumerate(self.features):
             if idx > self._last_index:
                 break
-            x = layer(x)
+            x, region = run_with_region(layer, x, region)
             name = self._return_names.get(idx)
             if name is not None and name in self._out_features:
-                outputs[name] = x
-        return outputs
+                outputs[name], regions[name] = x, region
+        return outputs, regions
 
 
 def build_mnv2_backbone(cfg: Any) -> MobileNetV2:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import ConfigError
+from ..padding import ValidRegion, max_pool2d, output_region, run
 from .base import Backbone
 from .layers import Conv2d, DeformConv2d, c2_msra_fill, freeze_module, get_norm
 
@@ -92,16 +93,20 @@ class BasicStem(_Block):
         )
         c2_msra_fill(self.conv1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> torch.Tensor:
         """
         Args:
             x (Tensor[N, C, H, W]): images.
+            region: if given, padding outside it has no effect (:mod:`..padding`).
 
         Returns:
             Tensor[N, out_channels, H', W']: features at stride 4.
         """
-        x = F.relu(self.conv1(x))
-        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        x = F.relu(run(self.conv1, x, region))
+        return max_pool2d(x, output_region(self.conv1, region), kernel_size=3, stride=2, padding=1)
+
+    def output_region(self, region: ValidRegion) -> ValidRegion:
+        return output_region(self.conv1, region).after(3, 2, 1)
 
 
 class BasicBlock(_Block):
@@ -140,17 +145,21 @@ class BasicBlock(_Block):
             if layer is not None:
                 c2_msra_fill(layer)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> torch.Tensor:
         """
         Args:
             x (Tensor[N, in_channels, H, W]): input.
+            region: if given, padding outside it has no effect (:mod:`..padding`).
 
         Returns:
             Tensor[N, out_channels, H / stride, W / stride]: output.
         """
-        out = self.conv2(F.relu(self.conv1(x)))
-        shortcut = self.shortcut(x) if self.shortcut is not None else x
+        out = run(self.conv2, F.relu(run(self.conv1, x, region)), output_region(self.conv1, region))
+        shortcut = run(self.shortcut, x, region) if self.shortcut is not None else x
         return F.relu(out + shortcut)
+
+    def output_region(self, region: ValidRegion) -> ValidRegion:
+        return output_region(self.conv2, output_region(self.conv1, region))
 
 
 class BottleneckBlock(_Block):
@@ -212,19 +221,23 @@ class BottleneckBlock(_Block):
             if layer is not None:
                 c2_msra_fill(layer)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> torch.Tensor:
         """
         Args:
             x (Tensor[N, in_channels, H, W]): input.
+            region: if given, padding outside it has no effect (:mod:`..padding`).
 
         Returns:
             Tensor[N, out_channels, H / stride, W / stride]: output.
         """
-        out = F.relu(self.conv1(x))
-        out = F.relu(self.conv2(out))
+        out = F.relu(run(self.conv1, x, region))
+        out = F.relu(run(self.conv2, out, output_region(self.conv1, region)))
         out = self.conv3(out)
-        shortcut = self.shortcut(x) if self.shortcut is not None else x
+        shortcut = run(self.shortcut, x, region) if self.shortcut is not None else x
         return F.relu(out + shortcut)
+
+    def output_region(self, region: ValidRegion) -> ValidRegion:
+        return output_region(self.conv2, output_region(self.conv1, region))
 
 
 class DeformBottleneckBlock(_Block):
@@ -302,24 +315,31 @@ class DeformBottleneckBlock(_Block):
         nn.init.zeros_(self.conv2_offset.weight)
         nn.init.zeros_(self.conv2_offset.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> torch.Tensor:
         """
         Args:
             x (Tensor[N, C_in, H, W]): input.
+            region: if given, padding outside it has no effect (:mod:`..padding`).
 
         Returns:
             Tensor[N, C_out, H / stride, W / stride].
         """
-        out = F.relu(self.conv1(x))
+        out = F.relu(run(self.conv1, x, region))
+        mid = output_region(self.conv1, region)
+        if mid is not None:
+            out = mid.fill_outside(out, 0.0)  # read by the offset conv and the deformable samples
         offset_out = self.conv2_offset(out)
         if self.deform_modulated:
             offset_x, offset_y, mask = torch.chunk(offset_out, 3, dim=1)
-            out = self.conv2(out, torch.cat((offset_x, offset_y), dim=1), mask.sigmoid())
+            out = self.conv2(out, torch.cat((offset_x, offset_y), dim=1), mask.sigmoid(), region=mid)
         else:
-            out = self.conv2(out, offset_out)
+            out = self.conv2(out, offset_out, region=mid)
         out = self.conv3(F.relu(out))
-        shortcut = self.shortcut(x) if self.shortcut is not None else x
+        shortcut = run(self.shortcut, x, region) if self.shortcut is not None else x
         return F.relu(out + shortcut)
+
+    def output_region(self, region: ValidRegion) -> ValidRegion:
+        return output_region(self.conv2_offset, output_region(self.conv1, region))
 
 
 def make_resnet_stage(
@@ -497,18 +517,24 @@ class ResNet(Backbone):
             freeze_at=int(cfg.MODEL.BACKBONE.FREEZE_AT),
         )
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> dict[str, torch.Tensor]:
         """
         Args:
             x (Tensor[N, C, H, W]): normalized images.
+            region: if given, the valid part of each image (:mod:`..padding`).
 
         Returns:
             dict[str, Tensor]: ``{name: Tensor[N, C_name, H_name, W_name]}`` for each name in
             ``out_features``.
         """
+        return self.forward_with_regions(x, region)[0]
+
+    def forward_with_regions(
+        self, x: torch.Tensor, region: ValidRegion | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, ValidRegion | None]]:
         if x.dim() != 4:
             raise ValueError(f"ResNet takes an input of shape (N, C, H, W), got {tuple(x.shape)}")
-        return self._forward_stages(x)
+        return self._forward_stages(x, region)
 
 
 def build_resnet_backbone(cfg: Any) -> ResNet:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import ConfigError
+from ..padding import ValidRegion, run
 from .base import Backbone
 from .layers import DeformConv2d, FrozenBatchNorm2d, get_norm
 
@@ -160,6 +161,8 @@ def _separable_unit(
 class Hsigmoid(nn.Module):
     """Hard sigmoid as in VoVNetV2: ``relu6(x + 3) / 6``."""
 
+    pointwise = True  # see centermask2.modeling.padding
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
         Args:
@@ -188,16 +191,20 @@ class ESEModule(nn.Module):
         self.fc = nn.Conv2d(channels, channels, kernel_size=1, padding=0)
         self.hsigmoid = Hsigmoid()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> torch.Tensor:
         """
         Args:
             x (Tensor[N, C, H, W]): input.
+            region: if given, the mean is taken over each image's region only.
 
         Returns:
             Tensor[N, C, H, W]: ``x`` scaled per channel by ``hsigmoid(fc(mean_hw(x)))``.
         """
-        gate = self.hsigmoid(self.fc(self.avg_pool(x)))
-        return x * gate
+        pooled = self.avg_pool(x) if region is None else region.mean(x)
+        return x * self.hsigmoid(self.fc(pooled))
+
+    def output_region(self, region: ValidRegion) -> ValidRegion:
+        return region
 
 
 class DeformConvUnit(nn.Module):
@@ -255,14 +262,17 @@ class DeformConvUnit(nn.Module):
         norm_layer = get_norm(norm, out_channels)
         self.add_module(self._norm_name, norm_layer if norm_layer is not None else nn.Identity())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> torch.Tensor:
         """
         Args:
             x (Tensor[N, C_in, H, W]): input.
+            region: if given, values outside it read as 0 (also for the deformable samples).
 
         Returns:
             Tensor[N, C_out, H, W].
         """
+        if region is not None:
+            x = region.fill_outside(x, 0.0)
         offset_out = getattr(self, self._offset_name)(x)
         deform_conv = getattr(self, self._conv_name)
         if self.modulated:
@@ -270,7 +280,10 @@ class DeformConvUnit(nn.Module):
             out = deform_conv(x, torch.cat((offset_x, offset_y), dim=1), mask.sigmoid())
         else:
             out = deform_conv(x, offset_out)
-        return F.relu(getattr(self, self._norm_name)(out))
+        return F.relu(run(getattr(self, self._norm_name), out, region))
+
+    def output_region(self, region: ValidRegion) -> ValidRegion:
+        return region  # 3x3, stride 1, padding 1
 
 
 class OSAModule(nn.Module):
@@ -361,24 +374,28 @@ class OSAModule(nn.Module):
         )
         self.ese = ESEModule(channels=concat_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> torch.Tensor:
         """
         Args:
             x (Tensor[N, in_channels, H, W]): input.
+            region: if given, padding outside it has no effect (see :mod:`..padding`).
 
         Returns:
             Tensor[N, concat_channels, H, W]: aggregated features.
         """
         # The unreduced input is both the first concatenated map and the residual.
         collected = [x]
-        y = self.conv_reduction(x) if self.is_reduced else x
+        y = run(self.conv_reduction, x, region) if self.is_reduced else x
         for unit in self.layers:
-            y = unit(y)
+            y = run(unit, y, region)
             collected.append(y)
-        out = self.ese(self.concat(torch.cat(collected, dim=1)))
+        out = self.ese(run(self.concat, torch.cat(collected, dim=1), region), region)
         if self.identity:
             out = out + x
         return out
+
+    def output_region(self, region: ValidRegion) -> ValidRegion:
+        return region  # every unit keeps the size
 
 
 class OSAStage(nn.Sequential):
@@ -545,16 +562,17 @@ class VoVNet(Backbone):
             freeze_at=int(cfg.MODEL.BACKBONE.FREEZE_AT),
         )
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, region: ValidRegion | None = None) -> dict[str, torch.Tensor]:
         """
         Args:
             x (Tensor[N, C, H, W]): normalized images.
+            region: if given, the valid part of each image (see :mod:`..padding`).
 
         Returns:
             dict[str, Tensor]: ``{name: Tensor[N, C_name, ceil(H / s), ceil(W / s)]}`` for each
             name in ``out_features`` (stride ``s``; pooling rounds up).
         """
-        return self._forward_stages(x)
+        return self._forward_stages(x, region)[0]
 
 
 def build_vovnet_backbone(cfg: Any) -> VoVNet:

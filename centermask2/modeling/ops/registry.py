@@ -69,6 +69,7 @@ def multilevel_roi_align(
     scales: list[float],
     sampling_ratio: int,
     aligned: bool,
+    regions: Tensor | None = None,
 ) -> Tensor:
     """Pool every box from its assigned pyramid level.
 
@@ -80,15 +81,28 @@ def multilevel_roi_align(
         scales: ``1 / stride`` of every level.
         sampling_ratio (int): RoIAlign samples per bin side, 0 = adaptive.
         aligned (bool): half-pixel shift (``ROIAlignV2``).
+        regions (Tensor[L, B, 2] int64 or None): per level and image, the valid (h, w) of the map
+            (:mod:`..padding`). Each box then samples its image's map as if it ended there: the
+            RoIAlign border rules (clamping into the last row/column, zero beyond) apply at the
+            region's edge, not the tensor's.
 
     Returns:
         Tensor[M, C, R, R].
     """
     out = features[0].new_zeros((rois.shape[0], features[0].shape[1], output_size, output_size))
+    batch = rois[:, 0].to(torch.int64)
     for level, (feature, scale) in enumerate(zip(features, scales)):
-        idx = torch.nonzero(levels == level).flatten()
-        if idx.numel():
-            out[idx] = roi_align(feature, rois[idx], output_size, scale, sampling_ratio, aligned)
+        on_level = levels == level
+        if regions is None:
+            idx = torch.nonzero(on_level).flatten()
+            if idx.numel():
+                out[idx] = roi_align(feature, rois[idx], output_size, scale, sampling_ratio, aligned)
+            continue
+        for image, (h, w) in enumerate(regions[level].tolist()):
+            idx = torch.nonzero(on_level & (batch == image)).flatten()
+            if idx.numel():
+                own = torch.cat((torch.zeros_like(rois[idx, :1]), rois[idx, 1:]), dim=1)
+                out[idx] = roi_align(feature[image : image + 1, :, :h, :w], own, output_size, scale, sampling_ratio, aligned)
     return out
 
 
@@ -101,6 +115,7 @@ def _multilevel_roi_align_fake(
     scales: list[float],
     sampling_ratio: int,
     aligned: bool,
+    regions: Tensor | None = None,
 ) -> Tensor:
     return features[0].new_empty((rois.shape[0], features[0].shape[1], output_size, output_size))
 

@@ -1,0 +1,250 @@
+"""Padding-invariant execution: each image computes what it would compute alone.
+
+Upstream runs one image on a tensor padded only to a multiple of the size divisibility (32).
+A static model (1344x1344) or a batch of differently sized images runs on a larger tensor, and
+without care the extra padding changes the result: convolutions near the right/bottom edge read
+it, GroupNorm and eSE take statistics over it, FCOS finds candidates in it and RoIAlign samples
+it. A :class:`ValidRegion` holds, per image, the size of the tensor upstream would have at one
+point of the network, and the helpers below make every layer behave as if the tensor ended
+there:
+
+* before any layer with a spatial footprint (kernel > 1 or padding > 0) values outside the
+  region are replaced by the layer's own border value: 0 for convolutions (including deformable
+  ones, whose out-of-map samples count as 0), -inf for max pooling;
+* GroupNorm and eSE's global average take their statistics over the region only;
+* the region of a layer's output follows from the layer's own size arithmetic
+  (:meth:`ValidRegion.after`), e.g. ``floor((h + 2p - d(k-1) - 1) / s) + 1`` for a convolution and
+  the ceil-mode rule of VoVNet's pooling, never ``h / stride``.
+
+Values outside a region are left as (finite) garbage between layers, cheaper than re-zeroing
+after every bias; everything that reads them masks first, with ``where`` so that no value outside
+can reach the inside through ``0 * x``. Pointwise layers (BN, ReLU, 1x1 stride-1
+convolutions) need nothing.
+
+Every function takes ``region=None`` to mean "no padding to ignore" and then runs the plain
+layer, so model code has one forward for both modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..errors import UnsupportedError
+
+__all__ = ["ValidRegion", "run_layer", "run", "run_with_region", "output_region"]
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
+
+
+class ValidRegion:
+    """Per image, the (height, width) of the tensor upstream would have at this point.
+
+    Args:
+        sizes (Tensor[B, 2] int64): valid (h, w) of every image at this resolution; the valid
+            part of image ``b`` is ``[:h, :w]`` (top-left aligned, padding bottom/right).
+    """
+
+    def __init__(self, sizes: Tensor) -> None:
+        self.sizes = sizes
+
+    @classmethod
+    def for_input(cls, image_sizes: Tensor, size_divisibility: int) -> ValidRegion:
+        """Region of the network input: each image's size rounded up to ``size_divisibility``,
+        the padding upstream's ``ImageList.from_tensors`` gives a batch of one."""
+        d = max(int(size_divisibility), 1)
+        sizes = image_sizes.to(torch.int64)
+        return cls(torch.div(sizes + (d - 1), d, rounding_mode="floor") * d)
+
+    def inside(self, height: int, width: int) -> Tensor:
+        """Tensor[B, 1, height, width] bool: True inside each image's region."""
+        device = self.sizes.device
+        rows = torch.arange(height, device=device)[None, :] < self.sizes[:, 0:1]  # [B, H]
+        cols = torch.arange(width, device=device)[None, :] < self.sizes[:, 1:2]  # [B, W]
+        return (rows[:, :, None] & cols[:, None, :])[:, None]
+
+    def fill_outside(self, x: Tensor, value: float = 0.0) -> Tensor:
+        """``x`` (Tensor[B, C, H, W]) with every position outside the region set to ``value``."""
+        fill = torch.full((), value, dtype=x.dtype, device=x.device)
+        return torch.where(self.inside(x.shape[-2], x.shape[-1]), x, fill)
+
+    def after(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        ceil_mode: bool = False,
+    ) -> ValidRegion:
+        """Region of the output of a convolution or pooling with these settings (PyTorch's
+        output-size rules, per image)."""
+        k, s, p, d = _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation)
+        span = torch.tensor([d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1], device=self.sizes.device)
+        pad = torch.tensor([2 * p[0], 2 * p[1]], device=self.sizes.device)
+        st = torch.tensor([s[0], s[1]], device=self.sizes.device)
+        room = self.sizes + pad - span
+        if not ceil_mode:
+            return ValidRegion(torch.div(room, st, rounding_mode="floor") + 1)
+        out = torch.div(room + st - 1, st, rounding_mode="floor") + 1
+        # the last window must start inside the input or its left padding
+        last_start = (out - 1) * st
+        out = torch.where(last_start >= self.sizes + pad // 2, out - 1, out)
+        return ValidRegion(out)
+
+    def scaled(self, factor: int) -> ValidRegion:
+        """Region after an integer nearest-neighbour upsampling."""
+        return ValidRegion(self.sizes * int(factor))
+
+    def mean(self, x: Tensor) -> Tensor:
+        """Mean over the region: Tensor[B, C, H, W] -> Tensor[B, C, 1, 1] (eSE's average pool)."""
+        count = (self.sizes[:, 0] * self.sizes[:, 1]).to(x.dtype)[:, None, None, None]
+        return self.fill_outside(x).sum(dim=(2, 3), keepdim=True) / count
+
+    def group_norm(self, x: Tensor, norm: nn.GroupNorm) -> Tensor:
+        """``norm(x)`` with the statistics of each (image, group) taken over the region only.
+
+        Args:
+            x (Tensor[B, C, H, W]); norm: the GroupNorm layer (its groups, eps and affine).
+        """
+        b, c, h, w = x.shape
+        g = norm.num_groups
+        inside = self.inside(h, w)[:, :, None]  # [B, 1, 1, H, W]
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        xg = x.reshape(b, g, c // g, h, w)
+        count = ((self.sizes[:, 0] * self.sizes[:, 1]).to(x.dtype) * (c // g))[:, None, None, None, None]
+        mean = torch.where(inside, xg, zero).sum(dim=(2, 3, 4), keepdim=True) / count
+        centred = torch.where(inside, xg - mean, zero)
+        var = (centred * centred).sum(dim=(2, 3, 4), keepdim=True) / count
+        y = ((xg - mean) * torch.rsqrt(var + norm.eps)).reshape(b, c, h, w)
+        if norm.affine:
+            y = y * norm.weight[None, :, None, None] + norm.bias[None, :, None, None]
+        return y
+
+
+# Layers that act on each position alone: nothing to do for the padding.
+_POINTWISE: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Identity,
+    nn.BatchNorm2d,
+    nn.Sigmoid,
+    nn.Hardsigmoid,
+)
+
+
+def _is_pointwise(module: nn.Module) -> bool:
+    from .backbone.layers import FrozenBatchNorm2d  # local: layers imports nothing from here
+
+    return isinstance(module, _POINTWISE + (FrozenBatchNorm2d,)) or getattr(module, "pointwise", False)
+
+
+def _reads_neighbours(kernel_size: tuple[int, int], padding: tuple[int, int]) -> bool:
+    return kernel_size != (1, 1) or padding != (0, 0)
+
+
+def _run_conv(conv: nn.Conv2d, x: Tensor, region: ValidRegion) -> Tensor:
+    if _reads_neighbours(_pair(conv.kernel_size), _pair(conv.padding)):
+        x = region.fill_outside(x, 0.0)
+    norm = getattr(conv, "norm", None)
+    activation: Callable[[Tensor], Tensor] | None = getattr(conv, "activation", None)
+    if norm is None and activation is None:
+        return conv(x)
+    x = conv._conv_forward(x, conv.weight, conv.bias)
+    out_region = region.after(conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+    if norm is not None:
+        x = run(norm, x, out_region)
+    if activation is not None:
+        x = activation(x)
+    return x
+
+
+def run_layer(module: nn.Module, x: Tensor, region: ValidRegion) -> tuple[Tensor, ValidRegion]:
+    """Run one layer so that the padding outside ``region`` has no effect.
+
+    Handles ``nn.Sequential`` (child by child), convolutions (with detectron2-style attached
+    ``norm``/``activation``), max pooling, GroupNorm, pointwise layers, and any module whose
+    ``forward(x, region)`` takes a region itself (it then must define ``output_region``).
+
+    Returns:
+        the output and its region.
+
+    Raises:
+        UnsupportedError: for a layer with a spatial footprint this module does not know.
+    """
+    if isinstance(module, nn.Sequential):
+        for child in module:
+            x, region = run_layer(child, x, region)
+        return x, region
+    if isinstance(module, nn.Conv2d):
+        out = _run_conv(module, x, region)
+        return out, region.after(module.kernel_size, module.stride, module.padding, module.dilation)
+    if isinstance(module, nn.MaxPool2d):
+        k, p = _pair(module.kernel_size), _pair(module.padding)
+        if _reads_neighbours(k, p):
+            x = region.fill_outside(x, float("-inf"))
+        stride = module.stride if module.stride is not None else module.kernel_size
+        out_region = region.after(k, stride, p, module.dilation, module.ceil_mode)
+        return _finite_outside(module(x), out_region), out_region
+    if isinstance(module, nn.GroupNorm):
+        return region.group_norm(x, module), region
+    if _is_pointwise(module):
+        return module(x), region
+    if hasattr(module, "output_region"):
+        return module(x, region), module.output_region(region)
+    raise UnsupportedError(
+        f"{type(module).__name__} has no padding-invariant form; export with --static-padding include "
+        "or pad images only to a multiple of the size divisibility"
+    )
+
+
+def output_region(module: nn.Module | None, region: ValidRegion | None) -> ValidRegion | None:
+    """Region of ``module``'s output from its input region, by the layers' size arithmetic
+    (no data is computed). None stays None; a None module keeps the region."""
+    if region is None or module is None:
+        return region
+    if isinstance(module, nn.Sequential):
+        for child in module:
+            region = output_region(child, region)
+        return region
+    if isinstance(module, nn.Conv2d):
+        return region.after(module.kernel_size, module.stride, module.padding, module.dilation)
+    if isinstance(module, nn.MaxPool2d):
+        stride = module.stride if module.stride is not None else module.kernel_size
+        return region.after(module.kernel_size, stride, module.padding, module.dilation, module.ceil_mode)
+    if hasattr(module, "output_region"):
+        return module.output_region(region)
+    return region
+
+
+def run(module: nn.Module, x: Tensor, region: ValidRegion | None) -> Tensor:
+    """``module(x)``, ignoring the padding outside ``region`` (plain ``module(x)`` when None)."""
+    if region is None:
+        return module(x)
+    return run_layer(module, x, region)[0]
+
+
+def run_with_region(
+    module: nn.Module, x: Tensor, region: ValidRegion | None
+) -> tuple[Tensor, ValidRegion | None]:
+    """Like :func:`run`, also returning the output's region (None stays None)."""
+    if region is None:
+        return module(x), None
+    return run_layer(module, x, region)
+
+
+def max_pool2d(x: Tensor, region: ValidRegion | None, kernel_size: int, stride: int, padding: int) -> Tensor:
+    """``F.max_pool2d`` that ignores values outside ``region``."""
+    if region is None:
+        return F.max_pool2d(x, kernel_size=kernel_size, stride=stride, padding=padding)
+    out = F.max_pool2d(region.fill_outside(x, float("-inf")), kernel_size=kernel_size, stride=stride, padding=padding)
+    return _finite_outside(out, region.after(kernel_size, stride, padding))
+
+
+def _finite_outside(pooled: Tensor, region: ValidRegion) -> Tensor:
+    # windows entirely outside the region pooled only -inf; later layers would turn it into NaN
+    return region.fill_outside(pooled, 0.0)
