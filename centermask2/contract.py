@@ -32,6 +32,7 @@ __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAMES",
     "INPUT_DTYPES",
+    "PADDING_MODES",
     "DEFAULT_MASK_SIZE",
     "OutputSpec",
     "expected_nbytes",
@@ -47,6 +48,11 @@ INPUT_NAMES = ("images", "image_sizes")
 OUTPUT_NAMES = ("boxes", "scores", "classes", "masks", "mask_scores", "num_detections")
 #: dtypes the ``images`` input can have
 INPUT_DTYPES = ("uint8", "float32")
+#: How padding beyond each image's multiple of the size divisibility is treated (static models,
+#: ``--pad-to``, batches of different sizes): ``"ignore"`` — it has no effect, every image gets what
+#: upstream computes for it alone (upstream's published setting); ``"include"`` — it is part of the
+#: input, as when upstream runs on the padded tensor.
+PADDING_MODES = ("ignore", "include")
 #: side of the per-detection mask of the official CenterMask configs (2 x ROI_MASK_HEAD.POOLER_RESOLUTION)
 DEFAULT_MASK_SIZE = 28
 
@@ -110,6 +116,8 @@ class ModelMetadata:
         max_detections: output rows per image (K).
         output_names: :data:`OUTPUT_NAMES` at export time.
         version: the toolkit's version that exported the model.
+        padding: one of :data:`PADDING_MODES`; models exported before the key existed are
+            ``"include"``.
     """
 
     config_yaml: str
@@ -128,6 +136,7 @@ class ModelMetadata:
     max_detections: int
     output_names: list[str]
     version: str
+    padding: str = "include"
 
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` entries (all strings; JSON where structured)."""
@@ -148,6 +157,7 @@ class ModelMetadata:
             _PREFIX + "max_detections": str(int(self.max_detections)),
             _PREFIX + "output_names": json.dumps(list(self.output_names)),
             _PREFIX + "version": self.version,
+            _PREFIX + "padding": self.padding,
         }
 
     @classmethod
@@ -171,6 +181,11 @@ class ModelMetadata:
                     "re-export the model"
                 ) from None
 
+        def padding_mode(text: str) -> str:
+            if text not in PADDING_MODES:
+                raise ValueError(f"expected one of {', '.join(PADDING_MODES)}")
+            return text
+
         def size(text: str) -> tuple[int, int] | None:
             return tuple(int(v) for v in text.split("x")) if text else None  # type: ignore[return-value]
 
@@ -191,6 +206,8 @@ class ModelMetadata:
             max_detections=get("max_detections", int),
             output_names=get("output_names", json.loads),
             version=get("version"),
+            # older exports have no key and include the padding
+            padding=get("padding", padding_mode) if _PREFIX + "padding" in props else "include",
         )
 
 

@@ -63,6 +63,11 @@ def lite_static_b2(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def lite_static_include(tmp_path_factory):
+    return _export(tmp_path_factory, "lite_static_include", input_size=(1344, 1344), padding="include")
+
+
+@pytest.fixture(scope="module")
 def lite_static_f32_opset16_simplified(tmp_path_factory):
     return _export(tmp_path_factory, "lite_f32", input_size=(1344, 1344), input_dtype="float32", opset=16,
                    simplify=True)
@@ -173,17 +178,30 @@ def _run_tester(tmp_path, model, case, gt_suffix, extra=()):
         assert abs(got[task]["AP"] - want[task]["AP"]) <= 0.1, (task, got[task]["AP"], want[task]["AP"])
 
 
-def test_lite_golden_dynamic(tmp_path, lite_dynamic):
-    _run_tester(tmp_path, lite_dynamic, LITE, "")
+def test_lite_golden_dynamic_batch2(tmp_path, lite_dynamic):
+    """A batch of two images of different sizes (600x600, 600x912): each gets its batch-1 result."""
+    _run_tester(tmp_path, lite_dynamic, LITE, "", ["--batch-size", "2"])
+
+
+def test_lite_golden_static_uint8(tmp_path, lite_static):
+    """The default static model ignores its padding: upstream's default-padding results."""
+    assert read_metadata(lite_static).padding == "ignore"
+    _run_tester(tmp_path, lite_static, LITE, "")
 
 
 def test_lite_golden_static_uint8_batch2(tmp_path, lite_static_b2):
-    _run_tester(tmp_path, lite_static_b2, LITE, "_pad1344")
+    _run_tester(tmp_path, lite_static_b2, LITE, "")
+
+
+def test_lite_golden_static_include_padding(tmp_path, lite_static_include):
+    """--static-padding include: upstream run on the image padded to 1344x1344."""
+    assert read_metadata(lite_static_include).padding == "include"
+    _run_tester(tmp_path, lite_static_include, LITE, "_pad1344")
 
 
 def test_lite_golden_static_float32_opset16_simplified(tmp_path, lite_static_f32_opset16_simplified):
     assert read_metadata(lite_static_f32_opset16_simplified).input_dtype == "float32"
-    _run_tester(tmp_path, lite_static_f32_opset16_simplified, LITE, "_pad1344", ["--threads", "2"])
+    _run_tester(tmp_path, lite_static_f32_opset16_simplified, LITE, "", ["--threads", "2"])
 
 
 @pytest.mark.slow
@@ -200,15 +218,16 @@ def test_v39_golden_through_the_scripts(tmp_path, case, form):
            "--config-file", str(CONFIGS / case_info(case)["config"]), "--output", str(onnx_path)]
     if form == "dynamic":
         cmd += ["--dynamic", "--verify", str(CASES[case] / "images" / "000000000001.png")]
-    else:
-        cmd += ["--input-size", "1344x1344", "--input-dtype", form.split("-")[1]]
+    else:  # padding ignored by default: --verify runs PyTorch padded to 1344x1344 the same way
+        cmd += ["--input-size", "1344x1344", "--input-dtype", form.split("-")[1],
+                "--verify", str(CASES[case] / "images" / "000000000001.png")]
     proc = subprocess.run(cmd + ["MODEL.WEIGHTS", str(ckpt)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    if form == "dynamic":
-        assert "PyTorch and ONNX Runtime agree" in proc.stdout + proc.stderr
+    assert "PyTorch and ONNX Runtime agree" in proc.stdout + proc.stderr
     opsets = {o.version for o in onnx.load(str(onnx_path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")}
     assert opsets == ({19} if case == "V_39_dcn" else {17})
-    _run_tester(tmp_path, onnx_path, case, "" if form == "dynamic" else "_pad1344")
+    # every form gives upstream's default-padding results; the dynamic one runs batches of 2
+    _run_tester(tmp_path, onnx_path, case, "", ["--batch-size", "2"] if form == "dynamic" else [])
 
 
 @pytest.mark.parametrize(

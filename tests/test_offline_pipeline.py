@@ -75,17 +75,17 @@ def _run_bins(model: Path, bins: Path, raw: Path, *args) -> subprocess.Completed
 
 def _check_golden(out: Path, case: str = LITE) -> None:
     root = CASES[case]
-    expected = json.loads((root / "coco_instances_results_pad1344.json").read_text())
+    expected = json.loads((root / "coco_instances_results.json").read_text())
     actual = json.loads((out / "coco_instances_results.json").read_text())
     assert_results_match(expected, actual)
     got = json.loads((out / "metrics.json").read_text())
-    want = json.loads((root / "metrics_gt_pad1344.json").read_text())
+    want = json.loads((root / "metrics_gt.json").read_text())
     for task in ("bbox", "segm"):
         assert abs(got[task]["AP"] - want[task]["AP"]) <= 0.1, (task, got[task]["AP"], want[task]["AP"])
 
 
 def _postprocess_golden(raw: Path, bins: Path, out: Path, *extra, case: str = LITE) -> subprocess.CompletedProcess:
-    ann = CASES[case] / "annotations_gt_pad1344.json"
+    ann = CASES[case] / "annotations_gt.json"
     proc = _ok(_run("postprocess_bin_outputs.py", "--outputs", raw, "--info", bins / "bin_info.json",
                     "--coco-json", ann, "--output-dir", out, *extra))
     _check_golden(out, case)
@@ -127,7 +127,7 @@ def lite_u8_b2(work):
 def bins_u8(work):
     """uint8 bins of the golden images, made from the config (no model needed)."""
     root = CASES[LITE]
-    return _preprocess(work / "bins_u8", root / "images", "--coco-json", root / "annotations_gt_pad1344.json",
+    return _preprocess(work / "bins_u8", root / "images", "--coco-json", root / "annotations_gt.json",
                        "--config-file", CONFIGS / case_info(LITE)["config"], "--input-size", "1344x1344",
                        "--input-dtype", "uint8")
 
@@ -136,7 +136,7 @@ def bins_u8(work):
 def bins_f32(work, lite_f32):
     """float32 bins of the golden images, settings from the model."""
     root = CASES[LITE]
-    return _preprocess(work / "bins_f32", root / "images", "--coco-json", root / "annotations_gt_pad1344.json",
+    return _preprocess(work / "bins_f32", root / "images", "--coco-json", root / "annotations_gt.json",
                        "--model", lite_f32)
 
 
@@ -312,7 +312,7 @@ def test_missing_or_truncated_outputs(raw_u8, bins_u8, tmp_path, capsys, caplog,
     else:
         victim.unlink()
     (raw / "000000000002_0.bin").unlink()
-    ann = CASES[LITE] / "annotations_gt_pad1344.json"
+    ann = CASES[LITE] / "annotations_gt.json"
     args = ["--outputs", str(raw), "--info", str(bins_u8 / "bin_info.json"), "--coco-json", str(ann),
             "--no-progress"]
     out = tmp_path / "strict"
@@ -349,7 +349,7 @@ def test_postprocess_without_annotations_writes_results(raw_u8, bins_u8, tmp_pat
     rc = postprocess_bin_outputs.main(["--outputs", str(raw_u8), "--info", str(bins_u8), "--output-dir", str(out),
                                        "--no-progress"])
     assert rc == 0
-    expected = json.loads((CASES[LITE] / "coco_instances_results_pad1344.json").read_text())
+    expected = json.loads((CASES[LITE] / "coco_instances_results.json").read_text())
     assert_results_match(expected, json.loads((out / "coco_instances_results.json").read_text()))
     assert not (out / "metrics.json").exists()
 
@@ -411,7 +411,7 @@ def test_problem_list_is_capped():
 def test_v39_end_to_end(tmp_path, case, dtype):
     root = CASES[case]
     model = _export(tmp_path, f"{case}_{dtype}", case=case, input_dtype=dtype)
-    bins = _preprocess(tmp_path / "bins", root / "images", "--coco-json", root / "annotations_gt_pad1344.json",
+    bins = _preprocess(tmp_path / "bins", root / "images", "--coco-json", root / "annotations_gt.json",
                        "--model", model)
     raw = tmp_path / "raw"
     index_base = ["--index-base", "1"] if dtype == "float32" else []

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..contract import PADDING_MODES
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError, MissingFileError
 from .common import (
     add_config_arguments,
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width instead of a static size")
     p.add_argument(
         "--input-dtype", choices=["uint8", "float32"], default="uint8", help="raw BGR pixel dtype the graph takes"
+    )
+    p.add_argument(
+        "--static-padding", choices=list(PADDING_MODES), default="ignore",
+        help="padding beyond each image's multiple of 32 (a static size, or a batch of different sizes): "
+        "'ignore' (default) makes it have no effect, so every image gets upstream's published result for it; "
+        "'include' computes on the padded input, as upstream run on the padded image",
     )
     p.add_argument("--opset", type=int, default=None,
                    help="ONNX opset, >= 16 (default 17; 19, the first with DeformConv, for _dcn_ models)")
@@ -97,6 +104,7 @@ def _main(argv: Sequence[str] | None) -> int:
         dynamic=args.dynamic,
         input_dtype=args.input_dtype,
         opset=opset,
+        padding=args.static_padding,
     )
     settings.validate(model.size_divisibility)
     check_opset(model, opset)
@@ -109,6 +117,7 @@ def _main(argv: Sequence[str] | None) -> int:
             dynamic=True,
             input_dtype=args.input_dtype,
             opset=opset,
+            padding=args.static_padding,
         )
     ids, names = category_mapping(args.coco_json, int(cfg.MODEL.FCOS.NUM_CLASSES))
     load_weights(model, cfg.MODEL.WEIGHTS)

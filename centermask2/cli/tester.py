@@ -25,6 +25,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..contract import PADDING_MODES
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError
 from .common import (
     PROVIDER_CHOICES,
@@ -92,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="[torch] pad every resized image to this fixed size (e.g. 1344x1344), as a static-shape model "
         "sees it; default: pad only to a multiple of the size divisibility, as upstream",
     )
+    p.add_argument(
+        "--static-padding", choices=list(PADDING_MODES), default=None,
+        help="[torch] padding beyond each image's multiple of 32 (--pad-to, --batch-size 2+): 'ignore' (default) "
+        "makes it have no effect, as upstream run on each image alone; 'include' computes on the padded input",
+    )
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the backend's choice)")
     p.add_argument("--allow-incomplete-weights", action="store_true", help="[torch] load a checkpoint with missing keys")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -112,16 +118,17 @@ def _setup(args: argparse.Namespace):
             args.config_file,
             args.opts,
             pad_to=args.pad_to,
+            padding=args.static_padding or "ignore",
             batch_size=args.batch_size,
             threads=args.threads,
             allow_incomplete=args.allow_incomplete_weights,
         )
     if not args.model:
         raise InputError("--backend onnx needs --model model.onnx (export one with convert_model_into_onnx.py)")
-    if args.config_file or args.opts or args.pad_to:
+    if args.config_file or args.opts or args.pad_to or args.static_padding:
         raise InputError(
-            "--config-file, --pad-to and KEY VALUE overrides are for --backend torch; an ONNX model carries its "
-            "own settings"
+            "--config-file, --pad-to, --static-padding and KEY VALUE overrides are for --backend torch; an ONNX "
+            "model carries its own settings (export it with convert_model_into_onnx.py --static-padding ...)"
         )
     return onnx_source(args.model, provider=args.provider, threads=args.threads, batch_size=args.batch_size)
 
@@ -139,7 +146,7 @@ def _run_bins(args: argparse.Namespace) -> int:
     unused = [name for name, value in (
         ("--images", args.images), ("--coco-json", args.coco_json), ("--dataset", args.dataset),
         ("--config-file", args.config_file),
-        ("--pad-to", args.pad_to), ("--batch-size", args.batch_size),
+        ("--pad-to", args.pad_to), ("--static-padding", args.static_padding), ("--batch-size", args.batch_size),
     ) if value is not None] + (["KEY VALUE overrides"] if args.opts else [])
     if unused:
         raise InputError(

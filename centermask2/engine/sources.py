@@ -46,6 +46,8 @@ class ModelSource:
         label: short description for logs and pictures.
         model_file: the checkpoint or ``.onnx`` the weights come from (None: not from a file).
         config_yaml: the resolved config (a model's own, for an exported model).
+        padding: how padding beyond the size divisibility is treated
+            (:data:`~centermask2.contract.PADDING_MODES`).
     """
 
     backend: Backend
@@ -56,6 +58,7 @@ class ModelSource:
     label: str
     model_file: str | None = None
     config_yaml: str = ""
+    padding: str = "ignore"
 
     def identity(self) -> dict[str, str]:
         """What makes this source's outputs what they are; a resumed run must have the same.
@@ -67,7 +70,7 @@ class ModelSource:
         return {
             "model": file_digest(self.model_file) if self.model_file else "",
             "config": _config_digest(self.config_yaml),
-            "input": f"{self.spec}, batch {self.batch_size}",
+            "input": f"{self.spec}, batch {self.batch_size}, padding {self.padding}",
         }
 
 
@@ -76,6 +79,7 @@ def torch_source(
     opts: Sequence[str] = (),
     *,
     pad_to: tuple[int, int] | None = None,
+    padding: str = "ignore",
     batch_size: int | None = None,
     threads: int | None = None,
     allow_incomplete: bool = False,
@@ -83,7 +87,9 @@ def torch_source(
     """Build the PyTorch model of a config and load ``MODEL.WEIGHTS`` (a local file).
 
     ``pad_to`` is a fixed (H, W) every image is padded to (as a static model sees it), or None for
-    upstream's padding to the size divisibility.
+    upstream's padding to the size divisibility. ``padding`` (one of
+    :data:`~centermask2.contract.PADDING_MODES`) says whether padding beyond that affects results:
+    ``"ignore"`` (default) gives each image its upstream result for any ``pad_to`` and batch.
     """
     import torch
 
@@ -101,7 +107,7 @@ def torch_source(
     spec = InputSpec.from_config(cfg, size_divisibility=model.size_divisibility, pad_to=pad_to)
     ids, names = category_mapping(None, int(cfg.MODEL.FCOS.NUM_CLASSES))
     return ModelSource(
-        backend=TorchBackend(model, cfg.MODEL.DEVICE),
+        backend=TorchBackend(model, cfg.MODEL.DEVICE, padding=padding),
         spec=spec,
         batch_size=batch_size or 1,
         category_ids=ids,
@@ -109,6 +115,7 @@ def torch_source(
         label=f"PyTorch {os.path.basename(os.fspath(config_file))}",
         model_file=str(cfg.MODEL.WEIGHTS),
         config_yaml=cfg.dump(),
+        padding=padding,
     )
 
 
@@ -139,4 +146,5 @@ def onnx_source(
         label=f"ONNX Runtime {os.path.basename(os.fspath(model_path))}",
         model_file=os.fspath(model_path),
         config_yaml=meta.config_yaml,
+        padding=meta.padding,
     )

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import torch
 
+from ..contract import PADDING_MODES
 from ..errors import InputError
 
 __all__ = ["TorchBackend", "resolve_device"]
@@ -28,17 +29,30 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 class TorchBackend:
-    """The PyTorch model. Normalization and zero padding happen in :meth:`CenterMask.normalize`."""
+    """The PyTorch model. Normalization and zero padding happen in :meth:`CenterMask.normalize`.
+
+    Args:
+        model: a :class:`~centermask2.modeling.CenterMask`.
+        device: where it runs.
+        padding: one of :data:`~centermask2.contract.PADDING_MODES`: ``"ignore"`` gives every image
+            its own upstream result however much it is padded and whatever shares its batch;
+            ``"include"`` lets the padding of the input tensor take part (upstream run on it).
+    """
 
     input_dtype = "uint8"
 
-    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", padding: str = "ignore") -> None:
+        if padding not in PADDING_MODES:
+            raise InputError(f"padding must be one of {', '.join(PADDING_MODES)}, got {padding!r}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        self.padding = padding
 
     @torch.inference_mode()
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = torch.from_numpy(np.ascontiguousarray(inputs["images"])).to(self.device)
         sizes = torch.from_numpy(np.ascontiguousarray(inputs["image_sizes"])).to(self.device)
-        out = self.model(self.model.normalize(images, sizes), sizes)
+        # the plain forward is the same, and cheaper, when nothing is padded beyond the divisibility
+        ignore = self.padding == "ignore" and self.model.needs_padding_invariance(images, sizes)
+        out = self.model(self.model.normalize(images, sizes), sizes, ignore_padding=ignore)
         return {k: v.cpu().numpy() for k, v in out.items()}

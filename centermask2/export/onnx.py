@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..contract import INPUT_DTYPES, INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+from ..contract import INPUT_DTYPES, INPUT_NAMES, OUTPUT_NAMES, PADDING_MODES, ModelMetadata
 from ..errors import InputError, MissingDependencyError
 from ..fileio import atomic_write_bytes
 from ..modeling import CenterMask
@@ -57,6 +57,10 @@ class ExportSettings:
         dynamic: any batch size and any H, W that are multiples of the size divisibility.
         input_dtype: ``"uint8"`` or ``"float32"`` raw BGR pixels.
         opset: ONNX opset (>= 16; >= 19 for models with deformable convolutions).
+        padding: one of :data:`~centermask2.contract.PADDING_MODES`: ``"ignore"`` (default) makes
+            every image's result what upstream computes for it padded only to the size
+            divisibility, whatever the input size and batch; ``"include"`` computes on the padded
+            input as given.
     """
 
     input_size: tuple[int, int] = (1344, 1344)
@@ -64,6 +68,7 @@ class ExportSettings:
     dynamic: bool = False
     input_dtype: str = "uint8"
     opset: int = 17
+    padding: str = "ignore"
 
     def validate(self, size_divisibility: int) -> None:
         h, w = self.input_size
@@ -77,6 +82,8 @@ class ExportSettings:
             raise InputError(f"batch size must be >= 1, got {self.batch_size}")
         if self.input_dtype not in _DTYPES:
             raise InputError(f"input dtype must be one of {sorted(_DTYPES)}, got {self.input_dtype!r}")
+        if self.padding not in PADDING_MODES:
+            raise InputError(f"padding must be one of {', '.join(PADDING_MODES)}, got {self.padding!r}")
         if self.opset < 16:
             raise InputError(f"opset {self.opset} is too old: RoiAlign with half_pixel needs opset >= 16")
 
@@ -84,9 +91,10 @@ class ExportSettings:
 class OnnxExportModule(nn.Module):
     """Raw pixels in, tuple of outputs out: the function that becomes the ONNX graph."""
 
-    def __init__(self, model: CenterMask) -> None:
+    def __init__(self, model: CenterMask, ignore_padding: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.ignore_padding = ignore_padding
 
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
         """
@@ -97,7 +105,7 @@ class OnnxExportModule(nn.Module):
         Returns:
             the tensors of :data:`OUTPUT_NAMES`, in that order.
         """
-        out = self.model(self.model.normalize(images, image_sizes), image_sizes)
+        out = self.model(self.model.normalize(images, image_sizes), image_sizes, ignore_padding=self.ignore_padding)
         return tuple(out[name] for name in OUTPUT_NAMES)
 
 
@@ -158,6 +166,7 @@ def build_metadata(
         max_detections=model.max_detections,
         output_names=list(OUTPUT_NAMES),
         version=__version__,
+        padding=settings.padding,
     )
 
 
@@ -229,7 +238,7 @@ def export_onnx(
     check_opset(model, settings.opset)
     if len(class_names) != len(category_ids):
         raise InputError("class_names and category_ids must have the same length")
-    module = OnnxExportModule(model.cpu().eval()).eval()
+    module = OnnxExportModule(model.cpu().eval(), ignore_padding=settings.padding == "ignore").eval()
     sample = _sample_inputs(settings)
     dynamic_shapes = None
     if settings.dynamic:

@@ -91,7 +91,7 @@ def verify_onnx(model: CenterMask, onnx_path: str | os.PathLike, image: str | os
     resized, _ = load_and_resize(image, spec)
     images, sizes = pad_batch([resized], spec)
     inputs = {"images": images, "image_sizes": sizes}
-    ref = TorchBackend(model, "cpu").run(inputs)
+    ref = TorchBackend(model, "cpu", padding=onnx_backend.metadata.padding).run(inputs)
     cand = onnx_backend.run(inputs)
     report = compare_outputs(ref, cand)
     logger.info("verify %s on %s (input %s): %s", os.fspath(onnx_path), os.fspath(image), images.shape, report.format())
