@@ -227,3 +227,16 @@ def test_resume_refuses_another_model_config_or_image_list(tmp_path, monkeypatch
     with caplog.at_level("INFO"):
         assert tester.main([*args, "--resume", "MODEL.WEIGHTS", str(ckpt)]) == 0
     assert "1 of 2 image(s) already done" in caplog.text
+
+
+def test_static_padding_is_for_the_torch_backend(tmp_path, caplog):
+    """An ONNX model carries its padding mode; asking for one is refused by name."""
+    import centermask2.cli.tester as tester
+
+    case = "lite_V_19_slim_dw"
+    rc = tester.main([
+        "--backend", "onnx", "--model", str(tmp_path / "m.onnx"), "--images", str(CASES[case] / "images"),
+        "--output-dir", str(tmp_path / "out"), "--no-progress", "--static-padding", "include",
+    ])
+    assert rc == 2
+    assert "--static-padding" in caplog.text and "convert_model_into_onnx.py --static-padding" in caplog.text

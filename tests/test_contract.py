@@ -85,3 +85,12 @@ def test_runtime_modules_do_not_import_torch(module):
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'centermask2.export', 'centermask2.modeling') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_padding_mode_round_trips_and_defaults_to_include_for_old_models():
+    ignore = ModelMetadata(**{**META.__dict__, "padding": "ignore"})
+    assert ModelMetadata.from_props(ignore.to_props()).padding == "ignore"
+    old = {k: v for k, v in ignore.to_props().items() if k != "centermask2.padding"}
+    assert ModelMetadata.from_props(old).padding == "include"
+    with pytest.raises(InputError, match="padding.*malformed.*ignore, include"):
+        ModelMetadata.from_props({**ignore.to_props(), "centermask2.padding": "maybe"})

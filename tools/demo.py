@@ -87,14 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     if not args.quick:
-        _step("2b. PyTorch model padded to 1344x1344, as the static ONNX model sees its input")
+        _step("2b. PyTorch model padded to 1344x1344, as the static ONNX model sees its input (padding ignored)")
         _run("tester.py --pad-to", tester.main, [
             "--backend", "torch", "--config-file", config, "--images", images, "--pad-to", "1344x1344",
-            "--coco-json", str(SAMPLE_DIR / "annotations_gt_pad1344.json"), "--output-dir", str(out / "torch_1344"),
+            "--coco-json", str(SAMPLE_DIR / "annotations_gt.json"), "--output-dir", str(out / "torch_1344"),
             "MODEL.WEIGHTS", str(ckpt), "MODEL.DEVICE", "cpu",
         ])
-        checks.append(("PyTorch, padded to 1344", out / "torch_1344" / "metrics.json",
-                       SAMPLE_DIR / "metrics_gt_pad1344.json"))
+        checks.append(("PyTorch, padded to 1344", out / "torch_1344" / "metrics.json", SAMPLE_DIR / "metrics_gt.json"))
         onnx_path = out / "sample_1344x1344_uint8.onnx"
         _step("3. Export a static ONNX model (convert_model_into_onnx.py)")
         _run("convert_model_into_onnx.py", convert_model_into_onnx.main, [
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "--input-dtype", "uint8", "MODEL.WEIGHTS", str(ckpt),
         ])
         _step("4a. Images to .bin (preprocess_inputs_to_bin.py)")
-        gt = str(SAMPLE_DIR / "annotations_gt_pad1344.json")
+        gt = str(SAMPLE_DIR / "annotations_gt.json")
         _run("preprocess_inputs_to_bin.py", preprocess_inputs_to_bin.main, [
             "--model", str(onnx_path), "--images", images, "--coco-json", gt, "--output", str(out / "bins"),
         ])
@@ -115,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             "--outputs", str(out / "raw"), "--info", str(out / "bins" / "bin_info.json"), "--model", str(onnx_path),
             "--coco-json", gt, "--output-dir", str(out / "offline"),
         ])
-        checks.append(("ONNX Runtime, .bin pipeline", out / "offline" / "metrics.json",
-                       SAMPLE_DIR / "metrics_gt_pad1344.json"))
+        checks.append(("ONNX Runtime, .bin pipeline", out / "offline" / "metrics.json", SAMPLE_DIR / "metrics_gt.json"))
         outputs.update({
             "ONNX model": onnx_path,
             "input bins": out / "bins",
