@@ -4,6 +4,7 @@ computes on it alone, padded only to a multiple of the size divisibility."""
 import numpy as np
 import pytest
 import torch
+from test_modeling_meta_arch import _run_case
 from torch import nn
 
 from centermask2.config import load_config
@@ -13,7 +14,6 @@ from centermask2.evaluation.matching import match_boxes
 from centermask2.modeling import build_model
 from centermask2.modeling.padding import ValidRegion, run_layer
 from golden import CASES, CONFIGS
-from test_modeling_meta_arch import _run_case
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 6, 7, 13, 25, 26])

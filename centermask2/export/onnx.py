@@ -265,7 +265,9 @@ def export_onnx(
             custom_translation_table=translation_table(),
             external_data=False,
             verbose=False,
+            optimize=False,
         )
+        _optimize(program.model)
     proto = program.model_proto
     if settings.opset < NATIVE_OPSET:
         downgrade_opset(proto, settings.opset)
@@ -282,6 +284,33 @@ def export_onnx(
     atomic_write_bytes(proto.SerializeToString(), output)
     logger.info("Wrote %s (%.1f MB)", output, output.stat().st_size / 1e6)
     return output
+
+
+def _optimize(model: Any) -> None:
+    """The exporter's own graph clean-up (constant folding, dead code, shared initializers),
+    without onnxscript's pattern rewrites: on the padding-invariant graphs those take minutes
+    and change nothing ONNX Runtime does not fuse itself."""
+    import onnx_ir.passes.common as common_passes
+    from onnx_ir import passes
+    from onnxscript.optimizer import _constant_folding
+
+    passes.Sequential(
+        common_passes.InlinePass(),
+        passes.PassManager(
+            [_constant_folding.FoldConstantsPass(
+                shape_inference=True,
+                input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+            ), common_passes.RemoveUnusedNodesPass(),
+             common_passes.RemoveUnusedFunctionsPass(), common_passes.RemoveUnusedOpsetsPass()],
+            steps=2, early_stop=True,
+        ),
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common_passes.DeduplicateInitializersPass(),
+        common_passes.CommonSubexpressionEliminationPass(),
+        common_passes.OutputFixPass(),
+        common_passes.NameFixPass(),
+    )(model)
 
 
 def _simplify(proto: Any) -> Any:

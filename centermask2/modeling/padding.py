@@ -39,6 +39,12 @@ from ..errors import UnsupportedError
 __all__ = ["ValidRegion", "run_layer", "run", "run_with_region", "output_region"]
 
 
+def _dims_key(*dims: object) -> tuple:
+    """Cache key for tensor sizes; symbolic sizes (dynamic export) are not hashable, their
+    expressions are."""
+    return tuple(d if isinstance(d, int) else str(d) for d in dims)
+
+
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
 
@@ -68,7 +74,7 @@ class ValidRegion:
 
     def inside(self, height: int, width: int) -> Tensor:
         """Tensor[B, 1, height, width] bool: True inside each image's region."""
-        key = (height, width)
+        key = _dims_key(height, width)
         if key not in self._inside:
             device = self.sizes.device
             rows = torch.arange(height, device=device)[None, :] < self.sizes[:, 0:1]  # [B, H]
@@ -80,28 +86,40 @@ class ValidRegion:
         """``x`` (Tensor[B, C, H, W]) with every position outside the region set to ``value``
         (0 or -inf).
 
-        Both are one broadcast ``Mul`` / ``Add`` (several times cheaper than ``where`` in ONNX
-        Runtime), exact because values outside are finite: 0 multiplies by the 0/1 mask; -inf
-        adds ``finfo.min / 2`` outside, below any activation, which is all max pooling needs.
+        Both are one ``Mul`` / ``Add`` with a mask of ``x``'s own shape, exact because values
+        outside are finite: 0 multiplies by the 0/1 mask; -inf adds ``finfo.min / 2`` outside,
+        below any activation, which is all max pooling needs. (ONNX Runtime keeps such a
+        same-shape product in its blocked convolution layout; a broadcast one would force two
+        layout conversions per mask.)
         """
-        h, w = x.shape[-2], x.shape[-1]
         if value == 0.0:
-            return x * self.mask(h, w, x.dtype)
+            return x * self.mask_like(x)
         if value == float("-inf"):
-            return x + self._lowest(h, w, x.dtype)
+            c, h, w = x.shape[-3:]
+            key = ("lowest", *_dims_key(c, h, w), x.dtype)
+            if key not in self._after:
+                lowest = (1 - self.mask(h, w, x.dtype)) * (torch.finfo(x.dtype).min / 2)
+                self._after[key] = _expand_channels(lowest, c)
+            return x + self._after[key]
         raise ValueError(f"fill_outside supports 0 and -inf, got {value}")
-
-    def _lowest(self, height: int, width: int, dtype: torch.dtype) -> Tensor:
-        key = ("lowest", height, width, dtype)
-        if key not in self._after:
-            self._after[key] = (1 - self.mask(height, width, dtype)) * (torch.finfo(dtype).min / 2)
-        return self._after[key]
 
     def mask(self, height: int, width: int, dtype: torch.dtype) -> Tensor:
         """Tensor[B, 1, height, width] of ``dtype``: 1 inside each image's region, 0 outside."""
-        key = (height, width, dtype)
+        key = (*_dims_key(height, width), dtype)
         if key not in self._after:
             self._after[key] = self.inside(height, width).to(dtype)
+        return self._after[key]
+
+    def mask_like(self, x: Tensor) -> Tensor:
+        """The 0/1 mask in ``x``'s shape (Tensor[B, C, H, W]), one per shape.
+
+        Made by a 1x1 convolution of the one-channel mask with ones, so that exported graphs
+        multiply two convolution outputs of equal shape.
+        """
+        c, h, w = x.shape[-3:]
+        key = ("full", *_dims_key(c, h, w), x.dtype)
+        if key not in self._after:
+            self._after[key] = _expand_channels(self.mask(h, w, x.dtype), c)
         return self._after[key]
 
     def after(
@@ -139,21 +157,34 @@ class ValidRegion:
     def group_norm(self, x: Tensor, norm: nn.GroupNorm) -> Tensor:
         """``norm(x)`` with the statistics of each (image, group) taken over the region only.
 
+        One pass for the sums of ``x`` and ``x**2`` inside the region, then ``x * a + b`` with
+        per-(image, channel) ``a``, ``b``: four passes over ``x`` where the textbook form needs
+        eight.
+
         Args:
             x (Tensor[B, C, H, W]); norm: the GroupNorm layer (its groups, eps and affine).
         """
         b, c, h, w = x.shape
         g = norm.num_groups
-        inside = self.mask(h, w, x.dtype)[:, :, None]  # [B, 1, 1, H, W]
-        xg = x.reshape(b, g, c // g, h, w)
-        count = (self.area(x.dtype) * (c // g))[:, None, None, None, None]
-        mean = (xg * inside).sum(dim=(2, 3, 4), keepdim=True) / count
-        centred = (xg - mean) * inside
-        var = (centred * centred).sum(dim=(2, 3, 4), keepdim=True) / count
-        y = ((xg - mean) * torch.rsqrt(var + norm.eps)).reshape(b, c, h, w)
+        inside = self.fill_outside(x)
+        count = (self.area(x.dtype) * (c // g))[:, None]  # [B, 1]
+        total = inside.reshape(b, g, -1).sum(dim=2)  # [B, G]
+        squares = (inside * inside).reshape(b, g, -1).sum(dim=2)
+        mean = total / count
+        var = (squares / count - mean * mean).clamp(min=0)
+        scale = torch.rsqrt(var + norm.eps)  # [B, G]
+        scale = scale[:, :, None].expand(b, g, c // g).reshape(b, c)
+        shift = -(mean[:, :, None].expand(b, g, c // g).reshape(b, c)) * scale
         if norm.affine:
-            y = y * norm.weight[None, :, None, None] + norm.bias[None, :, None, None]
-        return y
+            scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
+        return x * scale[:, :, None, None] + shift[:, :, None, None]
+
+
+def _expand_channels(plane: Tensor, channels: int) -> Tensor:
+    """Tensor[B, 1, H, W] -> Tensor[B, channels, H, W], as a 1x1 convolution with ones (exact:
+    one product by 1 per output) so that ONNX Runtime produces it in its convolution layout."""
+    ones = torch.ones((channels, 1, 1, 1), dtype=plane.dtype, device=plane.device)
+    return F.conv2d(plane, ones)
 
 
 def _output_size(size: Tensor, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> Tensor:
