@@ -136,3 +136,13 @@ def test_group_norm_statistics_inside_the_region():
     got = ValidRegion(torch.tensor([[5, 7]])).group_norm(big, gn)[:, :, :5, :7]
     torch.testing.assert_close(got, gn(x), atol=1e-5, rtol=1e-5)
     assert np.isfinite(got.detach().numpy()).all()
+
+
+def test_inputs_are_not_changed():
+    """Masks apply in place inside the network, never to the caller's tensor."""
+    model = build_model(load_config(CONFIGS / "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x.yaml", ["MODEL.DEVICE", "cpu"]))
+    x = torch.randn(1, 3, 96, 128)
+    before = x.clone()
+    with torch.no_grad():
+        model.backbone.forward_with_regions(x, ValidRegion(torch.tensor([[64, 96]])))
+    assert torch.equal(x, before)

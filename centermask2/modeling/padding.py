@@ -86,14 +86,18 @@ class ValidRegion:
         """``x`` (Tensor[B, C, H, W]) with every position outside the region set to ``value``
         (0 or -inf).
 
-        Both are one ``Mul`` / ``Add`` with a mask of ``x``'s own shape, exact because values
+        0 is applied in place unless ``x`` requires grad. Both are one ``Mul`` / ``Add`` with a mask of ``x``'s own shape, exact because values
         outside are finite: 0 multiplies by the 0/1 mask; -inf adds ``finfo.min / 2`` outside,
         below any activation, which is all max pooling needs. (ONNX Runtime keeps such a
         same-shape product in its blocked convolution layout; a broadcast one would force two
         layout conversions per mask.)
         """
         if value == 0.0:
-            return x * self.mask_like(x)
+            if x.requires_grad:
+                return x * self.mask_like(x)
+            # in place: only values outside the region change, and no reader needs them (the
+            # backbones copy their input first, so a caller's tensor is never changed)
+            return x.mul_(self.mask_like(x))
         if value == float("-inf"):
             c, h, w = x.shape[-3:]
             key = ("lowest", *_dims_key(c, h, w), x.dtype)

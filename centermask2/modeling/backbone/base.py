@@ -71,6 +71,8 @@ class Backbone(nn.Module):
         """
         outputs: dict[str, Tensor] = {}
         regions: dict[str, ValidRegion | None] = {}
+        if region is not None:
+            x = x.clone()  # masks apply in place; the caller's tensor stays as it was
         x, region = run_with_region(self.stem, x, region)
         if "stem" in self._out_features:
             outputs["stem"], regions["stem"] = x, region

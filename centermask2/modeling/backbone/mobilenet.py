@@ -181,6 +181,8 @@ class MobileNetV2(Backbone):
     ) -> tuple[dict[str, torch.Tensor], dict[str, ValidRegion | None]]:
         outputs: dict[str, torch.Tensor] = {}
         regions: dict[str, ValidRegion | None] = {}
+        if region is not None:
+            x = x.clone()  # masks apply in place; the caller's tensor stays as it was
         for idx, layer in enumerate(self.features):
             if idx > self._last_index:
                 break
