@@ -105,7 +105,9 @@ class OnnxExportModule(nn.Module):
         Returns:
             the tensors of :data:`OUTPUT_NAMES`, in that order.
         """
-        out = self.model(self.model.normalize(images, image_sizes), image_sizes, ignore_padding=self.ignore_padding)
+        out = self.model(
+            self.model.normalize(images, image_sizes), image_sizes, ignore_padding=self.ignore_padding, full_masks=True
+        )
         return tuple(out[name] for name in OUTPUT_NAMES)
 
 

@@ -91,7 +91,9 @@ class CenterMask(nn.Module):
         full = torch.tensor([images.shape[-2], images.shape[-1]], device=region.device)
         return bool((region != full).any())
 
-    def forward(self, images: Tensor, image_sizes: Tensor, ignore_padding: bool = True) -> dict[str, Tensor]:
+    def forward(
+        self, images: Tensor, image_sizes: Tensor, ignore_padding: bool = True, full_masks: bool = False
+    ) -> dict[str, Tensor]:
         """Run the network.
 
         Args:
@@ -103,6 +105,9 @@ class CenterMask(nn.Module):
                 whatever else is in the batch (:mod:`.padding`). False: the padding is part of
                 the input, as when upstream runs on the padded tensor (cheaper; the same when
                 :meth:`needs_padding_invariance` is False).
+            full_masks: how the padding masks are applied (the same numbers): in each tensor's
+                shape, for exported graphs (ONNX Runtime keeps its blocked layout), or broadcast,
+                cheaper eagerly (:class:`~.padding.ValidRegion`).
 
         Returns:
             dict (keys :data:`OUTPUT_NAMES`), K = :attr:`max_detections`:
@@ -112,7 +117,7 @@ class CenterMask(nn.Module):
               ``mask_scores`` Tensor[B, K], ``num_detections`` Tensor[B] int64.
             Rows are sorted by score; rows past ``num_detections`` are zero.
         """
-        region = ValidRegion.for_input(image_sizes, self.size_divisibility) if ignore_padding else None
+        region = ValidRegion.for_input(image_sizes, self.size_divisibility, full_masks) if ignore_padding else None
         features, regions = self.backbone.forward_with_regions(images, region)
         if region is None:
             regions = None
