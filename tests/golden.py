@@ -5,7 +5,10 @@ The checkpoints are stored as recipes (see :mod:`centermask2.checkpoint.recipe`)
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +75,33 @@ def assert_results_match(expected: list[dict], actual: list[dict]) -> dict:
     assert r["score_diff_max"] <= 2e-3, r
     assert r["mask_iou_p5"] >= 0.9, r
     return r
+
+
+_EXPORTS: dict[tuple, Path] = {}
+
+
+def exported_model(case: str, **settings) -> Path:
+    """The case's model exported with these :class:`ExportSettings` (plus ``simplify``), once per
+    test session: the export and the pipeline tests share the same files (read-only)."""
+    import numpy as np
+    import torch
+
+    from centermask2.config import load_config
+    from centermask2.data.categories import coco_class_names, coco_contiguous_to_dataset_id
+    from centermask2.export import ExportSettings, default_opset, export_onnx
+    from centermask2.modeling import build_model
+
+    cfg = load_config(CONFIGS / case_info(case)["config"], ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    settings.setdefault("opset", default_opset(model))
+    simplify = settings.pop("simplify", False)
+    key = (case, simplify, tuple(sorted(settings.items())))
+    if key not in _EXPORTS:
+        model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in recipe_arrays(case).items()})
+        folder = Path(tempfile.mkdtemp(prefix="centermask2 exports "))  # a path with a space
+        atexit.register(shutil.rmtree, folder, True)
+        path = folder / f"{case}_{len(_EXPORTS)}.onnx"
+        export_onnx(model, cfg, path, ExportSettings(**settings), class_names=coco_class_names(),
+                    category_ids=coco_contiguous_to_dataset_id(), simplify=simplify)
+        _EXPORTS[key] = path
+    return _EXPORTS[key]

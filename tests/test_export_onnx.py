@@ -20,7 +20,15 @@ from centermask2.engine.torch_backend import TorchBackend
 from centermask2.export import ExportSettings, export_onnx
 from centermask2.export.verify import compare_outputs
 from centermask2.modeling import OUTPUT_NAMES, build_model
-from golden import CASES, CONFIGS, assert_results_match, case_info, recipe_arrays, write_checkpoint
+from golden import (
+    CASES,
+    CONFIGS,
+    assert_results_match,
+    case_info,
+    exported_model,
+    recipe_arrays,
+    write_checkpoint,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LITE = "lite_V_19_slim_dw"
@@ -34,12 +42,7 @@ def _model(case):
 
 
 def _export(tmp_path_factory, name, case=LITE, **settings):
-    cfg, model = _model(case)
-    path = tmp_path_factory.mktemp("onnx") / f"{name}.onnx"
-    simplify = settings.pop("simplify", False)
-    export_onnx(model, cfg, path, ExportSettings(**settings), class_names=coco_class_names(),
-                category_ids=coco_contiguous_to_dataset_id(), simplify=simplify)
-    return path
+    return exported_model(case, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -207,11 +210,13 @@ def test_lite_golden_static_float32_opset16_simplified(tmp_path, lite_static_f32
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "case,form",
-    # V-39 float32 static runs through the .bin pipeline test (test_offline_pipeline::test_v39_end_to_end)
+    # static uint8: ONNX Runtime and the .bin pipeline on one export; V-39 float32 static runs through
+    # the .bin pipeline test (test_offline_pipeline::test_v39_end_to_end)
     [("V_39", "dynamic"), ("V_39", "static-uint8"), ("V_39_dcn", "dynamic"), ("V_39_dcn", "static-uint8")],
 )
 def test_v39_golden_through_the_scripts(tmp_path, case, form):
-    """The _dcn_ model exports at opset 19 by default (ONNX DeformConv)."""
+    """Upstream's default-padding results from every form; the _dcn_ model exports at opset 19 by
+    default (ONNX DeformConv)."""
     ckpt = write_checkpoint(case, tmp_path / f"{case}.pth")
     onnx_path = tmp_path / f"{case}_{form}.onnx"
     cmd = [sys.executable, str(ROOT / "convert_model_into_onnx.py"),
@@ -228,6 +233,14 @@ def test_v39_golden_through_the_scripts(tmp_path, case, form):
     assert opsets == ({19} if case == "V_39_dcn" else {17})
     # every form gives upstream's default-padding results; the dynamic one runs batches of 2
     _run_tester(tmp_path, onnx_path, case, "", ["--batch-size", "2"] if form == "dynamic" else [])
+    if form != "dynamic":  # the .bin pipeline with the same static model
+        from test_offline_pipeline import _ok, _postprocess_golden, _preprocess, _run_bins
+
+        root = CASES[case]
+        bins = _preprocess(tmp_path / "bins", root / "images", "--coco-json", root / "annotations_gt.json",
+                           "--model", onnx_path)
+        _ok(_run_bins(onnx_path, bins, tmp_path / "raw"))
+        _postprocess_golden(tmp_path / "raw", bins, tmp_path / "eval", case=case)
 
 
 @pytest.mark.parametrize(
