@@ -68,7 +68,7 @@ class ValidRegion:
         # Many layers share a region: one mask per map size and one child region per layer
         # geometry keep eager work and exported graphs small.
         self._inside: dict[tuple[int, int], Tensor] = {}
-        self._after: dict[tuple, Any] = {}
+        self._cache: dict[tuple, Any] = {}  # child regions, masks, areas
 
     @classmethod
     def for_input(cls, image_sizes: Tensor, size_divisibility: int, full_masks: bool = False) -> ValidRegion:
@@ -108,18 +108,18 @@ class ValidRegion:
             return x.mul_(mask)
         if value == float("-inf"):
             key = ("lowest", *_dims_key(c if self.full_masks else 1, h, w), x.dtype)
-            if key not in self._after:
+            if key not in self._cache:
                 lowest = (1 - self.mask(h, w, x.dtype)) * (torch.finfo(x.dtype).min / 2)
-                self._after[key] = _expand_channels(lowest, c) if self.full_masks else lowest
-            return x + self._after[key]
+                self._cache[key] = _expand_channels(lowest, c) if self.full_masks else lowest
+            return x + self._cache[key]
         raise ValueError(f"fill_outside supports 0 and -inf, got {value}")
 
     def mask(self, height: int, width: int, dtype: torch.dtype) -> Tensor:
         """Tensor[B, 1, height, width] of ``dtype``: 1 inside each image's region, 0 outside."""
         key = (*_dims_key(height, width), dtype)
-        if key not in self._after:
-            self._after[key] = self.inside(height, width).to(dtype)
-        return self._after[key]
+        if key not in self._cache:
+            self._cache[key] = self.inside(height, width).to(dtype)
+        return self._cache[key]
 
     def mask_like(self, x: Tensor) -> Tensor:
         """The 0/1 mask in ``x``'s shape (Tensor[B, C, H, W]), one per shape.
@@ -129,9 +129,9 @@ class ValidRegion:
         """
         c, h, w = x.shape[-3:]
         key = ("full", *_dims_key(c, h, w), x.dtype)
-        if key not in self._after:
-            self._after[key] = _expand_channels(self.mask(h, w, x.dtype), c)
-        return self._after[key]
+        if key not in self._cache:
+            self._cache[key] = _expand_channels(self.mask(h, w, x.dtype), c)
+        return self._cache[key]
 
     def after(
         self,
@@ -147,18 +147,18 @@ class ValidRegion:
         if s == (1, 1) and all(2 * p[a] == d[a] * (k[a] - 1) for a in (0, 1)):
             return self  # "same" padding, stride 1
         key = (k, s, p, d, bool(ceil_mode))
-        if key not in self._after:
-            self._after[key] = ValidRegion(torch.stack([
+        if key not in self._cache:
+            self._cache[key] = ValidRegion(torch.stack([
                 _output_size(self.sizes[:, axis], k[axis], s[axis], p[axis], d[axis], ceil_mode) for axis in (0, 1)
             ], dim=1), self.full_masks)
-        return self._after[key]
+        return self._cache[key]
 
     def area(self, dtype: torch.dtype) -> Tensor:
         """Tensor[B]: positions inside each image's region."""
         key = ("area", dtype)
-        if key not in self._after:
-            self._after[key] = (self.sizes[:, 0] * self.sizes[:, 1]).to(dtype)
-        return self._after[key]
+        if key not in self._cache:
+            self._cache[key] = (self.sizes[:, 0] * self.sizes[:, 1]).to(dtype)
+        return self._cache[key]
 
     def mean(self, x: Tensor) -> Tensor:
         """Mean over the region: Tensor[B, C, H, W] -> Tensor[B, C, 1, 1] (eSE's average pool)."""
@@ -220,7 +220,7 @@ _POINTWISE: tuple[type[nn.Module], ...] = (
 
 
 def _is_pointwise(module: nn.Module) -> bool:
-    from .backbone.layers import FrozenBatchNorm2d  # local: layers imports nothing from here
+    from .backbone.layers import FrozenBatchNorm2d  # local: the backbone package imports this module
 
     return isinstance(module, _POINTWISE + (FrozenBatchNorm2d,)) or getattr(module, "pointwise", False)
 
