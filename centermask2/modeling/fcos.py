@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from ..config import ConfigError
 from ..errors import UnsupportedError
+from .losses import FCOSTrainSettings, fcos_losses, fcos_targets
 from .ops.registry import padded_batched_nms
 from .padding import ValidRegion, run
 
@@ -145,6 +146,7 @@ class FCOS(nn.Module):
         nms_thresh: ``MODEL.FCOS.NMS_TH``.
         post_nms_topk: ``MODEL.FCOS.POST_NMS_TOPK_TEST``; the number of output rows.
         thresh_with_ctr: ``MODEL.FCOS.THRESH_WITH_CTR``.
+        train: the training keys (:class:`~.losses.FCOSTrainSettings`).
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class FCOS(nn.Module):
         nms_thresh: float = 0.6,
         post_nms_topk: int = 100,
         thresh_with_ctr: bool = False,
+        train: FCOSTrainSettings | None = None,
     ) -> None:
         super().__init__()
         if len(in_features) != len(strides):
@@ -173,6 +176,7 @@ class FCOS(nn.Module):
         self.nms_thresh = float(nms_thresh)
         self.post_nms_topk = int(post_nms_topk)
         self.thresh_with_ctr = bool(thresh_with_ctr)
+        self.train_settings = train or FCOSTrainSettings()
 
     @classmethod
     def from_config(cls, cfg: Any, in_channels: int) -> FCOS:
@@ -201,6 +205,17 @@ class FCOS(nn.Module):
             nms_thresh=f.NMS_TH,
             post_nms_topk=f.POST_NMS_TOPK_TEST,
             thresh_with_ctr=f.THRESH_WITH_CTR,
+            train=FCOSTrainSettings(
+                focal_alpha=float(f.LOSS_ALPHA),
+                focal_gamma=float(f.LOSS_GAMMA),
+                center_sample=bool(f.CENTER_SAMPLE),
+                pos_radius=float(f.POS_RADIUS),
+                sizes_of_interest=tuple(float(v) for v in f.SIZES_OF_INTEREST),
+                loc_loss_type=str(f.LOC_LOSS_TYPE),
+                score_thresh=float(f.INFERENCE_TH_TRAIN),
+                pre_nms_topk=int(f.PRE_NMS_TOPK_TRAIN),
+                post_nms_topk=int(f.POST_NMS_TOPK_TRAIN),
+            ),
         )
 
     @property
@@ -230,6 +245,58 @@ class FCOS(nn.Module):
         feats = [features[name] for name in self.in_features]
         level_regions = [regions[name] for name in self.in_features] if regions is not None else None
         logits, reg, ctrness = self.fcos_head(feats, level_regions)
+        return self.decode(
+            logits, reg, ctrness, level_regions, self.score_thresh, self.pre_nms_topk, self.max_detections
+        )
+
+    def training_losses(
+        self, features: dict[str, Tensor], gt_boxes: list[Tensor], gt_classes: list[Tensor]
+    ) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """FCOS losses and the proposals upstream's training passes to the ROI heads.
+
+        Args:
+            features: FPN outputs, each Tensor[B, C, Hl, Wl] (the whole padded batch: upstream
+                trains on it as it is).
+            gt_boxes: per image Tensor[G, 4] xyxy float32 in network-input pixels;
+            gt_classes: per image Tensor[G] int64.
+
+        Returns:
+            losses: ``loss_fcos_cls``, ``loss_fcos_loc``, ``loss_fcos_ctr``
+            (:func:`~.losses.fcos_losses`);
+            proposals: per image Tensor[P, 4] (no gradient, not clipped), decoded with the
+            ``*_TRAIN`` thresholds, best first.
+        """
+        feats = [features[name] for name in self.in_features]
+        logits, reg, ctrness = self.fcos_head(feats)
+        locations = [
+            compute_locations(x.shape[-2], x.shape[-1], stride, x.device) for x, stride in zip(logits, self.strides)
+        ]
+        s = self.train_settings
+        labels, reg_targets = fcos_targets(
+            locations, self.strides, gt_boxes, gt_classes, self.fcos_head.num_classes, s
+        )
+        losses = fcos_losses(logits, reg, ctrness, labels, reg_targets, s)
+        k = s.post_nms_topk if s.post_nms_topk > 0 else s.pre_nms_topk * len(self.strides)
+        with torch.no_grad():
+            det = self.decode(
+                [x.detach() for x in logits], [x.detach() for x in reg], [x.detach() for x in ctrness],
+                None, s.score_thresh, s.pre_nms_topk, k,
+            )
+        proposals = [boxes[valid] for boxes, valid in zip(det["boxes"], det["valid"])]
+        return losses, proposals
+
+    def decode(
+        self,
+        logits: list[Tensor],
+        reg: list[Tensor],
+        ctrness: list[Tensor],
+        level_regions: list[ValidRegion | None] | None,
+        score_thresh: float,
+        pre_nms_topk: int,
+        max_detections: int,
+    ) -> dict[str, Tensor]:
+        """Head outputs (see :meth:`FCOSHead.forward`) to detections, as :meth:`forward` returns
+        them; training decodes its proposals with the ``*_TRAIN`` thresholds."""
         cand_boxes, cand_scores, cand_classes, cand_valid = [], [], [], []
         for level, stride in enumerate(self.strides):
             b, c, h, w = logits[level].shape
@@ -240,15 +307,15 @@ class FCOS(nn.Module):
             dist = reg[level].permute(0, 2, 3, 1).reshape(b, h * w, 4) * stride
             if self.thresh_with_ctr:
                 cls_prob = cls_prob * ctr
-                candidate = cls_prob > self.score_thresh
+                candidate = cls_prob > score_thresh
                 score = cls_prob
             else:
-                candidate = cls_prob > self.score_thresh
+                candidate = cls_prob > score_thresh
                 score = cls_prob * ctr
             if level_regions is not None and level_regions[level] is not None:
                 inside = level_regions[level].inside(h, w).reshape(b, h * w, 1).expand(b, h * w, c)
                 candidate = candidate & inside.reshape(b, h * w * c)
-            k = torch.sym_min(self.pre_nms_topk, h * w * c)
+            k = torch.sym_min(pre_nms_topk, h * w * c)
             ranked = torch.where(candidate, score, torch.full_like(score, -1.0))
             top_score, top_idx = ranked.topk(k, dim=1, sorted=True)
             valid = torch.gather(candidate, 1, top_idx)
@@ -268,9 +335,11 @@ class FCOS(nn.Module):
         scores = torch.cat(cand_scores, dim=1)
         classes = torch.cat(cand_classes, dim=1)
         valid = torch.cat(cand_valid, dim=1)
-        return self._select(boxes, scores, classes, valid)
+        return self._select(boxes, scores, classes, valid, max_detections)
 
-    def _select(self, boxes: Tensor, scores: Tensor, classes: Tensor, valid: Tensor) -> dict[str, Tensor]:
+    def _select(
+        self, boxes: Tensor, scores: Tensor, classes: Tensor, valid: Tensor, max_detections: int
+    ) -> dict[str, Tensor]:
         """Class-aware NMS per image, then the top ``max_detections``; fixed-size outputs.
 
         Args:
@@ -279,13 +348,13 @@ class FCOS(nn.Module):
         """
         b = scores.shape[0]
         # always append max_detections invalid rows so the final top-k is defined for any input size
-        pad = self.max_detections
+        pad = max_detections
         boxes = torch.cat((boxes, boxes.new_zeros((b, pad, 4))), dim=1)
         scores = torch.cat((scores, scores.new_zeros((b, pad))), dim=1)
         classes = torch.cat((classes, classes.new_zeros((b, pad))), dim=1)
         valid = torch.cat((valid, valid.new_zeros((b, pad))), dim=1)
         kept = padded_batched_nms(boxes, scores, classes, valid, self.nms_thresh, self.fcos_head.num_classes)
-        k = self.max_detections
+        k = max_detections
         ranked = torch.where(kept, scores, torch.full_like(scores, -1.0))
         top_score, top_idx = ranked.topk(k, dim=1, sorted=True)
         out_valid = torch.gather(kept, 1, top_idx)

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 
 class CenterMask(nn.Module):
-    """CenterMask instance segmentation, inference only.
+    """CenterMask instance segmentation: inference (:meth:`forward`) and upstream's training
+    losses (:meth:`training_losses`).
 
     Args:
         backbone: returns FPN features ``{"p3": Tensor[B, C, H/8, W/8], ...}``; must expose
@@ -133,6 +134,59 @@ class CenterMask(nn.Module):
             "mask_scores": mask_scores,
             "num_detections": det["valid"].sum(dim=1).to(torch.int64),
         }
+
+
+    def training_losses(
+        self,
+        images: Tensor,
+        image_sizes: Tensor,
+        targets: list[dict[str, Any]],
+        stats: dict[str, float] | None = None,
+    ) -> dict[str, Tensor]:
+        """The loss terms of upstream's training forward, keyed and ordered as upstream's dict.
+
+        Runs on the padded batch as it is (upstream trains that way: the padding of the smaller
+        images is part of their input). Call it with the model in ``train()`` mode; frozen
+        parameters (``MODEL.BACKBONE.FREEZE_AT``, FrozenBN) get no gradient.
+
+        Args:
+            images (Tensor[B, 3, H, W] float32): normalized, zero-padded batch
+                (:meth:`normalize`); H and W multiples of :attr:`size_divisibility`.
+            image_sizes (Tensor[B, 2] int64): valid (h, w) of each image.
+            targets: per image a dict with ``boxes`` (Tensor[G, 4] float32 xyxy, network-input
+                pixels), ``classes`` (Tensor[G] int64, contiguous) and ``polygons`` (per instance
+                a list of flat float64 ``[x0, y0, x1, y1, ...]`` arrays, network-input pixels).
+            stats: if given, filled with the scalars upstream logs (sample counts, mask accuracy).
+
+        Returns:
+            ``loss_mask``, ``loss_maskiou`` (with a MaskIoU head), ``loss_fcos_cls``,
+            ``loss_fcos_loc``, ``loss_fcos_ctr``: scalar tensors; their sum is the training loss.
+        """
+        if images.dim() != 4 or images.shape[0] != len(targets) or image_sizes.shape != (len(targets), 2):
+            raise InputError(
+                f"training_losses needs images [B, 3, H, W], image_sizes [B, 2] and B targets; got "
+                f"{tuple(images.shape)}, {tuple(image_sizes.shape)} and {len(targets)} targets"
+            )
+        for i, t in enumerate(targets):
+            missing = {"boxes", "classes", "polygons"} - set(t)
+            if missing:
+                raise InputError(f"target {i} lacks {sorted(missing)}; each needs boxes, classes and polygons")
+            if len(t["polygons"]) != t["boxes"].shape[0] or t["classes"].shape[0] != t["boxes"].shape[0]:
+                raise InputError(
+                    f"target {i}: {t['boxes'].shape[0]} boxes, {t['classes'].shape[0]} classes and "
+                    f"{len(t['polygons'])} polygon lists must agree"
+                )
+        features = self.backbone(images)
+        gt_boxes = [t["boxes"].to(device=images.device, dtype=torch.float32) for t in targets]
+        gt_classes = [t["classes"].to(device=images.device, dtype=torch.int64) for t in targets]
+        fcos_losses, proposals = self.proposal_generator.training_losses(features, gt_boxes, gt_classes)
+        roi_losses, roi_stats = self.roi_heads.training_losses(
+            features, proposals, image_sizes, gt_boxes, gt_classes, [t["polygons"] for t in targets]
+        )
+        if stats is not None:
+            stats.update(roi_stats)
+            stats["fcos/num_proposals"] = sum(int(p.shape[0]) for p in proposals) / len(proposals)
+        return {**roi_losses, **fcos_losses}
 
 
 def build_model(cfg: Any) -> CenterMask:

@@ -13,6 +13,7 @@ import math
 import sys
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -20,7 +21,8 @@ from torch.nn import functional as F
 from ..config import ConfigError
 from ..errors import UnsupportedError
 from .backbone.layers import Conv2d, get_norm
-from .ops.registry import multilevel_roi_align
+from .losses import ROITrainSettings, mask_and_maskiou_losses, mask_targets, maskiou_loss, match_and_sample
+from .ops.registry import multilevel_roi_align, multilevel_roi_align_reference, requires_autograd
 from .padding import ValidRegion
 
 __all__ = [
@@ -143,17 +145,30 @@ class ROIPooler(nn.Module):
         flat_boxes = boxes.reshape(b * k, 4)
         batch_idx = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None].expand(b, k).reshape(b * k, 1)
         rois = torch.cat((batch_idx, flat_boxes), dim=1)
-        if len(features) == 1:
-            levels = torch.zeros((b * k,), dtype=torch.int64, device=boxes.device)
-        else:
-            areas = (image_sizes[:, 0] * image_sizes[:, 1]).to(torch.float32)
-            levels = self.assign_levels(flat_boxes, areas[:, None].expand(b, k).reshape(b * k))
+        areas = (image_sizes[:, 0] * image_sizes[:, 1]).to(torch.float32)
         stacked = None
         if regions is not None and all(r is not None for r in regions):
             stacked = torch.stack([r.sizes for r in regions])
-        return multilevel_roi_align(
-            features, rois, levels, self.output_size, list(self.scales), self.sampling_ratio, self.aligned, stacked
-        )
+        return self.pool(features, rois, areas[:, None].expand(b, k).reshape(b * k), stacked)
+
+    def pool(self, features: list[Tensor], rois: Tensor, image_areas: Tensor, regions: Tensor | None = None) -> Tensor:
+        """Pool any list of boxes (training uses it with the sampled proposals of every image).
+
+        Args:
+            features: per level Tensor[B, C, Hl, Wl], finest first.
+            rois (Tensor[M, 5]): ``(batch_index, x1, y1, x2, y2)`` in network-input pixels.
+            image_areas (Tensor[M] float32): valid area (h * w) of each box's image.
+            regions (Tensor[L, B, 2] int64 or None): see :func:`~.ops.registry.multilevel_roi_align`.
+
+        Returns:
+            Tensor[M, C, R, R], differentiable in ``features`` when they require grad.
+        """
+        if len(features) == 1:
+            levels = torch.zeros((rois.shape[0],), dtype=torch.int64, device=rois.device)
+        else:
+            levels = self.assign_levels(rois[:, 1:], image_areas)
+        op = multilevel_roi_align_reference if requires_autograd(*features) else multilevel_roi_align
+        return op(features, rois, levels, self.output_size, list(self.scales), self.sampling_ratio, self.aligned, regions)
 
 
 class SpatialAttention(nn.Module):
@@ -263,6 +278,8 @@ class CenterROIHeads(nn.Module):
         in_features: FPN levels pooled from, e.g. ``["p3", "p4", "p5"]``.
         mask_pooler, mask_head: pooling and mask head.
         maskiou_head: optional; without it ``mask_scores`` equal the box scores.
+        num_classes: foreground classes (``MODEL.ROI_HEADS.NUM_CLASSES``).
+        train: the training keys (:class:`~.losses.ROITrainSettings`).
     """
 
     def __init__(
@@ -272,8 +289,12 @@ class CenterROIHeads(nn.Module):
         mask_pooler: ROIPooler,
         mask_head: SpatialAttentionMaskHead,
         maskiou_head: MaskIoUHead | None = None,
+        num_classes: int = 80,
+        train: ROITrainSettings | None = None,
     ) -> None:
         super().__init__()
+        self.num_classes = int(num_classes)
+        self.train_settings = train or ROITrainSettings()
         self.in_features = list(in_features)
         self.mask_pooler = mask_pooler
         self.mask_head = mask_head
@@ -327,7 +348,77 @@ class CenterROIHeads(nn.Module):
                 resolution=res,
                 num_classes=num_classes,
             )
-        return cls(in_features=in_features, mask_pooler=pooler, mask_head=mask_head, maskiou_head=maskiou_head)
+        h = m.ROI_HEADS
+        train = ROITrainSettings(
+            iou_thresholds=tuple(float(v) for v in h.IOU_THRESHOLDS),
+            iou_labels=tuple(int(v) for v in h.IOU_LABELS),
+            batch_size_per_image=int(h.BATCH_SIZE_PER_IMAGE),
+            positive_fraction=float(h.POSITIVE_FRACTION),
+            append_gt=bool(h.PROPOSAL_APPEND_GT),
+            maskiou_weight=float(m.MASKIOU_LOSS_WEIGHT),
+        )
+        return cls(
+            in_features=in_features,
+            mask_pooler=pooler,
+            mask_head=mask_head,
+            maskiou_head=maskiou_head,
+            num_classes=num_classes,
+            train=train,
+        )
+
+    def training_losses(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_sizes: Tensor,
+        gt_boxes: list[Tensor],
+        gt_classes: list[Tensor],
+        gt_polygons: list[list[list[np.ndarray]]],
+    ) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Mask and MaskIoU losses on the sampled foreground proposals (upstream's
+        ``CenterROIHeads.forward`` in training).
+
+        Args:
+            features: FPN outputs, each Tensor[B, C, Hl, Wl].
+            proposals: per image Tensor[P, 4] (:meth:`~.fcos.FCOS.training_losses`).
+            image_sizes (Tensor[B, 2] int64): valid (h, w) of each image.
+            gt_boxes, gt_classes, gt_polygons: per image the instances' boxes (Tensor[G, 4]),
+                classes (Tensor[G] int64) and polygons (per instance a list of flat float64
+                arrays), in network-input pixels.
+
+        Returns:
+            losses: ``loss_mask`` and, with a MaskIoU head, ``loss_maskiou``;
+            stats: foreground/background sample counts and mask accuracy, as upstream logs them.
+        """
+        rois, classes, polys, areas = [], [], [], []
+        for i, (props, boxes, cls_i, poly_i) in enumerate(zip(proposals, gt_boxes, gt_classes, gt_polygons)):
+            fg_boxes, gt_index = match_and_sample(props, boxes, cls_i, self.num_classes, self.train_settings)
+            if fg_boxes.shape[0] == 0:
+                continue
+            rois.append(torch.cat((fg_boxes.new_full((fg_boxes.shape[0], 1), float(i)), fg_boxes), dim=1))
+            classes.append(cls_i[gt_index])
+            polys.extend(poly_i[j] for j in gt_index.tolist())
+            area = (image_sizes[i, 0] * image_sizes[i, 1]).to(torch.float32)
+            areas.append(area.expand(fg_boxes.shape[0]))
+        feats = [features[f] for f in self.in_features]
+        if not rois:  # no foreground anywhere: zero losses that still reach every head parameter
+            zero = sum(p.sum() for p in self.parameters()) * 0.0
+            losses = {"loss_mask": zero}
+            if self.maskiou_head is not None:
+                losses["loss_maskiou"] = zero
+            return losses, {"roi_head/num_fg_samples": 0.0}
+        all_rois = torch.cat(rois)
+        gt_cls = torch.cat(classes)
+        pooled = self.mask_pooler.pool(feats, all_rois, torch.cat(areas).to(all_rois.device))
+        logits = self.mask_head(pooled)
+        masks, ratios = mask_targets(all_rois[:, 1:], polys, logits.shape[-1], self.maskiou_head is not None)
+        loss_mask, probs, iou_targets, stats = mask_and_maskiou_losses(logits, gt_cls, masks, ratios)
+        losses = {"loss_mask": loss_mask}
+        if self.maskiou_head is not None:
+            pred = self.maskiou_head(pooled, probs)
+            losses["loss_maskiou"] = maskiou_loss(pred, gt_cls, iou_targets, self.train_settings.maskiou_weight)
+        stats["roi_head/num_fg_samples"] = float(all_rois.shape[0]) / len(proposals)
+        return losses, stats
 
     def forward(
         self,

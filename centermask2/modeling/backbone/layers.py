@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import ConfigError
-from ..ops.registry import deform_conv2d
+from ..ops.registry import deform_conv2d, deform_conv2d_reference, requires_autograd
 
 logger = logging.getLogger(__name__)
 
@@ -345,10 +345,17 @@ class DeformConv2d(nn.Module):
         """
         if self.modulated and mask is None:
             raise ValueError(f"modulated deformable conv {self.layer_name!r} needs a mask")
-        x = deform_conv2d(
-            x, offset, mask if self.modulated else None, self.weight, self.bias, list(self.stride),
-            list(self.padding), list(self.dilation), self.groups, self.deformable_groups,
-        )
+        mask = mask if self.modulated else None
+        if requires_autograd(x, offset, mask, self.weight, self.bias):  # training: differentiable reference
+            x = deform_conv2d_reference(
+                x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                self.deformable_groups,
+            )
+        else:
+            x = deform_conv2d(
+                x, offset, mask, self.weight, self.bias, list(self.stride), list(self.padding), list(self.dilation),
+                self.groups, self.deformable_groups,
+            )
         if self.norm is not None:
             if region is None:
                 x = self.norm(x)

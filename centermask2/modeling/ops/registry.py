@@ -15,11 +15,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .deform_conv import deform_conv2d as _deform_conv2d_reference
+from .deform_conv import deform_conv2d as deform_conv2d_reference
 from .nms import batched_nms
 from .roi_align import roi_align
 
-__all__ = ["padded_batched_nms", "multilevel_roi_align", "deform_conv2d"]
+__all__ = [
+    "padded_batched_nms",
+    "multilevel_roi_align",
+    "multilevel_roi_align_reference",
+    "deform_conv2d",
+    "deform_conv2d_reference",
+    "requires_autograd",
+]
+
+
+def requires_autograd(*tensors: Tensor | None) -> bool:
+    """Whether a result of these tensors must be differentiable (training).
+
+    The named ops have no backward of their own: model code then calls the plain-PyTorch
+    references directly, which autograd differentiates like any other PyTorch code. Exported and
+    inference graphs never need this and keep the named ops.
+    """
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 @torch.library.custom_op("centermask2::padded_batched_nms", mutates_args=())
@@ -89,6 +106,22 @@ def multilevel_roi_align(
     Returns:
         Tensor[M, C, R, R].
     """
+    return multilevel_roi_align_reference(features, rois, levels, output_size, scales, sampling_ratio, aligned, regions)
+
+
+def multilevel_roi_align_reference(
+    features: list[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    output_size: int,
+    scales: list[float],
+    sampling_ratio: int,
+    aligned: bool,
+    regions: Tensor | None = None,
+) -> Tensor:
+    """Plain-PyTorch :func:`multilevel_roi_align` (same arguments), differentiable in ``features``
+    (not in ``rois``: box coordinates get no gradient, as in torchvision's RoIAlign)."""
+    rois = rois.detach()
     out = features[0].new_zeros((rois.shape[0], features[0].shape[1], output_size, output_size))
     batch = rois[:, 0].to(torch.int64)
     for level, (feature, scale) in enumerate(zip(features, scales)):
@@ -146,7 +179,7 @@ def deform_conv2d(
     Returns:
         Tensor[N, C_out, H_out, W_out].
     """
-    return _deform_conv2d_reference(
+    return deform_conv2d_reference(
         input, offset, mask, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, offset_groups
     )
 
