@@ -8,8 +8,7 @@ from centermask2.config import load_config
 from centermask2.modeling import build_model
 from centermask2.modeling.fcos import compute_locations
 from centermask2.modeling.losses import fcos_targets, rasterize_polygons_in_box
-from golden import CONFIGS
-from train_golden import TRAIN_CASES, TRAIN_DATA, golden_inputs, train_case, training_model
+from golden import CONFIGS, TRAIN_CASES, TRAIN_DATA, golden_inputs, train_case, training_model
 
 _RUNS: dict = {}
 
