@@ -44,6 +44,7 @@ __all__ = [
     "map_training_image",
     "TrainingBatches",
     "collate_training_batch",
+    "CollatedBatches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -330,3 +331,18 @@ def collate_training_batch(
         raw[i, :, : im.shape[1], : im.shape[2]] = torch.from_numpy(im)
     sizes = torch.tensor([[im.shape[1], im.shape[2]] for im, _ in samples], dtype=torch.int64)
     return raw, sizes, [t for _, t in samples]
+
+
+class CollatedBatches(torch.utils.data.Dataset):
+    """:class:`TrainingBatches` collated for the model: item ``i`` is
+    :func:`collate_training_batch` of batch ``i`` (what a data-loader worker returns)."""
+
+    def __init__(self, batches: TrainingBatches, size_divisibility: int) -> None:
+        self.batches = batches
+        self.size_divisibility = int(size_divisibility)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+        return collate_training_batch(self.batches[iteration], self.size_divisibility)

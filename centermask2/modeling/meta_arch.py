@@ -19,6 +19,7 @@ from ..data.transforms import normalize
 from ..errors import InputError
 from .backbone import build_backbone
 from .fcos import FCOS
+from .init import initialize_weights
 from .padding import ValidRegion
 from .roi_heads import CenterROIHeads
 
@@ -190,7 +191,8 @@ class CenterMask(nn.Module):
 
 
 def build_model(cfg: Any) -> CenterMask:
-    """Build the network described by a config (weights not loaded; eval mode).
+    """Build the network described by a config: upstream's initial weights
+    (:func:`~centermask2.modeling.init.initialize_weights`; no checkpoint loaded), eval mode.
 
     Args:
         cfg: a config from :func:`centermask2.config.load_config`.
@@ -225,5 +227,6 @@ def build_model(cfg: Any) -> CenterMask:
         pixel_std=list(cfg.MODEL.PIXEL_STD),
         input_format=cfg.INPUT.FORMAT,
     )
+    initialize_weights(model, prior_prob=float(cfg.MODEL.FCOS.PRIOR_PROB))
     model.eval()
     return model
