@@ -8,6 +8,8 @@ from __future__ import annotations
 import atexit
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from pycocotools import mask as mask_util
 from centermask2.checkpoint import recipe_arrays as _recipe_arrays
 from centermask2.checkpoint import write_checkpoint as _write_checkpoint
 from centermask2.config import load_config
+from centermask2.contract import OUTPUT_NAMES, ModelMetadata
+from centermask2.data import InputSpec
 from centermask2.evaluation.matching import match_records
 from centermask2.modeling import build_model
 
@@ -159,3 +163,68 @@ def golden_inputs(case: str, model) -> tuple[torch.Tensor, torch.Tensor, list[di
         raw[i, :, : im.shape[1], : im.shape[2]] = torch.from_numpy(im)
     sizes = torch.tensor([[im.shape[1], im.shape[2]] for im in images], dtype=torch.int64)
     return model.normalize(raw, sizes), sizes, targets
+
+
+# ---------------------------------------------------------------- shared by several test modules
+
+#: metadata of a static 640x960 batch-2 model, for contract and backend tests
+META = ModelMetadata(
+    config_yaml="MODEL:\n  DEVICE: cpu\n", class_names=["a", "b"], category_ids=[3, 7], pixel_mean=[1.0, 2.0, 3.0],
+    pixel_std=[1.0, 1.0, 1.0], input_format="BGR", min_size=600, max_size=1000, size_divisibility=32,
+    dynamic=False, input_size=(640, 960), batch_size=2, input_dtype="uint8", max_detections=50,
+    output_names=list(OUTPUT_NAMES), version="0.1.0",
+)
+
+
+def golden_model_and_spec(case: str, **overrides):
+    """(case info, the case's model with its golden weights, its InputSpec with ``overrides``)."""
+    info = case_info(case)
+    cfg = load_config(CONFIGS / info["config"], ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in recipe_arrays(case).items()})
+    spec = InputSpec(min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST,
+                     size_divisibility=model.size_divisibility, **overrides)
+    return info, model, spec
+
+
+#: the repository root (scripts are run from it)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / script), *map(str, args), "--no-progress"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def script_ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def preprocess_bins(out: Path, images: Path, *args) -> Path:
+    script_ok(run_script("preprocess_inputs_to_bin.py", "--images", images, "--output", out, *args))
+    return out
+
+
+def run_bins(model: Path, bins: Path, raw: Path, *args) -> subprocess.CompletedProcess:
+    return run_script("tester.py", "--model", model, "--bins", bins, "--output", raw, "--threads", "2", *args)
+
+
+def check_golden_folder(out: Path, case: str = "lite_V_19_slim_dw") -> None:
+    """``out``'s results and metrics are the case's upstream ones."""
+    root = CASES[case]
+    expected = json.loads((root / "coco_instances_results.json").read_text())
+    actual = json.loads((out / "coco_instances_results.json").read_text())
+    assert_results_match(expected, actual)
+    got = json.loads((out / "metrics.json").read_text())
+    want = json.loads((root / "metrics_gt.json").read_text())
+    for task in ("bbox", "segm"):
+        assert abs(got[task]["AP"] - want[task]["AP"]) <= 0.1, (task, got[task]["AP"], want[task]["AP"])
+
+
+def postprocess_golden(raw: Path, bins: Path, out: Path, *extra, case: str = "lite_V_19_slim_dw") -> subprocess.CompletedProcess:
+    ann = CASES[case] / "annotations_gt.json"
+    proc = script_ok(run_script("postprocess_bin_outputs.py", "--outputs", raw, "--info", bins / "bin_info.json",
+                    "--coco-json", ann, "--output-dir", out, *extra))
+    check_golden_folder(out, case)
+    return proc

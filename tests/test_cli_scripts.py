@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-#: root script -> the module in centermask2/cli that holds its code
+#: script -> the module in centermask2/cli that holds its code
 SCRIPTS = {
     "tester.py": "tester",
     "convert_model_into_onnx.py": "export_onnx",
     "preprocess_inputs_to_bin.py": "preprocess",
     "postprocess_bin_outputs.py": "postprocess",
     "visualizer.py": "visualizer",
+    "tools/train_net.py": "train",
 }
 
 
@@ -23,7 +24,7 @@ def _readme_options() -> dict[str, set[str]]:
     options: dict[str, set[str]] = {}
     current = None
     for line in (ROOT / "README.md").read_text().splitlines():
-        heading = re.match(r"^### `([\w.]+\.py)`", line)
+        heading = re.match(r"^### `([\w./]+\.py)`", line)
         if heading:
             current = heading.group(1)
             options[current] = set()

@@ -15,13 +15,7 @@ from centermask2.contract import (
     read_metadata,
 )
 from centermask2.errors import InputError, MissingFileError
-
-META = ModelMetadata(
-    config_yaml="MODEL:\n  DEVICE: cpu\n", class_names=["a", "b"], category_ids=[3, 7], pixel_mean=[1.0, 2.0, 3.0],
-    pixel_std=[1.0, 1.0, 1.0], input_format="BGR", min_size=600, max_size=1000, size_divisibility=32,
-    dynamic=False, input_size=(640, 960), batch_size=2, input_dtype="uint8", max_detections=50,
-    output_names=list(OUTPUT_NAMES), version="0.1.0",
-)
+from golden import META
 
 
 def _model(path, props, output_dims=(None, 50, 4)):

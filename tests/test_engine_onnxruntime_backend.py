@@ -3,11 +3,11 @@
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from test_contract import META
 
 from centermask2.contract import OUTPUT_NAMES
 from centermask2.engine.onnxruntime_backend import OnnxRuntimeBackend
 from centermask2.errors import BackendError, InputError, MissingFileError
+from golden import META
 
 
 def _model(path, graph_hw=(640, 960), batch=2):

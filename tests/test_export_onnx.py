@@ -26,7 +26,11 @@ from golden import (
     assert_results_match,
     case_info,
     exported_model,
+    postprocess_golden,
+    preprocess_bins,
     recipe_arrays,
+    run_bins,
+    script_ok,
     write_checkpoint,
 )
 
@@ -234,13 +238,11 @@ def test_v39_golden_through_the_scripts(tmp_path, case, form):
     # every form gives upstream's default-padding results; the dynamic one runs batches of 2
     _run_tester(tmp_path, onnx_path, case, "", ["--batch-size", "2"] if form == "dynamic" else [])
     if form != "dynamic":  # the .bin pipeline with the same static model
-        from test_offline_pipeline import _ok, _postprocess_golden, _preprocess, _run_bins
-
         root = CASES[case]
-        bins = _preprocess(tmp_path / "bins", root / "images", "--coco-json", root / "annotations_gt.json",
+        bins = preprocess_bins(tmp_path / "bins", root / "images", "--coco-json", root / "annotations_gt.json",
                            "--model", onnx_path)
-        _ok(_run_bins(onnx_path, bins, tmp_path / "raw"))
-        _postprocess_golden(tmp_path / "raw", bins, tmp_path / "eval", case=case)
+        script_ok(run_bins(onnx_path, bins, tmp_path / "raw"))
+        postprocess_golden(tmp_path / "raw", bins, tmp_path / "eval", case=case)
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from centermask2.config import load_config
-from centermask2.data import InputSpec, load_and_resize, pad_batch
+from centermask2.data import load_and_resize, pad_batch
 from centermask2.evaluation.matching import match_boxes
 from centermask2.modeling import OUTPUT_NAMES, build_model
-from golden import CASES, CONFIGS, case_info, recipe_arrays
+from golden import CASES, CONFIGS, golden_model_and_spec
 
 STATE_DICTS = sorted((Path(__file__).parent / "data" / "state_dicts").glob("*.json"))
 
@@ -33,20 +33,10 @@ def test_state_dict_listing_covers_all_configs():
     assert len(STATE_DICTS) == 14
 
 
-def _run_case(case, **overrides):
-    info = case_info(case)
-    cfg = load_config(CONFIGS / info["config"], ["MODEL.DEVICE", "cpu"])
-    model = build_model(cfg)
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in recipe_arrays(case).items()})
-    spec = InputSpec(min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST,
-                     size_divisibility=model.size_divisibility, **overrides)
-    return info, model, spec
-
-
 @pytest.mark.parametrize("case", ["lite_V_19_slim_dw", "V_39", "V_39_dcn"])
 def test_raw_outputs_match_upstream(case):
     """Network outputs before post-processing equal upstream's on the golden images."""
-    info, model, spec = _run_case(case)
+    info, model, spec = golden_model_and_spec(case)
     raw = np.load(CASES[case] / "raw_outputs.npz")
     images, ids = [], []
     for name in sorted(info["num_detections"]):
@@ -97,7 +87,7 @@ def _assert_same_detections(raw, i, out):
 def test_batch_of_two_equals_single_runs_at_same_padding():
     """Batching only pads; with the same padded size, batch rows equal single-image runs."""
     case = "lite_V_19_slim_dw"
-    info, model, spec = _run_case(case, pad_to=(608, 928))
+    info, model, spec = golden_model_and_spec(case, pad_to=(608, 928))
     ims = [load_and_resize(CASES[case] / "images" / n, spec)[0] for n in sorted(info["num_detections"])]
     with torch.inference_mode():
         batch, sizes = pad_batch(ims, spec)
@@ -113,7 +103,7 @@ def test_batch_of_two_equals_single_runs_at_same_padding():
 
 def test_no_detections_gives_padding_rows():
     case = "lite_V_19_slim_dw"
-    _, model, spec = _run_case(case)
+    _, model, spec = golden_model_and_spec(case)
     with torch.no_grad():
         model.proposal_generator.fcos_head.cls_logits.bias.fill_(-30.0)
         x = torch.zeros((1, 3, 64, 96), dtype=torch.uint8)
@@ -125,7 +115,7 @@ def test_no_detections_gives_padding_rows():
 
 
 def test_normalize_zeroes_padding():
-    _, model, _ = _run_case("lite_V_19_slim_dw")
+    _, model, _ = golden_model_and_spec("lite_V_19_slim_dw")
     x = torch.full((2, 3, 32, 64), 200, dtype=torch.uint8)
     s = torch.tensor([[32, 64], [20, 30]])
     y = model.normalize(x, s)

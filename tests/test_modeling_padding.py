@@ -4,7 +4,6 @@ computes on it alone, padded only to a multiple of the size divisibility."""
 import numpy as np
 import pytest
 import torch
-from test_modeling_meta_arch import _run_case
 from torch import nn
 
 from centermask2.config import load_config
@@ -13,7 +12,7 @@ from centermask2.errors import UnsupportedError
 from centermask2.evaluation.matching import match_boxes
 from centermask2.modeling import build_model
 from centermask2.modeling.padding import ValidRegion, run_layer
-from golden import CASES, CONFIGS
+from golden import CASES, CONFIGS, golden_model_and_spec
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 6, 7, 13, 25, 26])
@@ -90,7 +89,7 @@ def test_padded_and_batched_runs_equal_single_unpadded_runs():
     """Golden Lite weights: two images of different sizes in one batch padded far beyond their
     sizes give each image exactly its own default-padding run (upstream's batching does not)."""
     case = "lite_V_19_slim_dw"
-    info, model, spec = _run_case(case)
+    info, model, spec = golden_model_and_spec(case)
     ims = [load_and_resize(CASES[case] / "images" / n, spec)[0] for n in sorted(info["num_detections"])]
     assert ims[0].shape != ims[1].shape
     big_batch, big_sizes = pad_batch(ims, size_divisibility=32, pad_to=(704, 1024))

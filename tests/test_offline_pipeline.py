@@ -25,7 +25,17 @@ from centermask2.contract import default_output_specs, model_output_specs
 from centermask2.modeling import OUTPUT_NAMES
 from centermask2.offline.layout import MANIFEST, BinImage, BinInfo, Manifest, output_path, write_array
 from centermask2.offline.postprocess import OutputProblem, format_problems, resolve_manifest
-from golden import CASES, CONFIGS, assert_results_match, case_info, exported_model
+from golden import (
+    CASES,
+    CONFIGS,
+    assert_results_match,
+    case_info,
+    exported_model,
+    postprocess_golden,
+    preprocess_bins,
+    run_bins,
+    script_ok,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LITE = "lite_V_19_slim_dw"
@@ -42,44 +52,6 @@ _SPEC.loader.exec_module(postprocess_bin_outputs)
 def _export(folder: Path, name: str, case: str = LITE, **settings) -> Path:
     """A static 1344x1344 export, shared with the other tests of the session (read-only)."""
     return exported_model(case, input_size=SIZE, **settings)
-
-
-def _run(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / script), *map(str, args), "--no-progress"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-def _preprocess(out: Path, images: Path, *args) -> Path:
-    _ok(_run("preprocess_inputs_to_bin.py", "--images", images, "--output", out, *args))
-    return out
-
-
-def _run_bins(model: Path, bins: Path, raw: Path, *args) -> subprocess.CompletedProcess:
-    return _run("tester.py", "--model", model, "--bins", bins, "--output", raw, "--threads", "2", *args)
-
-
-def _check_golden(out: Path, case: str = LITE) -> None:
-    root = CASES[case]
-    expected = json.loads((root / "coco_instances_results.json").read_text())
-    actual = json.loads((out / "coco_instances_results.json").read_text())
-    assert_results_match(expected, actual)
-    got = json.loads((out / "metrics.json").read_text())
-    want = json.loads((root / "metrics_gt.json").read_text())
-    for task in ("bbox", "segm"):
-        assert abs(got[task]["AP"] - want[task]["AP"]) <= 0.1, (task, got[task]["AP"], want[task]["AP"])
-
-
-def _postprocess_golden(raw: Path, bins: Path, out: Path, *extra, case: str = LITE) -> subprocess.CompletedProcess:
-    ann = CASES[case] / "annotations_gt.json"
-    proc = _ok(_run("postprocess_bin_outputs.py", "--outputs", raw, "--info", bins / "bin_info.json",
-                    "--coco-json", ann, "--output-dir", out, *extra))
-    _check_golden(out, case)
-    return proc
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -117,7 +89,7 @@ def lite_u8_b2(work):
 def bins_u8(work):
     """uint8 bins of the golden images, made from the config (no model needed)."""
     root = CASES[LITE]
-    return _preprocess(work / "bins_u8", root / "images", "--coco-json", root / "annotations_gt.json",
+    return preprocess_bins(work / "bins_u8", root / "images", "--coco-json", root / "annotations_gt.json",
                        "--config-file", CONFIGS / case_info(LITE)["config"], "--input-size", "1344x1344",
                        "--input-dtype", "uint8")
 
@@ -126,14 +98,14 @@ def bins_u8(work):
 def bins_f32(work, lite_f32):
     """float32 bins of the golden images, settings from the model."""
     root = CASES[LITE]
-    return _preprocess(work / "bins_f32", root / "images", "--coco-json", root / "annotations_gt.json",
+    return preprocess_bins(work / "bins_f32", root / "images", "--coco-json", root / "annotations_gt.json",
                        "--model", lite_f32)
 
 
 @pytest.fixture(scope="module")
 def raw_u8(work, lite_u8, bins_u8):
     raw = work / "raw_u8"
-    proc = _ok(_run_bins(lite_u8, bins_u8, raw))
+    proc = script_ok(run_bins(lite_u8, bins_u8, raw))
     assert "images/s" in proc.stderr and "ms/image" in proc.stderr
     return raw
 
@@ -146,13 +118,13 @@ def bins6(work, lite_u8):
     src = sorted((CASES[LITE] / "images").iterdir())
     for i in range(6):
         shutil.copy(src[i % 2], images / f"{i + 1:012d}.png")
-    return _preprocess(work / "bins6", images, "--model", lite_u8)
+    return preprocess_bins(work / "bins6", images, "--model", lite_u8)
 
 
 @pytest.fixture(scope="module")
 def raw6(work, lite_u8, bins6):
     raw = work / "raw6"
-    _ok(_run_bins(lite_u8, bins6, raw))
+    script_ok(run_bins(lite_u8, bins6, raw))
     return raw
 
 
@@ -169,20 +141,20 @@ def test_uint8_end_to_end(work, raw_u8, bins_u8, lite_u8):
     assert set(_files(raw_u8)) == want
     for spec in manifest.outputs:
         assert output_path(raw_u8, stems[0], spec.index).stat().st_size == spec.nbytes
-    proc = _postprocess_golden(raw_u8, bins_u8, work / "eval_u8")
+    proc = postprocess_golden(raw_u8, bins_u8, work / "eval_u8")
     assert "images/s" in proc.stderr and "| task |" in proc.stdout
 
 
 def test_float32_index_base_1_end_to_end(work, lite_f32, bins_f32):
     assert BinInfo.load(bins_f32).dtype == "float32"
     raw = work / "raw_f32"
-    _ok(_run_bins(lite_f32, bins_f32, raw, "--index-base", "1"))
+    script_ok(run_bins(lite_f32, bins_f32, raw, "--index-base", "1"))
     names = set(_files(raw))
     assert "000000000001_1.bin" in names and "000000000001_6.bin" in names and "000000000001_0.bin" not in names
-    _postprocess_golden(raw, bins_f32, work / "eval_f32")
+    postprocess_golden(raw, bins_f32, work / "eval_f32")
     # an engine that writes no manifest: the layout comes from the model, the numbering from --index-base
     (raw / MANIFEST).unlink()
-    _postprocess_golden(raw, bins_f32, work / "eval_f32_nomanifest", "--model", lite_f32, "--index-base", "1")
+    postprocess_golden(raw, bins_f32, work / "eval_f32_nomanifest", "--model", lite_f32, "--index-base", "1")
 
 
 def test_static_batch2_model_fills_the_last_batch(work, lite_u8_b2, bins6, raw6):
@@ -195,7 +167,7 @@ def test_static_batch2_model_fills_the_last_batch(work, lite_u8_b2, bins6, raw6)
     manifest = Manifest.load(raw6)
     for bins, count in ((bins6, 6), (bins5, 5)):
         raw = work / f"{bins.name}_b2"
-        _ok(_run_bins(lite_u8_b2, bins, raw))
+        script_ok(run_bins(lite_u8_b2, bins, raw))
         assert Manifest.load(raw).outputs == manifest.outputs
         assert len(_files(raw)) == 6 * count + 1
         for i in range(count):
@@ -225,7 +197,7 @@ def test_killed_run_resumes_to_the_same_files(work, lite_u8, bins6, raw6):
     (raw / f".{stems[-1]}_3.bin.abc123.tmp").write_bytes(b"partial")
     first = output_path(raw, stems[0], 3)
     first.write_bytes(first.read_bytes()[:100])
-    proc = _ok(_run_bins(lite_u8, bins6, raw, "--resume"))
+    proc = script_ok(run_bins(lite_u8, bins6, raw, "--resume"))
     assert f"{len(stems) - done + 1} images ({done - 1} already done)" in proc.stderr, proc.stderr
     assert _files(raw) == _files(raw6)
 
@@ -403,13 +375,13 @@ def test_problem_list_is_capped():
 def test_v39_end_to_end(tmp_path, case, dtype):
     root = CASES[case]
     model = _export(tmp_path, f"{case}_{dtype}", case=case, input_dtype=dtype)
-    bins = _preprocess(tmp_path / "bins", root / "images", "--coco-json", root / "annotations_gt.json",
+    bins = preprocess_bins(tmp_path / "bins", root / "images", "--coco-json", root / "annotations_gt.json",
                        "--model", model)
     raw = tmp_path / "raw"
     index_base = ["--index-base", "1"] if dtype == "float32" else []
-    _ok(_run_bins(model, bins, raw, *index_base))
+    script_ok(run_bins(model, bins, raw, *index_base))
     assert (raw / ("000000000001_6.bin" if index_base else "000000000001_0.bin")).is_file()
-    _postprocess_golden(raw, bins, tmp_path / "eval", case=case)
+    postprocess_golden(raw, bins, tmp_path / "eval", case=case)
 
 
 def test_resume_refuses_outputs_of_another_model(raw_u8, bins_u8, lite_u8, tmp_path):
@@ -420,6 +392,6 @@ def test_resume_refuses_outputs_of_another_model(raw_u8, bins_u8, lite_u8, tmp_p
     entry = other.metadata_props.add()
     entry.key, entry.value = "note", "another model"
     onnx.save(other, str(tmp_path / "other.onnx"))
-    proc = _run_bins(tmp_path / "other.onnx", bins_u8, raw, "--resume")
+    proc = run_bins(tmp_path / "other.onnx", bins_u8, raw, "--resume")
     assert proc.returncode == 2 and "another model file" in proc.stderr, proc.stderr
-    _ok(_run_bins(lite_u8, bins_u8, raw, "--resume"))  # the same model resumes
+    script_ok(run_bins(lite_u8, bins_u8, raw, "--resume"))  # the same model resumes

@@ -38,6 +38,16 @@ def _argv(out: Path, *extra: str) -> list[str]:
             "--images", str(SAMPLE / "images"), "--output-dir", str(out), "--no-progress", *extra, *TINY]
 
 
+def _tool(name: str):
+    """A module of tools/ (they are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -132,6 +142,17 @@ def test_interrupted_training_resumes_to_the_same_run(tmp_path):
 
     model = build_model(load_config(LITE, []))
     assert load_weights(model, whole / "model_final.pth").is_complete
+    # and so is its stripped, float16 form
+    strip = _tool("strip_checkpoint")
+    assert strip.main([str(whole / "model_final.pth"), str(tmp_path / "small.pth"), "--half"]) == 0
+    small = torch.load(tmp_path / "small.pth", weights_only=True)
+    assert set(small) == {"model", "iteration", "seed"} and small["iteration"] == 4
+    assert (tmp_path / "small.pth").stat().st_size < 0.3 * (whole / "model_final.pth").stat().st_size
+    half = build_model(load_config(LITE, []))
+    assert load_weights(half, tmp_path / "small.pth").is_complete
+    for (key, a), b in zip(model.state_dict().items(), half.state_dict().values()):
+        assert a.dtype == b.dtype, key
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=key)
     # resuming a finished run does nothing
     assert train.main(_argv(whole, "--resume")) == 0
     assert len(_metrics(whole)) == 4
@@ -186,13 +207,9 @@ def test_bad_arguments_are_named(tmp_path, caplog):
 
 
 def test_shapes_dataset_is_deterministic_and_loadable(tmp_path):
-    import importlib.util
-
     from centermask2.data.training import load_training_annotations
 
-    spec = importlib.util.spec_from_file_location("make_shapes_dataset", ROOT / "tools" / "make_shapes_dataset.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _tool("make_shapes_dataset")
     for name in ("a", "b"):
         assert mod.main(["--output-dir", str(tmp_path / name), "--train", "4", "--val", "2", "--no-progress"]) == 0
     for split in ("train", "val"):
@@ -204,6 +221,7 @@ def test_shapes_dataset_is_deterministic_and_loadable(tmp_path):
     images, ids, names = load_training_annotations(tmp_path / "a" / "train" / "annotations.json",
                                                    tmp_path / "a" / "train" / "images")
     assert names == list(mod.CLASSES) and ids == [1, 2, 3, 4, 5]
-    assert sum(len(im.instances) for im in images) == len(a["annotations"]) or images
+    train_json = json.loads((tmp_path / "a" / "train" / "annotations.json").read_text())
+    assert len(images) == 4 and sum(len(im.instances) for im in images) == len(train_json["annotations"])
     boxes = np.array([inst.box for im in images for inst in im.instances])
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
