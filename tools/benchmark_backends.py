@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""ONNX Runtime vs PyTorch eager latency of the network, same input, same threads, one process.
+"""PyTorch eager vs ONNX Runtime (vs OpenVINO) latency of the network: same input, same
+threads, one process, runs interleaved.
 
     python tools/benchmark_backends.py --config-file configs/centermask/centermask_V_39_eSE_FPN_ms_3x.yaml \\
-        --weights ckpt.pth --onnx V_39_dynamic.onnx --size 800x1216 [--runs 5] [--threads 2]
+        --weights ckpt.pth --onnx V_39_dynamic.onnx --size 800x1216 [--runs 5] [--threads 2] \\
+        [--openvino fp32 bf16]
 
 The input is a real image when --image is given (resized as the model expects and padded to
 --size), else random pixels. Timed: one call of the network (for PyTorch ``model(...)``, for
-ONNX Runtime ``session.run``) from raw pixels to the padded outputs; pre- and post-processing
-excluded. Prints the medians and the ratio; it is a script, not a test.
+ONNX Runtime ``session.run``, for OpenVINO one inference request) from raw pixels to the padded
+outputs; pre- and post-processing excluded. Each round runs every backend once, in turn. Prints
+the medians and the ratios to ONNX Runtime; it is a script, not a test.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"])
+    p.add_argument("--openvino", nargs="*", default=None, metavar="PRECISION", choices=["fp32", "bf16", "fp16"],
+                   help="also OpenVINO on CPU, at these precisions (default fp32)")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -73,17 +78,27 @@ def main(argv: list[str] | None = None) -> int:
         sizes = np.array([[h, w]], dtype=np.int64)
     inputs = {"images": images.astype(meta.input_dtype), "image_sizes": sizes}
 
-    t_torch = _time(lambda: torch_backend.run(inputs), args.runs, args.warmup)
-    t_ort = _time(lambda: onnx_backend.run(inputs), args.runs, args.warmup)
-    det_t = int(torch_backend.run(inputs)["num_detections"][0])
-    det_o = int(onnx_backend.run(inputs)["num_detections"][0])
-    mt, mo = statistics.median(t_torch), statistics.median(t_ort)
+    backends = {"PyTorch eager": torch_backend, f"ONNX Runtime ({args.provider})": onnx_backend}
+    if args.openvino is not None:
+        from centermask2.engine.openvino_backend import OpenVINOBackend
+
+        for precision in args.openvino or ["fp32"]:
+            ov = OpenVINOBackend(args.onnx, threads=args.threads, precision=precision, cache_dir="")
+            backends[f"OpenVINO {precision} (ran {ov.precision_used})"] = ov
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    for i in range(args.warmup + args.runs):
+        for name, backend in backends.items():
+            t = _time(lambda b=backend: b.run(inputs), 1, 0)[0]
+            if i >= args.warmup:
+                times[name].append(t)
     print(f"model: {Path(args.onnx).name} ({'dynamic' if meta.dynamic else 'static'}, {meta.input_dtype})  input 1x3x{h}x{w}")
     print(f"threads: {args.threads}  torch {torch.__version__}  onnxruntime {ort.__version__}  "
-          f"cpu: {platform.processor() or platform.machine()}")
-    print(f"PyTorch eager : median {1000 * mt:8.1f} ms  (runs {len(t_torch)}, detections {det_t})")
-    print(f"ONNX Runtime  : median {1000 * mo:8.1f} ms  (runs {len(t_ort)}, detections {det_o}, {args.provider})")
-    print(f"ratio ORT / PyTorch: {mo / mt:.2f}")
+          f"cpu: {platform.processor() or platform.machine()}  runs {args.runs} (interleaved)")
+    ort_median = statistics.median(times[f"ONNX Runtime ({args.provider})"])
+    for name, backend in backends.items():
+        m = statistics.median(times[name])
+        det = int(backend.run(inputs)["num_detections"][0])
+        print(f"{name:28s}: median {1000 * m:8.1f} ms  (detections {det})  {m / ort_median:5.2f}x ONNX Runtime's time")
     return 0
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "new_parser",
     "hw_type",
     "positive_int",
+    "non_negative_int",
     "add_config_arguments",
     "add_overrides",
     "parse_args",
@@ -69,6 +70,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts that may be 0 (``--num-workers``: 0 loads data in the main process)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 

@@ -16,6 +16,9 @@ Offline .bin pipeline, stage 2 (bins from preprocess_inputs_to_bin.py through ON
 
 Writes RAW/<stem>_<k>.bin per output k (model order) and RAW/manifest.json; then
 postprocess_bin_outputs.py turns them into results. Exit status 1 if a bad input bin was skipped.
+
+OpenVINO instead of ONNX Runtime (image mode and --bins): --backend openvino [--device CPU|GPU|AUTO]
+[--precision fp32|bf16|fp16] with the same --model.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..contract import PADDING_MODES
+from ..engine.openvino_backend import OPENVINO_DEVICES, PRECISIONS
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError
 from .common import (
     PROVIDER_CHOICES,
@@ -52,12 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu.",
     )
     p.add_argument(
-        "--backend", choices=["torch", "onnx"], default=None,
-        help="inference backend (default: torch; onnx with --bins)",
+        "--backend", choices=["torch", "onnx", "openvino"], default=None,
+        help="inference backend: torch, onnx (ONNX Runtime) or openvino (the same .onnx in OpenVINO, "
+        'pip install -e ".[openvino]"); default: torch; onnx with --bins',
     )
     add_config_arguments(p, help="[torch] model config YAML, e.g. configs/centermask/<name>.yaml")
     p.add_argument("--model", help="[onnx] exported .onnx model (its metadata gives every setting)")
     p.add_argument("--provider", choices=PROVIDER_CHOICES, default="cpu", help="[onnx] execution provider")
+    p.add_argument("--device", choices=list(OPENVINO_DEVICES), default=None, help="[openvino] device (default CPU)")
+    p.add_argument(
+        "--precision", choices=list(PRECISIONS), default=None,
+        help="[openvino] inference precision (default fp32; bf16 needs AVX-512 BF16 or AMX, else OpenVINO runs fp32)",
+    )
     p.add_argument("--images", help="folder of images (COCO file_name is relative to it)")
     p.add_argument("--coco-json", default=None, help="COCO annotation file: which images to run and how to score them")
     p.add_argument(
@@ -113,7 +123,8 @@ def _setup(args: argparse.Namespace):
         if not args.config_file:
             raise InputError("--backend torch needs --config-file (and MODEL.WEIGHTS /path/to/model.pth)")
         if args.model:
-            raise InputError("--model is for --backend onnx; with --backend torch pass MODEL.WEIGHTS")
+            raise InputError("--model is for --backend onnx or openvino; with --backend torch pass MODEL.WEIGHTS")
+        _runtime(args)  # --device / --precision are not for torch
         return torch_source(
             args.config_file,
             args.opts,
@@ -124,13 +135,25 @@ def _setup(args: argparse.Namespace):
             allow_incomplete=args.allow_incomplete_weights,
         )
     if not args.model:
-        raise InputError("--backend onnx needs --model model.onnx (export one with convert_model_into_onnx.py)")
+        raise InputError(f"--backend {args.backend} needs --model model.onnx (export one with convert_model_into_onnx.py)")
     if args.config_file or args.opts or args.pad_to or args.static_padding:
         raise InputError(
             "--config-file, --pad-to, --static-padding and KEY VALUE overrides are for --backend torch; an ONNX "
             "model carries its own settings (export it with convert_model_into_onnx.py --static-padding ...)"
         )
-    return onnx_source(args.model, provider=args.provider, threads=args.threads, batch_size=args.batch_size)
+    return onnx_source(args.model, provider=args.provider, threads=args.threads, batch_size=args.batch_size,
+                       **_runtime(args))
+
+
+def _runtime(args: argparse.Namespace) -> dict[str, str]:
+    """onnx_source's runtime arguments; --device and --precision only with --backend openvino."""
+    if args.backend == "openvino":
+        return {"runtime": "openvino", "device": args.device or "CPU", "precision": args.precision or "fp32"}
+    given = [name for name, value in (("--device", args.device), ("--precision", args.precision)) if value]
+    if given:
+        verb = "is" if len(given) == 1 else "are"
+        raise InputError(f"{' and '.join(given)} {verb} for --backend openvino (ONNX Runtime takes --provider)")
+    return {"runtime": "onnxruntime"}
 
 
 def _run_bins(args: argparse.Namespace) -> int:
@@ -140,7 +163,7 @@ def _run_bins(args: argparse.Namespace) -> int:
     from ..offline.run import run_bins
 
     if args.backend == "torch":
-        raise InputError("--bins runs an exported model: use --model model.onnx (--backend onnx)")
+        raise InputError("--bins runs an exported model: use --model model.onnx (--backend onnx or openvino)")
     if not args.model:
         raise InputError("--bins needs --model model.onnx, the model the bins were made for")
     unused = [name for name, value in (
@@ -154,8 +177,17 @@ def _run_bins(args: argparse.Namespace) -> int:
             "postprocess_bin_outputs.py scores the results)"
         )
     ensure_writable_dir(args.output_dir, "--output")
-    backend = OnnxRuntimeBackend(args.model, provider=args.provider, threads=args.threads)
-    logger.info("Running %s (%s) on the bins of %s", Path(args.model).name, args.provider, args.bins)
+    runtime = _runtime(args)
+    if runtime["runtime"] == "openvino":
+        from ..engine.openvino_backend import OpenVINOBackend
+
+        backend = OpenVINOBackend(args.model, device=runtime["device"], threads=args.threads,
+                                  precision=runtime["precision"])
+        where = f"OpenVINO {runtime['device']}, {runtime['precision']}"
+    else:
+        backend = OnnxRuntimeBackend(args.model, provider=args.provider, threads=args.threads)
+        where = args.provider
+    logger.info("Running %s (%s) on the bins of %s", Path(args.model).name, where, args.bins)
     summary = run_bins(backend, args.bins, args.output_dir, index_base=args.index_base, resume=args.resume,
                        progress=not args.no_progress, model_name=args.model)
     logger.info("Model: %s", summary.format())

@@ -31,6 +31,7 @@ from .common import (
     add_config_arguments,
     add_overrides,
     new_parser,
+    non_negative_int,
     parse_args,
     positive_int,
     run_main,
@@ -50,12 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coco-json", help="training annotations (COCO instances, polygon or RLE masks)")
     p.add_argument("--images", help="folder the training file_name entries are relative to")
     p.add_argument("--dataset", help="a registered dataset instead: coco_2017_train (evaluated on coco_2017_val)")
-    p.add_argument("--eval-json", help="held-out annotations to evaluate on (every TEST.EVAL_PERIOD and at the end)")
+    p.add_argument("--eval-json", help="held-out annotations to evaluate on (every TEST.EVAL_PERIOD iterations, if set, "
+                   "and at the end)")
     p.add_argument("--eval-images", help="folder of the held-out images")
     p.add_argument("--output-dir", required=True, help="checkpoints, metrics.jsonl and evaluation results")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
     p.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS on --eval-json and stop")
-    p.add_argument("--num-workers", type=int, default=None,
+    p.add_argument("--num-workers", type=non_negative_int, default=None,
                    help="data-loading processes (default: DATALOADER.NUM_WORKERS, at most the CPU count - 1)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads of the training process")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -210,7 +212,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if workers is None:
         workers = max(0, min(int(cfg.DATALOADER.NUM_WORKERS), (os.cpu_count() or 1) - 1))
     trainer = Trainer(model, batches, solver, out, seed=seed, device=device, num_workers=workers,
-                      eval_period=int(cfg.TEST.EVAL_PERIOD) if evaluate else 0, evaluate=evaluate,
+                      eval_period=int(cfg.TEST.EVAL_PERIOD), evaluate=evaluate,
                       progress=not args.no_progress)
     if resume_from is not None:
         trainer.resume(resume_from)

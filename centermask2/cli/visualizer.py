@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="picture format (default png)")
     p.add_argument("--max-images", type=positive_int, default=None, help="draw at most this many images")
     p.add_argument("--provider", choices=PROVIDER_CHOICES, default="cpu", help="ONNX Runtime provider")
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                   help='what runs .onnx sources: ONNX Runtime (default) or OpenVINO (pip install -e ".[openvino]", CPU)')
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_overrides(p, "config overrides KEY VALUE ... (with --config-file)")
     return p
@@ -72,7 +74,7 @@ def _source_records(kind: str, value: str, args: argparse.Namespace, images: lis
         path = Path(value)
         return f"{path.parent.name}/{path.name}" if path.parent.name else path.name, load_coco_results(value), {}
     if kind == "onnx":
-        source = onnx_source(value, provider=args.provider)
+        source = onnx_source(value, provider=args.provider, runtime=args.runtime)
     else:
         source = torch_source(value, args.opts)
     records, _ = run_inference(

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..contract import OUTPUT_NAMES, read_metadata
 from ..errors import BackendError, InputError, MissingDependencyError
+from .backend import fill_static_batch
 
 __all__ = ["OnnxRuntimeBackend", "PROVIDERS"]
 
@@ -95,14 +96,7 @@ class OnnxRuntimeBackend:
         images = inputs["images"].astype(np.dtype(self.input_dtype), copy=False)
         sizes = inputs["image_sizes"].astype(np.int64, copy=False)
         b = images.shape[0]
-        static = self.static_batch
-        if static is not None and b != static:
-            if b > static:
-                raise InputError(f"this static model takes batches of {static}, got {b}")
-            # fill a short last batch with copies of its first image; their outputs are dropped
-            fill = static - b
-            images = np.concatenate([images, np.repeat(images[:1], fill, axis=0)])
-            sizes = np.concatenate([sizes, np.repeat(sizes[:1], fill, axis=0)])
+        images, sizes = fill_static_batch(images, sizes, self.static_batch)
         try:
             outs: Sequence[np.ndarray] = self.session.run(self.output_names, {"images": images, "image_sizes": sizes})
         except Exception as exc:  # noqa: BLE001 - ORT's own exception types are not RuntimeError

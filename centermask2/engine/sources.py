@@ -38,7 +38,7 @@ class ModelSource:
     """A ready backend and how to feed it.
 
     Attributes:
-        backend: :class:`TorchBackend` or :class:`OnnxRuntimeBackend`.
+        backend: :class:`TorchBackend`, :class:`OnnxRuntimeBackend` or :class:`OpenVINOBackend`.
         spec: resize / padding rules for its input.
         batch_size: images per call.
         category_ids: dataset category id per contiguous class.
@@ -48,6 +48,8 @@ class ModelSource:
         config_yaml: the resolved config (a model's own, for an exported model).
         padding: how padding beyond the size divisibility is treated
             (:data:`~centermask2.contract.PADDING_MODES`).
+        runtime: for runtimes other than PyTorch and ONNX Runtime, which one and how it computes
+            (e.g. ``"openvino CPU fp32"``); part of the identity.
     """
 
     backend: Backend
@@ -59,19 +61,24 @@ class ModelSource:
     model_file: str | None = None
     config_yaml: str = ""
     padding: str = "ignore"
+    runtime: str = ""
 
     def identity(self) -> dict[str, str]:
         """What makes this source's outputs what they are; a resumed run must have the same.
 
         ``model``: SHA-256 of the checkpoint or ``.onnx`` (read here, only when asked: runs that
         do not resume need not hash a few hundred megabytes); ``config``: digest of the resolved
-        config, every key but ``MODEL.WEIGHTS``; ``input``: the input rules and batch size.
+        config, every key but ``MODEL.WEIGHTS``; ``input``: the input rules and batch size;
+        ``runtime``: OpenVINO's device and precision, where it runs the model.
         """
-        return {
+        identity = {
             "model": file_digest(self.model_file) if self.model_file else "",
             "config": _config_digest(self.config_yaml),
             "input": f"{self.spec}, batch {self.batch_size}, padding {self.padding}",
         }
+        if self.runtime:
+            identity["runtime"] = self.runtime
+        return identity
 
 
 def torch_source(
@@ -125,11 +132,33 @@ def onnx_source(
     provider: str = "cpu",
     threads: int | None = None,
     batch_size: int | None = None,
+    runtime: str = "onnxruntime",
+    device: str = "CPU",
+    precision: str = "fp32",
 ) -> ModelSource:
-    """Open an exported model in ONNX Runtime; every setting comes from its metadata."""
-    from .onnxruntime_backend import OnnxRuntimeBackend
+    """Open an exported model in ONNX Runtime (``runtime="onnxruntime"``, on ``provider``) or
+    OpenVINO (``runtime="openvino"``, on ``device`` with ``precision``); every setting comes from
+    its metadata."""
+    name = os.path.basename(os.fspath(model_path))
+    runtime_id = ""
+    if runtime == "openvino":
+        from .openvino_backend import OpenVINOBackend
 
-    backend = OnnxRuntimeBackend(model_path, provider=provider, threads=threads)
+        backend = OpenVINOBackend(model_path, device=device, threads=threads, precision=precision)
+        label = f"OpenVINO {name} ({device}, {precision})"
+        runtime_id = f"openvino {device} {precision}"
+    elif runtime == "onnxruntime":
+        if precision != "fp32":
+            raise InputError(
+                f"--precision {precision} is for --backend openvino; ONNX Runtime runs the model's own precision "
+                "(export an int8 model, or use OpenVINO for bf16/fp16)"
+            )
+        from .onnxruntime_backend import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(model_path, provider=provider, threads=threads)
+        label = f"ONNX Runtime {name}"
+    else:
+        raise InputError(f"runtime must be 'onnxruntime' or 'openvino', got {runtime!r}")
     meta = backend.metadata
     spec = InputSpec.from_metadata(meta)
     batch = batch_size or meta.batch_size or 1
@@ -143,8 +172,9 @@ def onnx_source(
         batch_size=batch,
         category_ids=list(meta.category_ids),
         class_names=list(meta.class_names),
-        label=f"ONNX Runtime {os.path.basename(os.fspath(model_path))}",
+        label=label,
         model_file=os.fspath(model_path),
         config_yaml=meta.config_yaml,
         padding=meta.padding,
+        runtime=runtime_id,
     )

@@ -167,8 +167,8 @@ class Trainer:
         output_dir: checkpoints and ``metrics.jsonl``.
         seed: run seed (the ROI sampling draws of iteration ``i`` use ``seed + i``).
         device: where the model trains.
-        evaluate: called as ``evaluate(model, iteration)`` every ``eval_period`` iterations and at
-            the end (``eval_period > 0``); returns metrics to log.
+        evaluate: called as ``evaluate(model, iteration)`` every ``eval_period`` iterations
+            (``eval_period > 0``) and at the end; returns metrics to log.
         channels_last: train in channels-last memory format (default: on CPUs).
     """
 
@@ -345,7 +345,8 @@ class Trainer:
                 period = self.solver.checkpoint_period
                 if done or (period > 0 and self.iteration % period == 0):
                     summary.checkpoints.append(str(self.save(self.iteration)))
-                if self.evaluate is not None and self.eval_period > 0 and (done or self.iteration % self.eval_period == 0):
+                periodic = self.eval_period > 0 and self.iteration % self.eval_period == 0
+                if self.evaluate is not None and (done or periodic):
                     metrics = self.evaluate(self.model, self.iteration)
                     atomic_write_json(metrics, self.output_dir / f"metrics_iter{self.iteration:07d}.json", indent=1)
                     self.model.train()

@@ -1,0 +1,120 @@
+"""An exported ``.onnx`` in OpenVINO as a :class:`~centermask2.engine.backend.Backend`.
+
+OpenVINO reads the toolkit's standard-operator ONNX as is; the model's metadata
+(:mod:`centermask2.contract`) gives every setting, as for ONNX Runtime. Imports neither torch
+nor the model. An optional extra: ``pip install -e ".[openvino]"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..contract import OUTPUT_NAMES, read_metadata
+from ..errors import BackendError, InputError, MissingDependencyError
+from .backend import fill_static_batch
+
+__all__ = ["OpenVINOBackend", "OPENVINO_DEVICES", "PRECISIONS"]
+
+logger = logging.getLogger(__name__)
+
+#: ``--device`` choices: OpenVINO's own device names
+OPENVINO_DEVICES = ("CPU", "GPU", "AUTO")
+#: ``--precision`` -> OpenVINO's inference precision hint
+PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def default_cache_dir() -> Path:
+    """Where compiled models are cached (``$CENTERMASK2_CACHE`` or ``~/.cache/centermask2``)."""
+    root = os.environ.get("CENTERMASK2_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "centermask2")
+    return Path(root) / "openvino"
+
+
+class OpenVINOBackend:
+    """An exported ``.onnx`` model compiled by OpenVINO.
+
+    Args:
+        model_path: the ``.onnx`` file (its metadata says shapes and dtype).
+        device: ``"CPU"``, ``"GPU"`` or ``"AUTO"``.
+        threads: inference threads (None: OpenVINO's default).
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: OpenVINO's inference precision
+            hint. Where the device lacks the type (bf16 needs AVX-512 BF16 or AMX on CPUs) OpenVINO
+            computes in fp32; :attr:`precision_used` says what it chose.
+        cache_dir: compiled-model cache (second runs start faster); None: :func:`default_cache_dir`;
+            ``""``: no cache.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        device: str = "CPU",
+        threads: int | None = None,
+        precision: str = "fp32",
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise MissingDependencyError(
+                'OpenVINO is not installed: pip install -e ".[openvino]" (or pip install openvino)'
+            ) from None
+        if device not in OPENVINO_DEVICES:
+            raise InputError(f"OpenVINO device must be one of {list(OPENVINO_DEVICES)}, got {device!r}")
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        self.path = Path(model_path)
+        self.metadata = read_metadata(self.path)
+        self.input_dtype = self.metadata.input_dtype
+        core = ov.Core()
+        available = list(core.available_devices)
+        if device != "AUTO" and not any(d == device or d.startswith(device + ".") for d in available):
+            raise BackendError(
+                f"OpenVINO device {device!r} is not available here (available: {', '.join(available)}); use --device CPU"
+            )
+        cache = default_cache_dir() if cache_dir is None else cache_dir
+        if cache:
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": os.fspath(cache)})
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": PRECISIONS[precision]}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = core.compile_model(os.fspath(self.path), device, config)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeError subclasses of its own
+            raise BackendError(f"OpenVINO cannot compile {str(self.path)!r} for {device}: {exc}") from None
+        self.device = device
+        try:
+            self.precision_used = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        except Exception:  # noqa: BLE001 - AUTO does not report it
+            self.precision_used = PRECISIONS[precision]
+        names = [next(iter(o.get_names())) for o in self.compiled.outputs]
+        if names != list(OUTPUT_NAMES):
+            raise InputError(f"{str(self.path)!r} outputs {names}, expected {list(OUTPUT_NAMES)}")
+        inputs = sorted(next(iter(i.get_names())) for i in self.compiled.inputs)
+        if inputs != ["image_sizes", "images"]:
+            raise InputError(f"{str(self.path)!r} has inputs {inputs}, expected ['image_sizes', 'images']")
+        self.output_names = names
+        self.request = self.compiled.create_infer_request()
+        logger.info("OpenVINO %s on %s, inference precision %s", self.path.name, device, self.precision_used)
+
+    @property
+    def static_batch(self) -> int | None:
+        """The batch size a static model requires, None for a dynamic one."""
+        return None if self.metadata.dynamic else self.metadata.batch_size
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = np.ascontiguousarray(inputs["images"].astype(np.dtype(self.input_dtype), copy=False))
+        sizes = np.ascontiguousarray(inputs["image_sizes"].astype(np.int64, copy=False))
+        b = images.shape[0]
+        images, sizes = fill_static_batch(images, sizes, self.static_batch)
+        try:
+            result = self.request.infer({"images": images, "image_sizes": sizes})
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(
+                f"OpenVINO failed running {str(self.path)!r} on input {list(images.shape)} {images.dtype}: {exc}"
+            ) from None
+        outs = {next(iter(k.get_names())): np.asarray(v) for k, v in result.items()}
+        return {name: outs[name][:b].copy() for name in self.output_names}

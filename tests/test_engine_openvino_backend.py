@@ -1,0 +1,87 @@
+"""The same exported .onnx in OpenVINO: golden parity (image mode and --bins, dynamic and static
+models), flag checks and the missing-extra error."""
+
+import sys
+
+import pytest
+
+from centermask2.cli import tester
+from centermask2.errors import InputError, MissingDependencyError
+from golden import CASES, check_golden_folder, exported_model, postprocess_golden, preprocess_bins
+
+LITE = "lite_V_19_slim_dw"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    """Compiled models go to the test's folder, not ~/.cache."""
+    monkeypatch.setenv("CENTERMASK2_CACHE", str(tmp_path / "cache"))
+
+
+def test_missing_openvino_is_a_clear_error(monkeypatch, tmp_path):
+    from centermask2.engine.openvino_backend import OpenVINOBackend
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    with pytest.raises(MissingDependencyError, match=r'pip install -e "\.\[openvino\]"'):
+        OpenVINOBackend(tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--backend", "onnx", "--device", "GPU"], "--device is for --backend openvino"),
+        (["--backend", "onnx", "--precision", "bf16"], "--precision is for --backend openvino"),
+        (["--backend", "openvino"], "--backend openvino needs --model"),
+    ],
+)
+def test_runtime_flags_are_checked(tmp_path, caplog, extra, message):
+    case = CASES[LITE]
+    model = [] if extra[-1] == "openvino" else ["--model", str(tmp_path / "m.onnx")]
+    argv = [*extra, *model, "--images", str(case / "images"), "--output-dir", str(tmp_path / "out")]
+    assert tester.main(argv) == 2
+    assert message in caplog.text
+
+
+def test_bad_device_and_precision_are_named():
+    pytest.importorskip("openvino")
+    from centermask2.engine.openvino_backend import OpenVINOBackend
+
+    model = exported_model(LITE, dynamic=True)
+    with pytest.raises(InputError, match="device must be one of"):
+        OpenVINOBackend(model, device="TPU")
+    with pytest.raises(InputError, match="precision must be one of"):
+        OpenVINOBackend(model, precision="int4")
+
+
+def test_dynamic_model_matches_upstream(tmp_path):
+    """Image mode, batches of 2 images of different sizes, against upstream's default padding."""
+    pytest.importorskip("openvino")
+    case = CASES[LITE]
+    model = exported_model(LITE, dynamic=True)
+    out = tmp_path / "out"
+    assert tester.main(["--backend", "openvino", "--model", str(model), "--images", str(case / "images"),
+                        "--coco-json", str(case / "annotations_gt.json"), "--output-dir", str(out),
+                        "--batch-size", "2", "--threads", "2", "--no-progress"]) == 0
+    check_golden_folder(out, LITE)
+
+
+def test_static_model_bins_match_upstream(tmp_path):
+    """The .bin pipeline with OpenVINO as the engine (static 1344x1344 uint8 model)."""
+    pytest.importorskip("openvino")
+    case = CASES[LITE]
+    model = exported_model(LITE, input_size=(1344, 1344))
+    bins = preprocess_bins(tmp_path / "bins", case / "images", "--coco-json", case / "annotations_gt.json",
+                           "--model", model)
+    assert tester.main(["--backend", "openvino", "--model", str(model), "--bins", str(bins),
+                        "--output", str(tmp_path / "raw"), "--no-progress"]) == 0
+    postprocess_golden(tmp_path / "raw", bins, tmp_path / "eval", case=LITE)
+
+
+def test_precision_hint_is_reported(tmp_path):
+    """bf16 is asked for; on CPUs without AVX-512 BF16 / AMX OpenVINO keeps fp32 and says so."""
+    pytest.importorskip("openvino")
+    from centermask2.engine.openvino_backend import OpenVINOBackend
+
+    backend = OpenVINOBackend(exported_model(LITE, dynamic=True), precision="bf16")
+    assert backend.precision_used in ("bf16", "f32")
+    assert any((tmp_path / "cache" / "openvino").iterdir())  # the compiled model was cached
