@@ -332,9 +332,11 @@ class Trainer:
         bar = tqdm(total=self.solver.max_iter, initial=self.iteration, unit="it", desc="train", disable=not self.progress)
         try:
             for iteration, batch in zip(range(self.iteration, self.solver.max_iter), loader):
+                t0 = time.perf_counter()
                 record = self.step(iteration, batch)
                 self.iteration = iteration + 1
                 record["iteration"] = self.iteration
+                record["seconds"] = round(time.perf_counter() - t0, 4)  # this step's compute time
                 with open(metrics_file, "a") as f:
                     f.write(_json_line(record))
                 summary.last_losses = {k: v for k, v in record.items() if k.startswith("loss") or k == "total_loss"}
