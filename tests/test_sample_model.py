@@ -43,13 +43,13 @@ def test_every_path_gives_the_shipped_figures(held_out, tmp_path):
 
     dynamic = tmp_path / "dynamic.onnx"
     assert export_onnx.main(["--config-file", str(CONFIG), "--output", str(dynamic), "--dynamic",
-                             "MODEL.WEIGHTS", weights]) == 0
+                             "--coco-json", str(ann), "MODEL.WEIGHTS", weights]) == 0
     assert tester.main(["--backend", "onnx", "--model", str(dynamic), *common,
                         "--output-dir", str(tmp_path / "onnx")]) == 0
 
     static = tmp_path / "static.onnx"
     assert export_onnx.main(["--config-file", str(CONFIG), "--output", str(static), "--input-size", "384x384",
-                             "--input-dtype", "uint8", "MODEL.WEIGHTS", weights]) == 0
+                             "--input-dtype", "uint8", "--coco-json", str(ann), "MODEL.WEIGHTS", weights]) == 0
     assert preprocess.main(["--model", str(static), "--images", str(images), "--coco-json", str(ann),
                             "--output", str(tmp_path / "bins"), "--no-progress"]) == 0
     assert tester.main(["--model", str(static), "--bins", str(tmp_path / "bins"), "--output", str(tmp_path / "raw"),

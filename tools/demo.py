@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         _step(f"3. Export a static {INPUT_SIZE} ONNX model (convert_model_into_onnx.py)")
         _run("convert_model_into_onnx.py", convert_model_into_onnx.main, [
             "--config-file", config, "--output", str(onnx_path), "--input-size", INPUT_SIZE,
-            "--input-dtype", "uint8", "MODEL.WEIGHTS", weights,
+            "--input-dtype", "uint8", "--coco-json", gt, "MODEL.WEIGHTS", weights,
         ])
         _step("4a. Images to .bin (preprocess_inputs_to_bin.py)")
         _run("preprocess_inputs_to_bin.py", preprocess_inputs_to_bin.main, [
@@ -119,13 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     _step("5. Pictures (visualizer.py)")
     results = out / ("offline" if not args.quick else "torch") / "coco_instances_results.json"
     _run("visualizer.py", visualizer.main, [
-        "--results", str(results), "--images", images, "--output-dir", str(out / "pictures"),
-        "--score-threshold", "0.5", "--no-progress",
+        "--results", str(results), "--images", images, "--coco-json", gt, "--output-dir", str(out / "pictures"),
+        "--score-threshold", "0.4", "--no-progress",
     ])
     if not args.quick:
         _run("visualizer.py --compare", visualizer.main, [
             "--results", str(out / "torch" / "coco_instances_results.json"), "--compare", str(results),
-            "--images", images, "--output-dir", str(out / "pictures_torch_vs_onnx"), "--score-threshold", "0.5",
+            "--images", images, "--coco-json", gt, "--output-dir", str(out / "pictures_torch_vs_onnx"),
+            "--score-threshold", "0.4",
             "--no-progress",
         ])
         outputs["side-by-side pictures"] = out / "pictures_torch_vs_onnx"
