@@ -42,7 +42,7 @@ class OpenVINOBackend:
         threads: inference threads (None: OpenVINO's default).
         precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: OpenVINO's inference precision
             hint. Where the device lacks the type (bf16 needs AVX-512 BF16 or AMX on CPUs) OpenVINO
-            computes in fp32; :attr:`precision_used` says what it chose.
+            computes in fp32; ``precision_used`` says what it chose.
         cache_dir: compiled-model cache (second runs start faster); None: :func:`default_cache_dir`;
             ``""``: no cache.
     """
@@ -86,10 +86,14 @@ class OpenVINOBackend:
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeError subclasses of its own
             raise BackendError(f"OpenVINO cannot compile {str(self.path)!r} for {device}: {exc}") from None
         self.device = device
+        #: what OpenVINO computes in, as ``--precision`` names it (``fp32`` where the device lacks ``precision``)
+        self.precision_used = precision
         try:
-            self.precision_used = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+            hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+            name = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+            self.precision_used = {v: k for k, v in PRECISIONS.items()}.get(name, name)
         except Exception:  # noqa: BLE001 - AUTO does not report it
-            self.precision_used = PRECISIONS[precision]
+            pass
         names = [next(iter(o.get_names())) for o in self.compiled.outputs]
         if names != list(OUTPUT_NAMES):
             raise InputError(f"{str(self.path)!r} outputs {names}, expected {list(OUTPUT_NAMES)}")
