@@ -62,26 +62,24 @@ def hw_type(text: str) -> tuple[int, int]:
     return size
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts that must be >= 1 (``--batch-size``, ``--threads``, ``--workers``)."""
+def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be >= 1 (``--batch-size``, ``--threads``, ``--workers``)."""
+    return _int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """argparse type for counts that may be 0 (``--num-workers``: 0 loads data in the main process)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return _int_at_least(text, 0)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = False, help: str | None = None) -> None:
