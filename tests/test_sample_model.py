@@ -1,5 +1,6 @@
 """The shipped sample model (tools/sample_model): its held-out figures hold, and PyTorch, ONNX
-Runtime (dynamic export) and the .bin pipeline (static export) agree on them within 0.1 AP."""
+Runtime and the .bin pipeline (one static export) agree on them within 0.1 AP (the dynamic
+export's figures are in metrics.json; the golden tests cover dynamic exports)."""
 
 import json
 from pathlib import Path
@@ -41,15 +42,12 @@ def test_every_path_gives_the_shipped_figures(held_out, tmp_path):
     for task in ("bbox", "segm"):
         assert abs(torch_ap[task] - SHIPPED[task]["AP"]) <= 0.1, (task, torch_ap, SHIPPED[task]["AP"])
 
-    dynamic = tmp_path / "dynamic.onnx"
-    assert export_onnx.main(["--config-file", str(CONFIG), "--output", str(dynamic), "--dynamic",
-                             "--coco-json", str(ann), "MODEL.WEIGHTS", weights]) == 0
-    assert tester.main(["--backend", "onnx", "--model", str(dynamic), *common,
-                        "--output-dir", str(tmp_path / "onnx")]) == 0
-
     static = tmp_path / "static.onnx"
     assert export_onnx.main(["--config-file", str(CONFIG), "--output", str(static), "--input-size", "384x384",
                              "--input-dtype", "uint8", "--coco-json", str(ann), "MODEL.WEIGHTS", weights]) == 0
+    # ONNX Runtime on the images (the static model pads each to 384x384), then the .bin pipeline
+    assert tester.main(["--backend", "onnx", "--model", str(static), *common,
+                        "--output-dir", str(tmp_path / "onnx")]) == 0
     assert preprocess.main(["--model", str(static), "--images", str(images), "--coco-json", str(ann),
                             "--output", str(tmp_path / "bins"), "--no-progress"]) == 0
     assert tester.main(["--model", str(static), "--bins", str(tmp_path / "bins"), "--output", str(tmp_path / "raw"),
