@@ -141,6 +141,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     from ..config import load_config
     from ..data.training import AugmentSettings, CollatedBatches, TrainingBatches, load_training_annotations
+    from ..engine.torch_backend import resolve_device
     from ..engine.trainer import SolverSettings, Trainer, latest_checkpoint
     from ..fileio import atomic_write_bytes, ensure_writable_dir
     from ..modeling import build_model
@@ -150,9 +151,7 @@ def _main(argv: Sequence[str] | None) -> int:
     ensure_writable_dir(out, "--output-dir")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = cfg.MODEL.DEVICE
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"MODEL.DEVICE={device!r} but CUDA is not available here; use MODEL.DEVICE cpu")
+    device = resolve_device(cfg.MODEL.DEVICE)  # the stages' rule: cuda without a GPU runs on the CPU, warned
 
     evaluate = None
     if args.eval_json:
