@@ -118,6 +118,9 @@ class ModelMetadata:
         version: the toolkit's version that exported the model.
         padding: one of :data:`PADDING_MODES`; models exported before the key existed are
             ``"include"``.
+        quantization: ``""`` for a float32 model; for one made by
+            :func:`centermask2.export.quantize_int8`, a JSON description (scheme, calibration
+            method and images, the layers kept in float32).
     """
 
     config_yaml: str
@@ -137,6 +140,7 @@ class ModelMetadata:
     output_names: list[str]
     version: str
     padding: str = "include"
+    quantization: str = ""
 
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` entries (all strings; JSON where structured)."""
@@ -158,6 +162,7 @@ class ModelMetadata:
             _PREFIX + "output_names": json.dumps(list(self.output_names)),
             _PREFIX + "version": self.version,
             _PREFIX + "padding": self.padding,
+            **({_PREFIX + "quantization": self.quantization} if self.quantization else {}),
         }
 
     @classmethod
@@ -208,6 +213,7 @@ class ModelMetadata:
             version=get("version"),
             # older exports have no key and include the padding
             padding=get("padding", padding_mode) if _PREFIX + "padding" in props else "include",
+            quantization=props.get(_PREFIX + "quantization", ""),
         )
 
 

@@ -17,6 +17,7 @@ SCRIPTS = {
     "postprocess_bin_outputs.py": "postprocess",
     "visualizer.py": "visualizer",
     "tools/train_net.py": "train",
+    "tools/quantize.py": "quantize",
 }
 
 

@@ -1,22 +1,27 @@
 """The shipped sample model (tools/sample_model): its held-out figures hold, and PyTorch, ONNX
 Runtime and the .bin pipeline (one static export) agree on them within 0.1 AP (the dynamic
-export's figures are in metrics.json; the golden tests cover dynamic exports)."""
+export's figures are in metrics.json; the golden tests cover dynamic exports). One int8 model
+(tools/quantize.py on that export, 8 calibration images) stays within its measured cost."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from centermask2.cli import export_onnx, postprocess, preprocess, tester
+from centermask2.cli import export_onnx, postprocess, preprocess, quantize, tester
 from golden import ROOT
 
 MODEL_DIR = ROOT / "tools" / "sample_model"
 CONFIG = ROOT / "configs" / "sample" / "shapes_lite_V_19_slim_dw.yaml"
 SHIPPED = json.loads((MODEL_DIR / "metrics.json").read_text())
+#: int8 AP may lose this much against float32 with 8 calibration images (measured on the shipped
+#: model: see metrics.json's int8 rows, made with 64; the README's accuracy table)
+INT8_AP_COST = 1.5
 
 
 @pytest.fixture(scope="module")
-def held_out(tmp_path_factory) -> tuple[Path, Path]:
+def held_out(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """Held-out images and annotations as in metrics.json, and 8 training images (calibration)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("make_shapes_dataset", ROOT / "tools" / "make_shapes_dataset.py")
@@ -24,7 +29,8 @@ def held_out(tmp_path_factory) -> tuple[Path, Path]:
     spec.loader.exec_module(mod)
     out = tmp_path_factory.mktemp("shapes")
     ann = mod.make_split(out, "val", int(SHIPPED["images"]), int(SHIPPED["dataset_seed"]), progress=False)
-    return out / "val" / "images", ann
+    mod.make_split(out, "train", 8, int(SHIPPED["dataset_seed"]), progress=False)
+    return out / "val" / "images", ann, out / "train" / "images"
 
 
 def _ap(folder: Path) -> dict[str, float]:
@@ -33,7 +39,7 @@ def _ap(folder: Path) -> dict[str, float]:
 
 
 def test_every_path_gives_the_shipped_figures(held_out, tmp_path):
-    images, ann = held_out
+    images, ann, calibration = held_out
     weights = str(MODEL_DIR / "model_final.pth")
     common = ["--images", str(images), "--coco-json", str(ann), "--no-progress"]
     assert tester.main(["--backend", "torch", "--config-file", str(CONFIG), *common,
@@ -59,3 +65,35 @@ def test_every_path_gives_the_shipped_figures(held_out, tmp_path):
         ap = _ap(tmp_path / path)
         for task in ("bbox", "segm"):
             assert abs(ap[task] - torch_ap[task]) <= 0.1, (path, task, ap, torch_ap)
+
+    # int8: a standard-operator QDQ graph with the float32 model's metadata, refused as input again
+    int8 = tmp_path / "static_int8.onnx"
+    assert quantize.main(["--model", str(static), "--calibration", str(calibration), "--count", "8",
+                          "--output", str(int8), "--no-progress"]) == 0
+    import onnx
+
+    proto = onnx.load(str(int8))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "NonMaxSuppression", "RoiAlign"} <= ops
+    assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
+    props = {p.key: p.value for p in proto.metadata_props}
+    described = json.loads(props["centermask2.quantization"])
+    assert described["calibration_images"] == 8 and "roi_heads.mask_head.predictor" in described["kept_fp32"]
+    assert int8.stat().st_size < static.stat().st_size / 2
+    assert quantize.main(["--model", str(int8), "--calibration", str(calibration),
+                          "--output", str(tmp_path / "again.onnx")]) == 2
+    assert tester.main(["--backend", "onnx", "--model", str(int8), *common, "--output-dir", str(tmp_path / "int8")]) == 0
+    ap = _ap(tmp_path / "int8")
+    for task in ("bbox", "segm"):
+        assert abs(ap[task] - torch_ap[task]) <= INT8_AP_COST, (task, ap, torch_ap)
+
+
+def test_quantize_names_bad_arguments(tmp_path):
+    model = tmp_path / "m.onnx"
+    assert quantize.main(["--model", str(model), "--calibration", str(tmp_path), "--output", str(tmp_path / "o.onnx")]) == 2
+    model.write_bytes(b"not onnx")
+    assert quantize.main(["--model", str(model), "--calibration", str(tmp_path / "none"),
+                          "--output", str(tmp_path / "o.onnx")]) == 2
+    assert quantize.main(["--model", str(model), "--calibration", str(tmp_path), "--keep-fp32", "(",
+                          "--output", str(tmp_path / "o.onnx")]) == 2
+    assert quantize.main(["--model", str(model), "--calibration", str(tmp_path), "--output", str(model)]) == 2
