@@ -14,9 +14,9 @@ from golden import ROOT
 MODEL_DIR = ROOT / "tools" / "sample_model"
 CONFIG = ROOT / "configs" / "sample" / "shapes_lite_V_19_slim_dw.yaml"
 SHIPPED = json.loads((MODEL_DIR / "metrics.json").read_text())
-#: int8 AP may lose this much against float32 with 8 calibration images (measured on the shipped
-#: model: see metrics.json's int8 rows, made with 64; the README's accuracy table)
-INT8_AP_COST = 1.5
+#: int8 AP may lose this much against float32 with 8 calibration images (the shipped model loses
+#: 0.7-0.9 with 64, metrics.json; fewer images give noisier ranges; a broken quantizer loses tens)
+INT8_AP_COST = 2.0
 
 
 @pytest.fixture(scope="module")

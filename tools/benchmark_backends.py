@@ -4,13 +4,15 @@ threads, one process, runs interleaved.
 
     python tools/benchmark_backends.py --config-file configs/centermask/centermask_V_39_eSE_FPN_ms_3x.yaml \\
         --weights ckpt.pth --onnx V_39_dynamic.onnx --size 800x1216 [--runs 5] [--threads 2] \\
-        [--openvino fp32 bf16]
+        [--openvino fp32 bf16] [--int8 V_39_dynamic_int8.onnx]
 
 The input is a real image when --image is given (resized as the model expects and padded to
 --size), else random pixels. Timed: one call of the network (for PyTorch ``model(...)``, for
 ONNX Runtime ``session.run``, for OpenVINO one inference request) from raw pixels to the padded
 outputs; pre- and post-processing excluded. Each round runs every backend once, in turn. Prints
-the medians and the ratios to ONNX Runtime; it is a script, not a test.
+the medians and the ratios to ONNX Runtime; it is a script, not a test. ``--int8`` adds the
+int8 model of ``tools/quantize.py`` (made from ``--onnx``) in ONNX Runtime and, with
+``--openvino``, in OpenVINO.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"])
     p.add_argument("--openvino", nargs="*", default=None, metavar="PRECISION", choices=["fp32", "bf16", "fp16"],
                    help="also OpenVINO on CPU, at these precisions (default fp32)")
+    p.add_argument("--int8", default=None, metavar="ONNX", help="also this int8 model (tools/quantize.py of --onnx)")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -79,12 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {"images": images.astype(meta.input_dtype), "image_sizes": sizes}
 
     backends = {"PyTorch eager": torch_backend, f"ONNX Runtime ({args.provider})": onnx_backend}
+    if args.int8:
+        int8_backend = OnnxRuntimeBackend(args.int8, provider=args.provider, threads=args.threads)
+        if not int8_backend.metadata.quantization:
+            p.error(f"--int8 {args.int8} is not a quantized model (tools/quantize.py writes one)")
+        backends[f"ONNX Runtime int8 ({args.provider})"] = int8_backend
     if args.openvino is not None:
         from centermask2.engine.openvino_backend import OpenVINOBackend
 
         for precision in args.openvino or ["fp32"]:
             ov = OpenVINOBackend(args.onnx, threads=args.threads, precision=precision, cache_dir="")
             backends[f"OpenVINO {precision} (ran {ov.precision_used})"] = ov
+        if args.int8:
+            backends["OpenVINO int8"] = OpenVINOBackend(args.int8, threads=args.threads, cache_dir="")
     times: dict[str, list[float]] = {name: [] for name in backends}
     for i in range(args.warmup + args.runs):
         for name, backend in backends.items():
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, backend in backends.items():
         m = statistics.median(times[name])
         det = int(backend.run(inputs)["num_detections"][0])
-        print(f"{name:28s}: median {1000 * m:8.1f} ms  (detections {det})  {m / ort_median:5.2f}x ONNX Runtime's time")
+        print(f"{name:32s}: median {1000 * m:8.1f} ms  (detections {det})  {m / ort_median:5.2f}x ONNX Runtime's time")
     return 0
 
 

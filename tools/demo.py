@@ -120,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     results = out / ("offline" if not args.quick else "torch") / "coco_instances_results.json"
     _run("visualizer.py", visualizer.main, [
         "--results", str(results), "--images", images, "--coco-json", gt, "--output-dir", str(out / "pictures"),
-        "--score-threshold", "0.4", "--no-progress",
+        "--score-threshold", "0.5", "--no-progress",
     ])
     if not args.quick:
         _run("visualizer.py --compare", visualizer.main, [
             "--results", str(out / "torch" / "coco_instances_results.json"), "--compare", str(results),
             "--images", images, "--coco-json", gt, "--output-dir", str(out / "pictures_torch_vs_onnx"),
-            "--score-threshold", "0.4",
+            "--score-threshold", "0.5",
             "--no-progress",
         ])
         outputs["side-by-side pictures"] = out / "pictures_torch_vs_onnx"

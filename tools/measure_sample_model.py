@@ -84,15 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = Path(args.stage[-1]) / "model_final.pth"
     paths: dict[str, dict[str, float]] = {}
 
-    def run(label: str, folder: str, argv: list[str]) -> None:
-        if tester.main([*argv, *common, "--output-dir", str(work / folder)]) != 0:
+    def run(label: str, folder: str, argv: list[str], overrides: tuple[str, ...] = ()) -> None:
+        if tester.main([*argv, *common, "--output-dir", str(work / folder), *overrides]) != 0:
             raise SystemExit(f"{label}: tester.py failed")
         paths[label] = _ap(work / folder)
         print(f"{label:58s} bbox AP {paths[label]['bbox_AP']:6.2f}  segm AP {paths[label]['segm_AP']:6.2f}", flush=True)
 
-    run("PyTorch", "torch", ["--backend", "torch", "--config-file", str(CONFIG), "MODEL.WEIGHTS", str(SHIPPED)])
+    run("PyTorch", "torch", ["--backend", "torch", "--config-file", str(CONFIG)], ("MODEL.WEIGHTS", str(SHIPPED)))
     run("PyTorch, float32 weights (before --half)", "torch_fp32",
-        ["--backend", "torch", "--config-file", str(CONFIG), "MODEL.WEIGHTS", str(fp32)])
+        ["--backend", "torch", "--config-file", str(CONFIG)], ("MODEL.WEIGHTS", str(fp32)))
     dynamic, static, int8 = work / "dynamic.onnx", work / "static.onnx", work / "dynamic_int8.onnx"
     for out, extra in ((dynamic, ["--dynamic"]), (static, ["--input-size", "384x384"])):
         if export_onnx.main(["--config-file", str(CONFIG), "--output", str(out), *extra, "--coco-json", str(ann),
