@@ -12,7 +12,7 @@ ONNX Runtime ``session.run``, for OpenVINO one inference request) from raw pixel
 outputs; pre- and post-processing excluded. Each round runs every backend once, in turn. Prints
 the medians and the ratios to ONNX Runtime; it is a script, not a test. ``--int8`` adds the
 int8 model of ``tools/quantize.py`` (made from ``--onnx``) in ONNX Runtime and, with
-``--openvino``, in OpenVINO.
+``--openvino``, in OpenVINO at each precision (which the layers it left float32 then run in).
 """
 
 from __future__ import annotations
@@ -33,6 +33,18 @@ def _time(fn, runs: int, warmup: int) -> list[float]:
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return times
+
+
+def _cpu_name() -> str:
+    """The CPU's model name and the instruction sets the lower-precision figures depend on."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return f"{name} [{' '.join(f for f in wanted if f in flags)}]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         for precision in args.openvino or ["fp32"]:
             ov = OpenVINOBackend(args.onnx, threads=args.threads, precision=precision, cache_dir="")
             backends[f"OpenVINO {precision} (ran {ov.precision_used})"] = ov
-        if args.int8:
-            backends["OpenVINO int8"] = OpenVINOBackend(args.int8, threads=args.threads, cache_dir="")
+        if args.int8:  # the layers left float32 by tools/quantize.py computed at each precision
+            for precision in args.openvino or ["fp32"]:
+                ov = OpenVINOBackend(args.int8, threads=args.threads, precision=precision, cache_dir="")
+                backends[f"OpenVINO int8 (rest {ov.precision_used})"] = ov
     times: dict[str, list[float]] = {name: [] for name in backends}
     for i in range(args.warmup + args.runs):
         for name, backend in backends.items():
@@ -103,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(t)
     print(f"model: {Path(args.onnx).name} ({'dynamic' if meta.dynamic else 'static'}, {meta.input_dtype})  input 1x3x{h}x{w}")
     print(f"threads: {args.threads}  torch {torch.__version__}  onnxruntime {ort.__version__}  "
-          f"cpu: {platform.processor() or platform.machine()}  runs {args.runs} (interleaved)")
+          f"cpu: {_cpu_name()}  runs {args.runs} (interleaved)")
     ort_median = statistics.median(times[f"ONNX Runtime ({args.provider})"])
     for name, backend in backends.items():
         m = statistics.median(times[name])
