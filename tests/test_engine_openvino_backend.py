@@ -43,7 +43,6 @@ def test_runtime_flags_are_checked(tmp_path, caplog, extra, message):
 
 
 def test_bad_device_and_precision_are_named():
-    pytest.importorskip("openvino")
     from centermask2.engine.openvino_backend import OpenVINOBackend
 
     model = exported_model(LITE, dynamic=True)
@@ -55,7 +54,6 @@ def test_bad_device_and_precision_are_named():
 
 def test_dynamic_model_matches_upstream(tmp_path):
     """Image mode, batches of 2 images of different sizes, against upstream's default padding."""
-    pytest.importorskip("openvino")
     case = CASES[LITE]
     model = exported_model(LITE, dynamic=True)
     out = tmp_path / "out"
@@ -65,21 +63,35 @@ def test_dynamic_model_matches_upstream(tmp_path):
     check_golden_folder(out, LITE)
 
 
-def test_static_model_bins_match_upstream(tmp_path):
-    """The .bin pipeline with OpenVINO as the engine (static 1344x1344 uint8 model)."""
-    pytest.importorskip("openvino")
-    case = CASES[LITE]
-    model = exported_model(LITE, input_size=(1344, 1344))
+@pytest.mark.parametrize("name", [LITE, pytest.param("V_39", marks=pytest.mark.slow),
+                                  pytest.param("V_39_dcn", marks=pytest.mark.slow)])
+def test_static_model_bins_match_upstream(tmp_path, name):
+    """The .bin pipeline with OpenVINO as the engine (static 1344x1344 uint8 model; V-39-DCN's
+    deformable convolutions as ONNX DeformConv, read by OpenVINO's own frontend)."""
+    case = CASES[name]
+    model = exported_model(name, input_size=(1344, 1344))
     bins = preprocess_bins(tmp_path / "bins", case / "images", "--coco-json", case / "annotations_gt.json",
                            "--model", model)
     assert tester.main(["--backend", "openvino", "--model", str(model), "--bins", str(bins),
                         "--output", str(tmp_path / "raw"), "--no-progress"]) == 0
-    postprocess_golden(tmp_path / "raw", bins, tmp_path / "eval", case=LITE)
+    postprocess_golden(tmp_path / "raw", bins, tmp_path / "eval", case=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["V_39", "V_39_dcn"])
+def test_v39_dynamic_models_match_upstream(tmp_path, name):
+    """Image mode on the other golden cases (the Lite case runs by default, above)."""
+    case = CASES[name]
+    model = exported_model(name, dynamic=True)
+    out = tmp_path / "out"
+    assert tester.main(["--backend", "openvino", "--model", str(model), "--images", str(case / "images"),
+                        "--coco-json", str(case / "annotations_gt.json"), "--output-dir", str(out),
+                        "--threads", "2", "--no-progress"]) == 0
+    check_golden_folder(out, name)
 
 
 def test_precision_hint_is_reported(tmp_path):
     """bf16 is asked for; on CPUs without AVX-512 BF16 / AMX OpenVINO keeps fp32 and says so."""
-    pytest.importorskip("openvino")
     from centermask2.engine.openvino_backend import OpenVINOBackend
 
     backend = OpenVINOBackend(exported_model(LITE, dynamic=True), precision="bf16")

@@ -27,6 +27,39 @@ OPENVINO_DEVICES = ("CPU", "GPU", "AUTO")
 PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
+def _deform_conv(context) -> list:
+    """OpenVINO's conversion of ONNX ``DeformConv`` (opset 19, the ``_dcn_`` models), which its
+    ONNX frontend lacks: ``DeformableConvolution`` (opset 8) with the modulation mask, and the
+    bias, when there is one, added after. The conventions are the same: offsets as (dy, dx) per
+    kernel tap with the offset groups outermost, pads as begin (top, left) then end, and bilinear
+    samples whose corners fall outside the map counting them as 0 (``bilinear_interpolation_pad``;
+    without it OpenVINO would clamp such samples to the border). Golden tests check it against
+    upstream's V-39-DCN outputs."""
+    import openvino.opset8 as ops
+
+    def given(k: int):
+        if k >= context.get_input_size():
+            return None
+        value = context.get_input(k)
+        return None if value.get_node().get_type_name() == "NullNode" else value  # "" in the ONNX node
+
+    pads = [int(p) for p in context.get_attribute("pads", [0, 0, 0, 0])]
+    out = ops.deformable_convolution(
+        context.get_input(0), context.get_input(2), context.get_input(1),
+        strides=[int(v) for v in context.get_attribute("strides", [1, 1])],
+        pads_begin=pads[:2], pads_end=pads[2:],
+        dilations=[int(v) for v in context.get_attribute("dilations", [1, 1])],
+        mask=given(4),
+        group=int(context.get_attribute("group", 1)),
+        deformable_group=int(context.get_attribute("offset_group", 1)),
+        bilinear_interpolation_pad=True,
+    )
+    bias = given(3)
+    if bias is not None:
+        out = ops.add(out, ops.reshape(bias, ops.constant(np.array([1, -1, 1, 1], np.int64)), special_zero=False))
+    return [out.output(0)]
+
+
 def default_cache_dir() -> Path:
     """Where compiled models are cached (``$CENTERMASK2_CACHE`` or ``~/.cache/centermask2``)."""
     root = os.environ.get("CENTERMASK2_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "centermask2")
@@ -68,7 +101,10 @@ class OpenVINOBackend:
         self.path = Path(model_path)
         self.metadata = read_metadata(self.path)
         self.input_dtype = self.metadata.input_dtype
+        from openvino.frontend import ConversionExtension
+
         core = ov.Core()
+        core.add_extension(ConversionExtension("DeformConv", _deform_conv))
         available = list(core.available_devices)
         if device != "AUTO" and not any(d == device or d.startswith(device + ".") for d in available):
             raise BackendError(
