@@ -12,10 +12,18 @@ from golden import CASES, CONFIGS, assert_results_match, case_info, write_checkp
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: AP50 / AP75 may move more than AP: a mask whose IoU with its ground truth sits at the threshold
+#: flips with one pixel. Measured 0.22 segm AP50 (AP 0.02) on the Lite 1344x1344 include case on an
+#: AVX-512 / AMX Xeon whose PyTorch kernels round differently from upstream's machine, with every
+#: detection matched (mask IoU >= 0.997)
+THRESHOLD_AP_TOL = 0.5
+
+
 def _ap_close(got: dict, want: dict, tol: float) -> None:
     for task in ("bbox", "segm"):
         for key in ("AP", "AP50", "AP75"):
-            assert abs(got[task][key] - want[task][key]) <= tol, (task, key, got[task][key], want[task][key])
+            limit = tol if key == "AP" else max(tol, THRESHOLD_AP_TOL)
+            assert abs(got[task][key] - want[task][key]) <= limit, (task, key, got[task][key], want[task][key])
 
 
 @pytest.mark.parametrize(
