@@ -10,6 +10,10 @@ Without one (the config's resize rule, a size and dtype of your choice):
     python preprocess_inputs_to_bin.py --config-file configs/centermask/centermask_V_39_eSE_FPN_ms_3x.yaml \\
         --input-size 1344x1344 --input-dtype uint8 --images datasets/coco/val2017 --output bins/val2017
 
+On a Ray cluster (``pip install -e ".[ray]"``), one task per image, BINS on a path every node shares:
+
+    python preprocess_inputs_to_bin.py --model V_39_1344.onnx --images /shared/val2017 --output /shared/bins --ray auto
+
 Writes ``BINS/<stem>.bin``, ``BINS/image_sizes/<stem>.bin``, ``BINS/bin_info.json`` and
 ``BINS/bin_info.info`` (layout: ``centermask2/offline/layout.py``). Exit status: 0 when every image was
 written, 1 when some failed (listed at the end; the others are written), 2 for bad arguments.
@@ -65,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="dtype of the images bins (the model's; default uint8 with --config-file)",
     )
-    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--workers", type=positive_int, default=None, help="parallel processes (default 1)")
+    p.add_argument(
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        help='write the bins with Ray tasks, one per image (pip install -e ".[ray]"): without ADDRESS a local '
+        "instance sized to this machine; auto, ray://host:port or host:port: an existing cluster (--images and "
+        "--output on a path every node sees)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -103,18 +113,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(build_parser(), argv)
     setup_logging()
+    if args.ray:
+        from ..engine.ray_runner import split_address
+
+        args.ray, args.opts = split_address(args.ray, args.opts)
 
     from ..data.catalog import list_images
     from ..offline.preprocess import bin_stems, prepare_output_dir, preprocess_to_bins
 
+    if args.ray is not None:
+        from ..engine.ray_runner import check_address, require_ray
+
+        if args.workers is not None:
+            raise InputError("--workers is for runs without --ray (Ray runs one task per image on the cluster's CPUs)")
+        check_address(args.ray)
+        require_ray()
     spec = _spec(args)
     records = list_images(args.images, args.coco_json)
     bin_stems(records)
     prepare_output_dir(args.output, spec, args.resume, records)
 
-    summary = preprocess_to_bins(
-        records, args.output, spec, workers=args.workers, resume=args.resume, progress=not args.no_progress
-    )
+    if args.ray is not None:
+        from ..engine.ray_runner import ray_preprocess_to_bins, ray_session
+
+        with ray_session(args.ray):
+            summary = ray_preprocess_to_bins(records, args.output, spec, resume=args.resume,
+                                             progress=not args.no_progress)
+    else:
+        summary = preprocess_to_bins(records, args.output, spec, workers=args.workers or 1, resume=args.resume,
+                                     progress=not args.no_progress)
     logger.log(logging.INFO if summary.ok else logging.ERROR, "%s", summary.format())
     logger.info("Bins and bin_info.json / bin_info.info: %s", args.output)
     return EXIT_OK if summary.ok else EXIT_ITEMS_FAILED

@@ -19,11 +19,17 @@ postprocess_bin_outputs.py turns them into results. Exit status 1 if a bad input
 
 OpenVINO instead of ONNX Runtime (image mode and --bins): --backend openvino [--device CPU|GPU|AUTO]
 [--precision fp32|bf16|fp16] with the same --model.
+
+On a Ray cluster (image mode and --bins, every backend; pip install -e ".[ray]"): --ray [ADDRESS]
+[--ray-actors N] [--threads T], without ADDRESS a local instance, with auto, ray://host:port or
+host:port an existing cluster; results are identical to a single-process run with the same --threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,14 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the backend's choice)")
     p.add_argument("--allow-incomplete-weights", action="store_true", help="[torch] load a checkpoint with missing keys")
+    p.add_argument(
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        help='run on Ray (pip install -e ".[ray]"): without ADDRESS a local instance sized to this machine; '
+        "auto, ray://host:port or host:port: an existing cluster (images, models and --output-dir on a path "
+        "every node sees)",
+    )
+    p.add_argument(
+        "--ray-actors", type=positive_int, default=None, metavar="N",
+        help="[ray] model actors, each one backend session with --threads threads (default 1); default: as many "
+        "as the cluster's CPUs hold",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_overrides(p, "[torch] config overrides: KEY VALUE ...")
     return p
 
 
 def _setup(args: argparse.Namespace):
-    """The ModelSource of --backend torch or onnx, after checking the arguments fit it."""
-    from ..engine.sources import onnx_source, torch_source
+    """The SourceRecipe of --backend torch, onnx or openvino, after checking the arguments fit it."""
+    from ..engine.ray_runner import SourceRecipe
 
     if args.backend == "torch":
         if not args.config_file:
@@ -125,15 +142,13 @@ def _setup(args: argparse.Namespace):
         if args.model:
             raise InputError("--model is for --backend onnx or openvino; with --backend torch pass MODEL.WEIGHTS")
         _runtime(args)  # --device / --precision are not for torch
-        return torch_source(
-            args.config_file,
-            args.opts,
-            pad_to=args.pad_to,
-            padding=args.static_padding or "ignore",
-            batch_size=args.batch_size,
-            threads=args.threads,
-            allow_incomplete=args.allow_incomplete_weights,
-        )
+        return SourceRecipe("torch", (args.config_file, list(args.opts)), {
+            "pad_to": args.pad_to,
+            "padding": args.static_padding or "ignore",
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "allow_incomplete": args.allow_incomplete_weights,
+        })
     if not args.model:
         raise InputError(f"--backend {args.backend} needs --model model.onnx (export one with convert_model_into_onnx.py)")
     if args.config_file or args.opts or args.pad_to or args.static_padding:
@@ -141,8 +156,8 @@ def _setup(args: argparse.Namespace):
             "--config-file, --pad-to, --static-padding and KEY VALUE overrides are for --backend torch; an ONNX "
             "model carries its own settings (export it with convert_model_into_onnx.py --static-padding ...)"
         )
-    return onnx_source(args.model, provider=args.provider, threads=args.threads, batch_size=args.batch_size,
-                       **_runtime(args))
+    return SourceRecipe("onnx", (args.model,), {"provider": args.provider, "threads": args.threads,
+                                                 "batch_size": args.batch_size, **_runtime(args)})
 
 
 def _runtime(args: argparse.Namespace) -> dict[str, str]:
@@ -154,6 +169,27 @@ def _runtime(args: argparse.Namespace) -> dict[str, str]:
         verb = "is" if len(given) == 1 else "are"
         raise InputError(f"{' and '.join(given)} {verb} for --backend openvino (ONNX Runtime takes --provider)")
     return {"runtime": "onnxruntime"}
+
+
+def _check_ray(args: argparse.Namespace) -> None:
+    """--ray's address and Ray itself, before any heavy work; --ray-actors only with --ray."""
+    if args.ray is None:
+        if args.ray_actors is not None:
+            raise InputError("--ray-actors is for --ray (a Ray cluster or local instance)")
+        return
+    from ..engine.ray_runner import check_address, require_ray
+
+    check_address(args.ray)
+    require_ray()
+
+
+def _cluster(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The Ray session of --ray (nothing without it)."""
+    if args.ray is None:
+        return contextlib.nullcontext()
+    from ..engine.ray_runner import ray_session
+
+    return ray_session(args.ray)
 
 
 def _run_bins(args: argparse.Namespace) -> int:
@@ -177,6 +213,7 @@ def _run_bins(args: argparse.Namespace) -> int:
             "postprocess_bin_outputs.py scores the results)"
         )
     ensure_writable_dir(args.output_dir, "--output")
+    _check_ray(args)
     runtime = _runtime(args)
     if runtime["runtime"] == "openvino":
         from ..engine.openvino_backend import OpenVINOBackend
@@ -188,8 +225,17 @@ def _run_bins(args: argparse.Namespace) -> int:
         backend = OnnxRuntimeBackend(args.model, provider=args.provider, threads=args.threads)
         where = args.provider
     logger.info("Running %s (%s) on the bins of %s", Path(args.model).name, where, args.bins)
-    summary = run_bins(backend, args.bins, args.output_dir, index_base=args.index_base, resume=args.resume,
-                       progress=not args.no_progress, model_name=args.model)
+    if args.ray is not None:
+        from ..engine.ray_runner import SourceRecipe, ray_run_bins
+
+        recipe = SourceRecipe("onnx", (args.model,), {"provider": args.provider, "threads": args.threads, **runtime})
+        with _cluster(args):
+            summary = ray_run_bins(recipe, backend, args.bins, args.output_dir, actors=args.ray_actors,
+                                   index_base=args.index_base, resume=args.resume, progress=not args.no_progress,
+                                   model_name=args.model)
+    else:
+        summary = run_bins(backend, args.bins, args.output_dir, index_base=args.index_base, resume=args.resume,
+                           progress=not args.no_progress, model_name=args.model)
     logger.info("Model: %s", summary.format())
     logger.info("Raw outputs: %s", args.output_dir)
     if summary.failed:
@@ -207,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(build_parser(), argv)
     setup_logging()
+    if args.ray:
+        from ..engine.ray_runner import split_address
+
+        args.ray, args.opts = split_address(args.ray, args.opts)
     if args.bins is not None:
         return _run_bins(args)
     if args.images is None and args.dataset is None:
@@ -230,15 +280,23 @@ def _main(argv: Sequence[str] | None) -> int:
         args.images, args.coco_json = resolve_dataset(args.dataset)
     ensure_writable_dir(args.output_dir, "--output-dir")
     records = list_images(args.images, args.coco_json)
-    source = _setup(args)
+    _check_ray(args)
+    recipe = _setup(args)
+    source = recipe.build()
     ids = source.category_ids
     if args.coco_json:
         ids, _names = category_mapping(args.coco_json, len(source.category_ids))
 
     logger.info("Running %s on %d image(s) from %s", source.label, len(records), args.images)
-    results, summary, results_path = run_to_folder(
-        source, records, args.output_dir, ids, resume=args.resume, progress=not args.no_progress
-    )
+    with _cluster(args):
+        infer = None
+        if args.ray is not None:
+            from ..engine.ray_runner import ray_infer
+
+            infer = functools.partial(ray_infer, recipe=recipe, actors=args.ray_actors)
+        results, summary, results_path = run_to_folder(
+            source, records, args.output_dir, ids, resume=args.resume, progress=not args.no_progress, infer=infer
+        )
     logger.info("Inference: %s", summary.format())
     logger.info("Results: %s", results_path)
     if args.coco_json:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from ..data.catalog import ImageRecord
@@ -34,7 +35,17 @@ from .resume import PartialResults
 if TYPE_CHECKING:
     from .sources import ModelSource
 
-__all__ = ["RESULTS_NAME", "PARTIAL_NAME", "InferenceSummary", "run_inference", "run_to_folder"]
+__all__ = [
+    "RESULTS_NAME",
+    "PARTIAL_NAME",
+    "InferenceSummary",
+    "Infer",
+    "batches",
+    "load_batch",
+    "image_results",
+    "run_inference",
+    "run_to_folder",
+]
 
 #: the results file of a run (the name centermask2's COCO evaluator uses)
 RESULTS_NAME = "coco_instances_results.json"
@@ -69,9 +80,62 @@ class InferenceSummary(StageSummary):
         )
 
 
-def _batches(items: Sequence[ImageRecord], size: int) -> Iterable[Sequence[ImageRecord]]:
+def batches(items: Sequence[ImageRecord], size: int) -> Iterable[Sequence[ImageRecord]]:
+    """``items`` in consecutive groups of ``size`` (the last one shorter): the backend calls of a run."""
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def load_batch(
+    batch: Sequence[ImageRecord], spec: InputSpec
+) -> tuple[list[tuple[np.ndarray, tuple[int, int]]], list[ImageRecord], list[tuple[str, str]]]:
+    """Read and resize the images of one backend call.
+
+    Returns:
+        (resized image and original (h, w) of every readable image, the readable records,
+        ``(file_name, reason)`` of every unreadable one).
+    """
+    loaded, readable, failed = [], [], []
+    for rec in batch:
+        try:
+            loaded.append(load_and_resize(rec.path, spec))
+            readable.append(rec)
+        except (CenterMask2Error, OSError) as exc:  # unreadable image: name it, keep going
+            failed.append((rec.file_name, str(exc)))
+    return loaded, readable, failed
+
+
+def image_results(
+    out: Mapping[str, np.ndarray],
+    i: int,
+    input_hw: tuple[int, int],
+    output_hw: tuple[int, int],
+    image_id: int,
+    contiguous_to_dataset_id: Sequence[int],
+    mask_threshold: float = 0.5,
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Image ``i`` of a backend call's outputs as post-processed detections and COCO records.
+
+    Args:
+        out: the backend's outputs (:data:`~centermask2.contract.OUTPUT_NAMES`), batch first.
+        input_hw: the valid (h, w) the network saw; output_hw: the original image's (h, w).
+
+    Returns:
+        (:func:`~centermask2.modeling.postprocessing.detector_postprocess`'s result, its
+        :func:`~centermask2.evaluation.coco.instances_to_coco_json` records).
+    """
+    n = int(out["num_detections"][i])
+    det = detector_postprocess(
+        torch.from_numpy(out["boxes"][i, :n]),
+        torch.from_numpy(out["scores"][i, :n]),
+        torch.from_numpy(out["classes"][i, :n]),
+        torch.from_numpy(out["masks"][i, :n]),
+        torch.from_numpy(out["mask_scores"][i, :n]),
+        input_hw=input_hw,
+        output_hw=output_hw,
+        mask_threshold=mask_threshold,
+    )
+    return det, instances_to_coco_json(det, image_id, contiguous_to_dataset_id)
 
 
 def run_inference(
@@ -120,17 +184,13 @@ def run_inference(
     new: dict[int, list[dict[str, Any]]] = {}
     bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="inference")
     try:
-        for batch in _batches(todo, batch_size):
+        for batch in batches(todo, batch_size):
             t0 = time.perf_counter()
             batch_total = len(batch)
-            loaded, readable = [], []
-            for rec in batch:
-                try:
-                    loaded.append(load_and_resize(rec.path, spec))
-                    readable.append(rec)
-                except (CenterMask2Error, OSError) as exc:  # unreadable image: name it, keep going
-                    logger.warning("skipping %s: %s", rec.file_name, exc)
-                    summary.failed.append((rec.file_name, str(exc)))
+            loaded, readable, failed = load_batch(batch, spec)
+            for name, reason in failed:
+                logger.warning("skipping %s: %s", name, reason)
+            summary.failed.extend(failed)
             if not readable:
                 bar.update(batch_total)
                 continue
@@ -140,18 +200,8 @@ def run_inference(
             out = backend.run({"images": images, "image_sizes": sizes})
             t2 = time.perf_counter()
             for i, rec in enumerate(batch):
-                n = int(out["num_detections"][i])
-                det = detector_postprocess(
-                    torch.from_numpy(out["boxes"][i, :n]),
-                    torch.from_numpy(out["scores"][i, :n]),
-                    torch.from_numpy(out["classes"][i, :n]),
-                    torch.from_numpy(out["masks"][i, :n]),
-                    torch.from_numpy(out["mask_scores"][i, :n]),
-                    input_hw=(int(sizes[i, 0]), int(sizes[i, 1])),
-                    output_hw=loaded[i][1],
-                    mask_threshold=mask_threshold,
-                )
-                records_i = instances_to_coco_json(det, rec.image_id, contiguous_to_dataset_id)
+                det, records_i = image_results(out, i, (int(sizes[i, 0]), int(sizes[i, 1])), loaded[i][1],
+                                               rec.image_id, contiguous_to_dataset_id, mask_threshold)
                 new[rec.image_id] = records_i
                 if on_results is not None:
                     on_results(rec, records_i)
@@ -173,6 +223,18 @@ def run_inference(
     return results, summary
 
 
+#: how :func:`run_to_folder` runs the images: ``infer(source, records, ids, progress=, done=,
+#: on_results=)`` with :func:`run_inference`'s meaning, returning its (results, summary)
+Infer = Callable[..., tuple[list[dict[str, Any]], InferenceSummary]]
+
+
+def _infer_here(
+    source: ModelSource, records: Sequence[ImageRecord], ids: Sequence[int], **kwargs: Any
+) -> tuple[list[dict[str, Any]], InferenceSummary]:
+    """:data:`Infer` in this process: :func:`run_inference` with the source's backend."""
+    return run_inference(source.backend, records, source.spec, ids, batch_size=source.batch_size, **kwargs)
+
+
 def run_to_folder(
     source: ModelSource,
     records: Sequence[ImageRecord],
@@ -181,6 +243,7 @@ def run_to_folder(
     *,
     resume: bool = False,
     progress: bool = True,
+    infer: Infer | None = None,
 ) -> tuple[list[dict[str, Any]], InferenceSummary, Path]:
     """Run ``source`` over ``records`` and write ``OUTPUT_DIR/coco_instances_results.json``.
 
@@ -196,6 +259,8 @@ def run_to_folder(
         contiguous_to_dataset_id: category ids (default ``source.category_ids``).
         resume: continue an interrupted run.
         progress: tqdm progress bar.
+        infer: what runs the images (default: this process, :func:`run_inference`; e.g.
+            :func:`centermask2.engine.ray_runner.ray_infer` for a Ray cluster).
 
     Returns:
         (COCO results in image order, summary, path of the results file).
@@ -220,9 +285,8 @@ def run_to_folder(
     done = {k: v for k, v in done.items() if k in wanted}
     partial.start(done)
     try:
-        results, summary = run_inference(
-            source.backend, records, source.spec, ids, batch_size=source.batch_size, progress=progress,
-            done=done, on_results=partial.append,
+        results, summary = (infer or _infer_here)(
+            source, records, ids, progress=progress, done=done, on_results=partial.append
         )
     finally:
         partial.close()
