@@ -462,11 +462,24 @@ def ray_infer(
 # ---------------------------------------------------------------- images -> .bin inputs
 
 
+@contextlib.contextmanager
+def _warnings_only(name: str) -> Iterator[None]:
+    """The driver's check pass over what the cluster wrote is part of one stage: its own progress
+    lines stay quiet, its warnings (bad items) do not."""
+    stage_logger = logging.getLogger(name)
+    level = stage_logger.level
+    stage_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        stage_logger.setLevel(level)
+
+
 def _preprocess_job(row: dict[str, Any]) -> dict[str, Any]:
     """Task: one image's two bins (:func:`centermask2.offline.preprocess` writes them)."""
-    from ..offline.preprocess import _run_job
+    from ..offline.preprocess import run_job
 
-    result = _run_job(_unpack(row["job"]))
+    result = run_job(_unpack(row["job"]))
     return {"key": row["key"], "status": result.status}
 
 
@@ -504,9 +517,9 @@ def ray_preprocess_to_bins(
     start = time.perf_counter()
     stems = stage.bin_stems(records)
     folder = stage.prepare_output_dir(output_dir, spec, resume, records)
-    stage._remove_leftovers(folder)  # until the end the folder must not claim to be complete
+    stage.remove_leftovers(folder)  # until the end the folder must not claim to be complete
     atomic_write_json(stage.run_settings(spec, records), folder / SETTINGS_JSON, indent=1)
-    jobs = [stage._Job(i, os.path.abspath(r.path), s, os.path.abspath(folder), spec, resume)
+    jobs = [stage.PreprocessJob(i, os.path.abspath(r.path), s, os.path.abspath(folder), spec, resume)
             for i, (r, s) in enumerate(zip(records, stems))]
     logger.info("Preprocessing %d image(s) into %s on Ray (%s %s%s)", len(jobs), folder, spec.dtype, spec.shape,
                 ", resuming" if resume else "")
@@ -519,13 +532,8 @@ def ray_preprocess_to_bins(
                 statuses[row["status"]] += 1
                 bar.update(1)
     # the driver's check of what the cluster wrote, and the info files (quietly: it is one stage)
-    stage_logger = logging.getLogger(stage.__name__)
-    level = stage_logger.level
-    stage_logger.setLevel(logging.WARNING)
-    try:
+    with _warnings_only(stage.__name__):
         summary = stage.preprocess_to_bins(records, folder, spec, workers=1, resume=True, progress=False)
-    finally:
-        stage_logger.setLevel(level)
     if summary.num_images:
         logger.warning(
             "%d image(s) had no complete bins in %s after the cluster's tasks and were done here; is it a folder "
@@ -538,24 +546,6 @@ def ray_preprocess_to_bins(
 
 
 # ---------------------------------------------------------------- .bin inputs -> raw output bins
-
-
-class _SetupDone(Exception):
-    """Raised by :class:`_SetupOnly` at ``run_bins``' first model call."""
-
-
-class _SetupOnly:
-    """A backend that lets :func:`~centermask2.offline.run.run_bins` do its setup (the bins fit the
-    model, the manifest, a resumed folder holds this model's outputs, leftovers removed) and stops
-    it at its first model call: the cluster makes the calls."""
-
-    def __init__(self, backend: Any) -> None:
-        self.metadata = backend.metadata
-        self.path = backend.path
-        self.input_dtype = backend.input_dtype
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise _SetupDone
 
 
 class _BinsActor:
@@ -574,7 +564,7 @@ class _BinsActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ..errors import ItemError
-        from ..offline.run import _load_inputs, _write_outputs
+        from ..offline.run import load_inputs, write_outputs
 
         payloads = []
         shape = [int(v) for v in self.info.shape]
@@ -584,7 +574,7 @@ class _BinsActor:
             arrays, good, failed = [], [], []
             for im in images:
                 try:
-                    arrays.append(_load_inputs(self.info_dir, im, self.info.dtype, shape))
+                    arrays.append(load_inputs(self.info_dir, im, self.info.dtype, shape))
                     good.append(im)
                 except ItemError as exc:
                     failed.append((im.bin, str(exc)))
@@ -594,7 +584,7 @@ class _BinsActor:
                                         "image_sizes": np.concatenate([s for _, s in arrays])})
                 t2 = time.perf_counter()
                 for i, im in enumerate(good):
-                    _write_outputs(self.out_dir, im.stem, out, i, self.specs, self.index_base)
+                    write_outputs(self.out_dir, im.stem, out, i, self.specs, self.index_base)
             payloads.append(_pack({"done": len(good), "failed": failed, "pid": os.getpid(), "read_s": t1 - t0,
                                    "model_s": t2 - t1, "write_s": time.perf_counter() - t2}))
         return {"payload": np.array(payloads, dtype=object)}
@@ -615,10 +605,11 @@ def ray_run_bins(
     """:func:`~centermask2.offline.run.run_bins` with a pool of model actors on the cluster of
     :func:`ray_session`: the same output bins and manifest.
 
-    ``run_bins`` first does its checks and writes the manifest here (before anything is run); the
-    actors then run the bins still to do, reading them from ``bins`` and writing to
-    ``output_dir`` (both on a path every node shares); finally ``run_bins`` with ``resume``
-    checks every output here, runs any the cluster did not leave complete, and counts.
+    :func:`~centermask2.offline.run.prepare_bin_run` first does ``run_bins``' checks and writes the
+    manifest here (before anything is run); the actors then run the bins still to do, reading them
+    from ``bins`` and writing to ``output_dir`` (both on a path every node shares); finally
+    ``run_bins`` with ``resume`` checks every output here, runs any the cluster did not leave
+    complete, and counts.
 
     Args:
         recipe: the ``"onnx"`` recipe each actor builds its backend from (``threads`` per actor).
@@ -633,22 +624,15 @@ def ray_run_bins(
     from tqdm import tqdm
 
     from ..offline import run as stage
-    from ..offline.layout import INFO_JSON, BinInfo
+    from ..offline.layout import INFO_JSON
 
     start = time.perf_counter()
-    try:
-        stage.run_bins(_SetupOnly(backend), bins, output_dir, index_base=index_base, resume=resume, progress=False,
-                       model_name=model_name)
-    except _SetupDone:
-        pass
+    # the checks and the manifest here, before the cluster runs anything
+    plan = stage.prepare_bin_run(backend, bins, output_dir, index_base=index_base, resume=resume, model_name=model_name)
     info_path = Path(bins) if Path(bins).is_file() else Path(bins) / INFO_JSON
-    info = BinInfo.load(info_path)
-    out_dir = Path(output_dir)
-    specs = stage.model_output_specs(backend.path)
-    todo = [i for i, im in enumerate(info.images)
-            if not (resume and stage._is_complete(out_dir, im.stem, specs, index_base))]
-    meta = backend.metadata
-    batch_size = 1 if meta.dynamic or not meta.batch_size else int(meta.batch_size)
+    info, out_dir, batch_size = plan.info, plan.out_dir, plan.batch_size
+    wanted = {im.stem for im in plan.todo}
+    todo = [i for i, im in enumerate(info.images) if im.stem in wanted]
     remote = recipe.for_cluster()
     count = min(_actor_count(actors, remote.threads), max(1, -(-len(todo) // batch_size)))
     pids: set[int] = set()
@@ -669,14 +653,9 @@ def ray_run_bins(
                 timings.append(item)
                 bar.update(item["done"] + len(item["failed"]))
     # the driver's check of what the cluster wrote (bad input bins are named there), and the counts
-    stage_logger = logging.getLogger(stage.__name__)
-    level = stage_logger.level
-    stage_logger.setLevel(logging.WARNING)
-    try:
+    with _warnings_only(stage.__name__):
         summary = stage.run_bins(backend, bins, output_dir, index_base=index_base, resume=True, progress=False,
                                  model_name=model_name)
-    finally:
-        stage_logger.setLevel(level)
     if summary.num_images:
         logger.warning(
             "%d image(s) had no complete outputs in %s after the cluster's run and were run here; is it a folder "

@@ -54,6 +54,10 @@ __all__ = [
     "run_settings",
     "preprocess_image",
     "preprocess_to_bins",
+    "PreprocessJob",
+    "JobResult",
+    "run_job",
+    "remove_leftovers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -317,8 +321,8 @@ def preprocess_image(
 
 
 @dataclass(frozen=True)
-class _Job:
-    """One image to preprocess (picklable: sent to pool workers)."""
+class PreprocessJob:
+    """One image to preprocess (picklable: sent to pool workers or cluster tasks)."""
 
     index: int
     path: str
@@ -329,7 +333,7 @@ class _Job:
 
 
 @dataclass(frozen=True)
-class _Result:
+class JobResult:
     """What a worker did with one image; sizes are (h, w), None when it failed."""
 
     index: int
@@ -343,7 +347,7 @@ def _bin_paths(folder: str | os.PathLike, stem: str) -> tuple[Path, Path]:
     return Path(folder) / f"{stem}.bin", Path(folder) / SIZES_DIR / f"{stem}.bin"
 
 
-def _reusable(job: _Job) -> _Result | None:
+def _reusable(job: PreprocessJob) -> JobResult | None:
     """The result of an earlier run for ``job`` when its bins are complete and consistent."""
     images_bin, sizes_bin = _bin_paths(job.folder, job.stem)
     try:
@@ -357,11 +361,12 @@ def _reusable(job: _Job) -> _Result | None:
     if get_resize_shape(*original, job.spec.input.min_size, job.spec.input.max_size) != resized:
         logger.debug("redoing %s: its image_sizes bin %s does not match the image", job.stem, resized)
         return None
-    return _Result(job.index, "skipped", original, resized)
+    return JobResult(job.index, "skipped", original, resized)
 
 
-def _run_job(job: _Job) -> _Result:
-    """Preprocess one image and write its two bins; never raises for a bad image."""
+def run_job(job: PreprocessJob) -> JobResult:
+    """Preprocess one image and write its two bins; never raises for a bad image (a pool worker's or
+    a cluster task's unit of work)."""
     if job.resume:
         done = _reusable(job)
         if done is not None:
@@ -375,8 +380,8 @@ def _run_job(job: _Job) -> _Result:
         write_array(sizes, sizes_bin)
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
         reason = str(exc) if isinstance(exc, (CenterMask2Error, OSError)) else f"{type(exc).__name__}: {exc}"
-        return _Result(job.index, "failed", error=reason)
-    return _Result(job.index, "written", original, (int(sizes[0, 0]), int(sizes[0, 1])))
+        return JobResult(job.index, "failed", error=reason)
+    return JobResult(job.index, "written", original, (int(sizes[0, 0]), int(sizes[0, 1])))
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -391,7 +396,7 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _remove_leftovers(folder: Path) -> None:
+def remove_leftovers(folder: Path) -> None:
     """Delete temp files an interrupted run left behind, and the info files of any earlier run."""
     for d in (folder, folder / SIZES_DIR):
         remove_stale_temp_files(d, lambda name: name.endswith(".bin") or name in (INFO_JSON, INFO_TXT, SETTINGS_JSON))
@@ -443,7 +448,7 @@ def preprocess_to_bins(
         raise InputError(f"--workers must be >= 1, got {workers}")
     stems = bin_stems(records)
     folder = prepare_output_dir(output_dir, spec, resume, records)
-    _remove_leftovers(folder)
+    remove_leftovers(folder)
     # recorded first, so that a resumed run can check it continues the same preprocessing
     atomic_write_json(run_settings(spec, records), folder / SETTINGS_JSON, indent=1)
     pad_h, pad_w = spec.input.pad_to  # type: ignore[misc]
@@ -452,8 +457,8 @@ def preprocess_to_bins(
             "input size %dx%d is smaller than MAX_SIZE_TEST=%d: images whose resized size exceeds it will fail",
             pad_h, pad_w, spec.input.max_size,
         )
-    jobs = [_Job(i, os.fspath(r.path), s, os.fspath(folder), spec, resume) for i, (r, s) in enumerate(zip(records, stems))]
-    results: list[_Result | None] = [None] * len(jobs)
+    jobs = [PreprocessJob(i, os.fspath(r.path), s, os.fspath(folder), spec, resume) for i, (r, s) in enumerate(zip(records, stems))]
+    results: list[JobResult | None] = [None] * len(jobs)
     workers = max(1, min(workers, len(jobs)))
     logger.info(
         "Preprocessing %d image(s) into %s (%s %s, %d worker(s)%s)",
@@ -464,14 +469,14 @@ def preprocess_to_bins(
     if workers == 1:
         with tqdm(total=len(jobs), unit="img", desc="preprocess", disable=not progress) as bar:
             for job in jobs:
-                results[job.index] = _run_job(job)
+                results[job.index] = run_job(job)
                 bar.update(1)
     else:
         ctx = multiprocessing.get_context(start_method or _default_start_method())
         # the pool exists before the progress bar's monitor thread (no fork of a threaded process)
         with ctx.Pool(workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
             with tqdm(total=len(jobs), unit="img", desc="preprocess", disable=not progress) as bar:
-                for result in pool.imap_unordered(_run_job, jobs, chunksize=1):
+                for result in pool.imap_unordered(run_job, jobs, chunksize=1):
                     results[result.index] = result
                     bar.update(1)
     wall = time.perf_counter() - start

@@ -30,9 +30,14 @@ from ..summary import StageSummary
 from .layout import INFO_JSON, MANIFEST, BinImage, BinInfo, Manifest, output_path, read_array, write_array
 
 __all__ = [
+    "BinRun",
     "BinRunSummary",
     "check_bins_match_model",
+    "load_inputs",
+    "outputs_complete",
+    "prepare_bin_run",
     "run_bins",
+    "write_outputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,7 +87,7 @@ def check_bins_match_model(info: BinInfo, metadata: ModelMetadata, model_name: s
         )
 
 
-def _is_complete(folder: Path, stem: str, specs: Sequence[OutputSpec], index_base: int) -> bool:
+def outputs_complete(folder: Path, stem: str, specs: Sequence[OutputSpec], index_base: int) -> bool:
     """Every output bin of ``stem`` exists with the right size."""
     for spec in specs:
         try:
@@ -93,7 +98,7 @@ def _is_complete(folder: Path, stem: str, specs: Sequence[OutputSpec], index_bas
     return True
 
 
-def _load_inputs(info_dir: Path, im: BinImage, dtype: str, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def load_inputs(info_dir: Path, im: BinImage, dtype: str, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """One image's ``images`` [1, 3, H, W] and ``image_sizes`` [1, 2] int64 from its bins.
 
     Raises:
@@ -142,7 +147,7 @@ class BinRunSummary(StageSummary):
         )
 
 
-def _write_outputs(
+def write_outputs(
     folder: Path, stem: str, out: dict[str, np.ndarray], i: int, specs: Sequence[OutputSpec], index_base: int
 ) -> None:
     """Write image ``i`` of a batch's outputs as ``<stem>_<k>.bin``, each [1, ...]."""
@@ -156,7 +161,32 @@ def _write_outputs(
         write_array(value, output_path(folder, stem, spec.index, index_base))
 
 
-def run_bins(
+@dataclass
+class BinRun:
+    """A checked, set-up run of :func:`run_bins` (see :func:`prepare_bin_run`).
+
+    Attributes:
+        info: the bins' ``bin_info.json``; ``info_dir`` the folder its paths are relative to.
+        out_dir: the raw output folder (created, ``manifest.json`` written, stale temp files removed).
+        specs: per-image output layout; ``index_base`` the output file numbering.
+        todo: images still to run (all of them without ``resume``), in the info file's order.
+        num_resumed: images whose outputs were already complete.
+        batch_size: images per model call (a static model's own, else 1).
+        shape: the input bins' ``[1, 3, H, W]``.
+    """
+
+    info: BinInfo
+    info_dir: Path
+    out_dir: Path
+    specs: list[OutputSpec]
+    index_base: int
+    todo: list[BinImage]
+    num_resumed: int
+    batch_size: int
+    shape: list[int]
+
+
+def prepare_bin_run(
     backend: _ModelBackend,
     bins: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -164,35 +194,16 @@ def run_bins(
     output_specs: Sequence[OutputSpec] | None = None,
     index_base: int = 0,
     resume: bool = False,
-    progress: bool = True,
     model_name: str | None = None,
-) -> BinRunSummary:
-    """Run every bin listed in ``bins`` through ``backend`` and write the raw outputs.
-
-    Args:
-        backend: e.g. :class:`~centermask2.engine.onnxruntime_backend.OnnxRuntimeBackend`; ``run``
-            takes ``images`` [B, 3, H, W] and ``image_sizes`` [B, 2] int64; ``metadata`` is the
-            model's :class:`~centermask2.contract.ModelMetadata` (batch size, input dtype and size).
-        bins: the ``BINS`` folder of stage 1, or its ``bin_info.json``.
-        output_dir: ``RAW`` folder (created); gets ``<stem>_<k + index_base>.bin`` per output
-            and ``manifest.json``.
-        output_specs: per-image output layout; default
-            :func:`~centermask2.contract.model_output_specs` of ``backend.path``.
-        index_base: 0 (ais_bench) or 1 (older benchmark tools) for the output file suffix.
-        resume: skip images whose every output bin already exists with the right size.
-        progress: tqdm progress bar.
-        model_name: recorded in the manifest (default ``backend.path``).
-
-    Returns:
-        a :class:`BinRunSummary`; ``failed`` lists bad input bins (the others were run).
+) -> BinRun:
+    """Everything :func:`run_bins` does before its first model call: the bins fit the model, the
+    output folder and its ``manifest.json`` (a resumed folder must hold this model's outputs of
+    these bins), stale temp files removed, the images still to run. Arguments as for ``run_bins``
+    (``backend`` is only asked for its ``metadata`` and ``path``).
 
     Raises:
-        MissingFileError: no ``bin_info.json``.
-        InputError: the bins do not fit the model, or ``resume`` into a folder written with another layout.
-        OutputError: ``output_dir`` is not writable.
+        MissingFileError, InputError, OutputError: as :func:`run_bins`.
     """
-    from tqdm import tqdm
-
     if index_base not in (0, 1):
         raise InputError(f"index base must be 0 or 1, got {index_base}")
     info_path = Path(bins)
@@ -235,35 +246,74 @@ def run_bins(
     if stale:
         logger.info("Removed %d temporary file(s) left by an interrupted run in %s", stale, out_dir)
 
-    summary = BinRunSummary()
-    start = time.perf_counter()
-    todo: list[BinImage] = []
-    for im in info.images:
-        if resume and _is_complete(out_dir, im.stem, specs, index_base):
-            summary.num_resumed += 1
-        else:
-            todo.append(im)
-    if summary.num_resumed:
-        logger.info("Resuming: %d of %d image(s) already have all their outputs", summary.num_resumed, len(info.images))
+    todo = [im for im in info.images if not (resume and outputs_complete(out_dir, im.stem, specs, index_base))]
+    resumed = len(info.images) - len(todo)
+    if resumed:
+        logger.info("Resuming: %d of %d image(s) already have all their outputs", resumed, len(info.images))
+    return BinRun(
+        info=info, info_dir=info_dir, out_dir=out_dir, specs=specs, index_base=index_base, todo=todo,
+        num_resumed=resumed, batch_size=1 if meta.dynamic or not meta.batch_size else int(meta.batch_size),
+        shape=[int(v) for v in info.shape],
+    )
 
-    batch_size = 1 if meta.dynamic or not meta.batch_size else int(meta.batch_size)
-    shape = [int(v) for v in info.shape]
-    bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="model")
+
+def run_bins(
+    backend: _ModelBackend,
+    bins: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    output_specs: Sequence[OutputSpec] | None = None,
+    index_base: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+    model_name: str | None = None,
+) -> BinRunSummary:
+    """Run every bin listed in ``bins`` through ``backend`` and write the raw outputs.
+
+    Args:
+        backend: e.g. :class:`~centermask2.engine.onnxruntime_backend.OnnxRuntimeBackend`; ``run``
+            takes ``images`` [B, 3, H, W] and ``image_sizes`` [B, 2] int64; ``metadata`` is the
+            model's :class:`~centermask2.contract.ModelMetadata` (batch size, input dtype and size).
+        bins: the ``BINS`` folder of stage 1, or its ``bin_info.json``.
+        output_dir: ``RAW`` folder (created); gets ``<stem>_<k + index_base>.bin`` per output
+            and ``manifest.json``.
+        output_specs: per-image output layout; default
+            :func:`~centermask2.contract.model_output_specs` of ``backend.path``.
+        index_base: 0 (ais_bench) or 1 (older benchmark tools) for the output file suffix.
+        resume: skip images whose every output bin already exists with the right size.
+        progress: tqdm progress bar.
+        model_name: recorded in the manifest (default ``backend.path``).
+
+    Returns:
+        a :class:`BinRunSummary`; ``failed`` lists bad input bins (the others were run).
+
+    Raises:
+        MissingFileError: no ``bin_info.json``.
+        InputError: the bins do not fit the model, or ``resume`` into a folder written with another layout.
+        OutputError: ``output_dir`` is not writable.
+    """
+    from tqdm import tqdm
+
+    run = prepare_bin_run(backend, bins, output_dir, output_specs=output_specs, index_base=index_base,
+                          resume=resume, model_name=model_name)
+    summary = BinRunSummary(num_resumed=run.num_resumed)
+    start = time.perf_counter()
+    bar = tqdm(total=len(run.todo), unit="img", disable=not progress, desc="model")
     try:
-        pending = iter(todo)
+        pending = iter(run.todo)
         while True:
             t0 = time.perf_counter()
             batch: list[BinImage] = []
             arrays: list[tuple[np.ndarray, np.ndarray]] = []
             for im in pending:
                 try:
-                    arrays.append(_load_inputs(info_dir, im, info.dtype, shape))
+                    arrays.append(load_inputs(run.info_dir, im, run.info.dtype, run.shape))
                     batch.append(im)
                 except ItemError as exc:
                     logger.warning("Skipping %s: %s", im.bin, exc)
                     summary.failed.append((im.bin, str(exc)))
                     bar.update(1)
-                if len(batch) == batch_size:
+                if len(batch) == run.batch_size:
                     break
             if not batch:
                 break
@@ -273,7 +323,7 @@ def run_bins(
             out = backend.run({"images": images, "image_sizes": sizes})
             t2 = time.perf_counter()
             for i, im in enumerate(batch):
-                _write_outputs(out_dir, im.stem, out, i, specs, index_base)
+                write_outputs(run.out_dir, im.stem, out, i, run.specs, run.index_base)
             t3 = time.perf_counter()
             summary.read_s += t1 - t0
             summary.model_s.append(t2 - t1)
