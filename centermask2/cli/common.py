@@ -90,6 +90,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = Fa
     )
 
 
+def add_ray_argument(parser: argparse.ArgumentParser, what: str, shared: str) -> None:
+    """``--ray [ADDRESS]`` (None: no Ray; ``""``: a local instance; else a cluster address)."""
+    parser.add_argument(
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        help=f'{what} (pip install -e ".[ray]"): without ADDRESS a local instance sized to this machine; '
+        f"auto, ray://host:port or host:port: an existing cluster ({shared} on a path every node sees)",
+    )
+
+
 def add_overrides(parser: argparse.ArgumentParser, help: str = "config overrides: KEY VALUE ...") -> None:
     """Trailing ``KEY VALUE`` config overrides (``opts``); add it last."""
     parser.add_argument("opts", nargs=argparse.REMAINDER, help=help)

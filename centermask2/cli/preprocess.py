@@ -29,6 +29,7 @@ from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError
 from .common import (
     add_config_arguments,
     add_overrides,
+    add_ray_argument,
     hw_type,
     new_parser,
     parse_args,
@@ -70,12 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="dtype of the images bins (the model's; default uint8 with --config-file)",
     )
     p.add_argument("--workers", type=positive_int, default=None, help="parallel processes (default 1)")
-    p.add_argument(
-        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-        help='write the bins with Ray tasks, one per image (pip install -e ".[ray]"): without ADDRESS a local '
-        "instance sized to this machine; auto, ray://host:port or host:port: an existing cluster (--images and "
-        "--output on a path every node sees)",
-    )
+    add_ray_argument(p, "write the bins with Ray tasks, one per image", "--images and --output")
     p.add_argument(
         "--resume",
         action="store_true",

@@ -41,6 +41,7 @@ from .common import (
     PROVIDER_CHOICES,
     add_config_arguments,
     add_overrides,
+    add_ray_argument,
     hw_type,
     new_parser,
     parse_args,
@@ -116,12 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the backend's choice)")
     p.add_argument("--allow-incomplete-weights", action="store_true", help="[torch] load a checkpoint with missing keys")
-    p.add_argument(
-        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-        help='run on Ray (pip install -e ".[ray]"): without ADDRESS a local instance sized to this machine; '
-        "auto, ray://host:port or host:port: an existing cluster (images, models and --output-dir on a path "
-        "every node sees)",
-    )
+    add_ray_argument(p, "run on Ray", "images, models and --output-dir")
     p.add_argument(
         "--ray-actors", type=positive_int, default=None, metavar="N",
         help="[ray] model actors, each one backend session with --threads threads (default 1); default: as many "
