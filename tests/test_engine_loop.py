@@ -10,7 +10,7 @@ from centermask2.data import InputSpec, list_images
 from centermask2.engine.loop import PARTIAL_NAME, RESULTS_NAME, run_inference, run_to_folder
 from centermask2.engine.resume import PartialResults
 from centermask2.engine.sources import ModelSource
-from centermask2.errors import InputError
+from centermask2.errors import BackendError, InputError
 
 SPEC = InputSpec(min_size=32, max_size=64, size_divisibility=32)
 
@@ -61,6 +61,19 @@ def test_batches_padding_and_unreadable_images(images):
     assert summary.num_images == 3 and summary.num_detections == 3 and not summary.ok
     assert summary.failed[0][0] == f"{4:012d}.png"
     assert "3 images (1 unreadable, skipped), 3 detections" in summary.format()
+
+
+def test_corrupt_model_outputs_are_a_named_error(images):
+    """NaN boxes (a broken export or int8 model) stop the run with a one-line error, not a traceback."""
+
+    class NaNBackend(FakeBackend):
+        def run(self, inputs):
+            out = super().run(inputs)
+            out["boxes"][:] = np.nan
+            return out
+
+    with pytest.raises(BackendError, match="NaN or infinite boxes for image 1"):
+        run_inference(NaNBackend(), list_images(images), SPEC, [10, 20, 30], progress=False)
 
 
 def test_resume_keeps_done_images_and_runs_the_rest(images):

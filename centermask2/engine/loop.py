@@ -24,7 +24,7 @@ import torch
 from ..data.catalog import ImageRecord
 from ..data.spec import InputSpec
 from ..data.transforms import load_and_resize, pad_batch
-from ..errors import CenterMask2Error, InputError
+from ..errors import BackendError, CenterMask2Error, InputError
 from ..evaluation.coco import instances_to_coco_json
 from ..fileio import atomic_write_json, ensure_writable_dir, text_digest
 from ..modeling.postprocessing import detector_postprocess
@@ -123,8 +123,17 @@ def image_results(
     Returns:
         (:func:`~centermask2.modeling.postprocessing.detector_postprocess`'s result, its
         :func:`~centermask2.evaluation.coco.instances_to_coco_json` records).
+
+    Raises:
+        BackendError: the model returned non-finite boxes (a broken export or quantization: every
+            image would be wrong, so the run stops).
     """
     n = int(out["num_detections"][i])
+    if not np.isfinite(out["boxes"][i, :n]).all():
+        raise BackendError(
+            f"the model returned NaN or infinite boxes for image {image_id}: its outputs are corrupt (a broken "
+            "export or quantization?); check it against the PyTorch model (convert_model_into_onnx.py --verify)"
+        )
     det = detector_postprocess(
         torch.from_numpy(out["boxes"][i, :n]),
         torch.from_numpy(out["scores"][i, :n]),
