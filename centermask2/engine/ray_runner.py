@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ import numpy as np
 from ..data.catalog import ImageRecord
 from ..errors import InputError, MissingDependencyError
 from .loop import InferenceSummary, batches, image_results, load_batch
+from .sources import SourceRecipe
 
 if TYPE_CHECKING:
     from ..data.spec import InputSpec
@@ -106,51 +107,6 @@ def check_address(address: str | None) -> str | None:
             "alone for a local instance"
         )
     return address
-
-
-@dataclass(frozen=True)
-class SourceRecipe:
-    """How to build a :class:`~centermask2.engine.sources.ModelSource` anywhere: a builder of
-    :mod:`centermask2.engine.sources` and its arguments (picklable; actors build their backend
-    from it, never from a pickled model).
-
-    Attributes:
-        builder: ``"torch"`` (:func:`~centermask2.engine.sources.torch_source`: config file and
-            overrides) or ``"onnx"`` (:func:`~centermask2.engine.sources.onnx_source`: the
-            ``.onnx`` and runtime settings).
-        args, kwargs: the builder's arguments.
-    """
-
-    builder: str
-    args: tuple[Any, ...]
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.builder not in ("torch", "onnx"):
-            raise InputError(f"a source recipe's builder is 'torch' or 'onnx', got {self.builder!r}")
-
-    def build(self) -> ModelSource:
-        """The source, with its backend ready."""
-        from .sources import onnx_source, torch_source
-
-        return (torch_source if self.builder == "torch" else onnx_source)(*self.args, **dict(self.kwargs))
-
-    @property
-    def threads(self) -> int:
-        """CPU threads of the backend (1 when not set: one actor, one core)."""
-        return int(self.kwargs.get("threads") or 1)
-
-    def for_cluster(self, source: ModelSource | None = None) -> SourceRecipe:
-        """This recipe with absolute paths (workers do not share the driver's working directory) and
-        one thread when none was asked for; ``source`` is the driver's build of a ``"torch"`` recipe
-        (its weights file, wherever the config or the overrides named it)."""
-        kwargs = {**self.kwargs, "threads": self.threads}
-        if self.builder == "onnx":
-            return replace(self, args=(os.path.abspath(self.args[0]),), kwargs=kwargs)
-        config_file, opts = self.args[0], list(self.args[1] if len(self.args) > 1 else ())
-        if source is not None and source.model_file:  # the last MODEL.WEIGHTS wins: the resolved file, absolute
-            opts += ["MODEL.WEIGHTS", os.path.abspath(source.model_file)]
-        return replace(self, args=(os.path.abspath(config_file), opts), kwargs=kwargs)
 
 
 @dataclass
@@ -337,7 +293,7 @@ class _ModelActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         payloads = []
-        for key, data in zip(batch["key"], batch["payload"]):
+        for data in batch["payload"]:
             item = _unpack(data)
             t0 = time.perf_counter()
             if item["images"] is not None:

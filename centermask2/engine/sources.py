@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..data.categories import category_mapping
 from ..data.spec import InputSpec
@@ -18,7 +19,7 @@ from ..errors import InputError
 from ..fileio import file_digest, text_digest
 from .backend import Backend
 
-__all__ = ["ModelSource", "torch_source", "onnx_source"]
+__all__ = ["ModelSource", "SourceRecipe", "torch_source", "onnx_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,3 +179,45 @@ def onnx_source(
         padding=meta.padding,
         runtime=runtime_id,
     )
+
+
+@dataclass(frozen=True)
+class SourceRecipe:
+    """How to build a :class:`ModelSource` anywhere: a builder of this module and its arguments
+    (picklable: a Ray actor builds its backend from it on its own node, never from a pickled model).
+
+    Attributes:
+        builder: ``"torch"`` (:func:`~centermask2.engine.sources.torch_source`: config file and
+            overrides) or ``"onnx"`` (:func:`~centermask2.engine.sources.onnx_source`: the
+            ``.onnx`` and runtime settings).
+        args, kwargs: the builder's arguments.
+    """
+
+    builder: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.builder not in ("torch", "onnx"):
+            raise InputError(f"a source recipe's builder is 'torch' or 'onnx', got {self.builder!r}")
+
+    def build(self) -> ModelSource:
+        """The source, with its backend ready."""
+        return (torch_source if self.builder == "torch" else onnx_source)(*self.args, **dict(self.kwargs))
+
+    @property
+    def threads(self) -> int:
+        """CPU threads of the backend (1 when not set: one actor, one core)."""
+        return int(self.kwargs.get("threads") or 1)
+
+    def for_cluster(self, source: ModelSource | None = None) -> SourceRecipe:
+        """This recipe with absolute paths (workers do not share the driver's working directory) and
+        one thread when none was asked for; ``source`` is the driver's build of a ``"torch"`` recipe
+        (its weights file, wherever the config or the overrides named it)."""
+        kwargs = {**self.kwargs, "threads": self.threads}
+        if self.builder == "onnx":
+            return replace(self, args=(os.path.abspath(self.args[0]),), kwargs=kwargs)
+        config_file, opts = self.args[0], list(self.args[1] if len(self.args) > 1 else ())
+        if source is not None and source.model_file:  # the last MODEL.WEIGHTS wins: the resolved file, absolute
+            opts += ["MODEL.WEIGHTS", os.path.abspath(source.model_file)]
+        return replace(self, args=(os.path.abspath(config_file), opts), kwargs=kwargs)
