@@ -70,7 +70,7 @@ def _model_args(backend: str, checkpoint: Path) -> tuple[list[str], list[str]]:
     if backend == "torch":
         return (["--backend", "torch", "--config-file", str(CONFIGS / case_info(LITE)["config"])],
                 ["MODEL.WEIGHTS", str(checkpoint), "MODEL.DEVICE", "cpu"])
-    return ["--backend", "onnx", "--model", str(exported_model(LITE, dynamic=True))], []
+    return ["--backend", backend, "--model", str(exported_model(LITE, dynamic=True))], []
 
 
 def _run(out: Path, backend: str, checkpoint: Path, *extra: str, images: Path | None = None,
@@ -83,7 +83,7 @@ def _run(out: Path, backend: str, checkpoint: Path, *extra: str, images: Path | 
                         *overrides])
 
 
-@pytest.mark.parametrize(("backend", "actors"), [("torch", 2), ("onnx", 1)])
+@pytest.mark.parametrize(("backend", "actors"), [("torch", 2), ("onnx", 1), ("openvino", 1)])
 def test_ray_results_are_byte_identical(cluster, work, checkpoint, backend, actors, caplog):
     """The golden case on Ray: the same results file, byte for byte, and the same metrics."""
     caplog.set_level(logging.INFO)
