@@ -42,7 +42,7 @@ from .sources import SourceRecipe
 
 if TYPE_CHECKING:
     from ..data.spec import InputSpec
-    from ..offline.preprocess import PreprocessSpec, PreprocessSummary
+    from ..offline.preprocess import JobResult, PreprocessJob, PreprocessSpec, PreprocessSummary
     from ..offline.run import BinRunSummary
     from .sources import ModelSource
 
@@ -418,25 +418,11 @@ def ray_infer(
 # ---------------------------------------------------------------- images -> .bin inputs
 
 
-@contextlib.contextmanager
-def _warnings_only(name: str) -> Iterator[None]:
-    """The driver's check pass over what the cluster wrote is part of one stage: its own progress
-    lines stay quiet, its warnings (bad items) do not."""
-    stage_logger = logging.getLogger(name)
-    level = stage_logger.level
-    stage_logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        stage_logger.setLevel(level)
-
-
 def _preprocess_job(row: dict[str, Any]) -> dict[str, Any]:
-    """Task: one image's two bins (:func:`centermask2.offline.preprocess` writes them)."""
+    """Task: one image's two bins (:func:`centermask2.offline.preprocess.run_job` writes them)."""
     from ..offline.preprocess import run_job
 
-    result = run_job(_unpack(row["job"]))
-    return {"key": row["key"], "status": result.status}
+    return {"key": row["key"], "result": _pack(run_job(_unpack(row["job"])))}
 
 
 def ray_preprocess_to_bins(
@@ -447,58 +433,39 @@ def ray_preprocess_to_bins(
     resume: bool = False,
     progress: bool = True,
 ) -> PreprocessSummary:
-    """:func:`~centermask2.offline.preprocess.preprocess_to_bins` with one Ray task per image
-    (one CPU each) on the cluster of :func:`ray_session`.
+    """:func:`~centermask2.offline.preprocess.preprocess_to_bins` with its jobs as Ray tasks, one per
+    image (one CPU each), on the cluster of :func:`ray_session`: the same checks, bins, info files
+    and summary.
 
-    The tasks write the bins into ``output_dir``, which must be the same folder on every node (a
-    shared filesystem). The driver then runs ``preprocess_to_bins`` with ``resume`` over them: it
-    checks every bin pair (byte sizes, valid size against the image), redoes here any the cluster
-    did not leave complete (an unreadable image fails again, by name) and writes ``bin_info.json``
-    and ``bin_info.info`` exactly as a single-process run does, so the files are the same.
-
-    Returns:
-        The summary: images written on the cluster, kept from an earlier run (``resume``), failed.
+    ``output_dir`` must be the same folder on every node (a shared filesystem): the tasks write the
+    bins there and the driver lists them in ``bin_info.json``.
 
     Raises:
         InputError: two images share a stem, or resuming over bins made with other settings.
-        OutputError: ``output_dir`` is not a writable folder.
+        OutputError: ``output_dir`` is not a writable folder, or a task's bins are not visible to
+            the driver (the folder is not shared).
     """
     import ray
-    from tqdm import tqdm
 
-    from ..fileio import atomic_write_json
+    from ..errors import OutputError
     from ..offline import preprocess as stage
-    from ..offline.layout import SETTINGS_JSON
 
-    start = time.perf_counter()
-    stems = stage.bin_stems(records)
-    folder = stage.prepare_output_dir(output_dir, spec, resume, records)
-    stage.remove_leftovers(folder)  # until the end the folder must not claim to be complete
-    atomic_write_json(stage.run_settings(spec, records), folder / SETTINGS_JSON, indent=1)
-    jobs = [stage.PreprocessJob(i, os.path.abspath(r.path), s, os.path.abspath(folder), spec, resume)
-            for i, (r, s) in enumerate(zip(records, stems))]
-    logger.info("Preprocessing %d image(s) into %s on Ray (%s %s%s)", len(jobs), folder, spec.dtype, spec.shape,
-                ", resuming" if resume else "")
-    statuses: dict[str, int] = {"written": 0, "skipped": 0, "failed": 0}
-    with tqdm(total=len(jobs), unit="img", desc="preprocess", disable=not progress) as bar:
-        if jobs:
-            items = [{"key": job.index, "job": _pack(job)} for job in jobs]
-            ds = ray.data.from_items(items, override_num_blocks=len(items)).map(_preprocess_job, num_cpus=1)
-            for row in ds.iter_rows():
-                statuses[row["status"]] += 1
-                bar.update(1)
-    # the driver's check of what the cluster wrote, and the info files (quietly: it is one stage)
-    with _warnings_only(stage.__name__):
-        summary = stage.preprocess_to_bins(records, folder, spec, workers=1, resume=True, progress=False)
-    if summary.num_images:
-        logger.warning(
-            "%d image(s) had no complete bins in %s after the cluster's tasks and were done here; is it a folder "
-            "every node shares at the same path?", summary.num_images, folder,
-        )
-    summary.num_images += summary.num_resumed - statuses["skipped"]  # written on the cluster or here
-    summary.num_resumed = statuses["skipped"]
-    summary.wall_s = time.perf_counter() - start
-    return summary
+    def on_cluster(jobs: Sequence[PreprocessJob]) -> Iterator[JobResult]:
+        if not jobs:
+            return
+        items = [{"key": job.index, "job": _pack(job)} for job in jobs]
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map(_preprocess_job, num_cpus=1)
+        for row in ds.iter_rows():
+            result: JobResult = _unpack(row["result"])
+            job = jobs[result.index]
+            if result.status == "written" and not stage.bin_paths(job.folder, job.stem)[1].is_file():
+                raise OutputError(
+                    f"the bins of {job.stem!r} written on the cluster are not in {job.folder!r} here: --output "
+                    "must be a folder every node shares at the same path"
+                )
+            yield result
+
+    return stage.preprocess_to_bins(records, output_dir, spec, resume=resume, progress=progress, map_jobs=on_cluster)
 
 
 # ---------------------------------------------------------------- .bin inputs -> raw output bins
@@ -564,8 +531,7 @@ def ray_run_bins(
     :func:`~centermask2.offline.run.prepare_bin_run` first does ``run_bins``' checks and writes the
     manifest here (before anything is run); the actors then run the bins still to do, reading them
     from ``bins`` and writing to ``output_dir`` (both on a path every node shares); finally
-    ``run_bins`` with ``resume`` checks every output here, runs any the cluster did not leave
-    complete, and counts.
+    the driver checks that every output is visible here and counts.
 
     Args:
         recipe: the ``"onnx"`` recipe each actor builds its backend from (``threads`` per actor).
@@ -574,11 +540,13 @@ def ray_run_bins(
         bins, output_dir, index_base, resume, progress, model_name: as for ``run_bins``.
 
     Raises:
-        InputError, MissingFileError, OutputError: as ``run_bins``, before the cluster runs anything.
+        InputError, MissingFileError, OutputError: as ``run_bins``, before the cluster runs anything;
+        OutputError also when the cluster's outputs are not visible here (a folder that is not shared).
     """
     import ray
     from tqdm import tqdm
 
+    from ..errors import OutputError
     from ..offline import run as stage
     from ..offline.layout import INFO_JSON
 
@@ -608,24 +576,27 @@ def ray_run_bins(
                 pids.add(item["pid"])
                 timings.append(item)
                 bar.update(item["done"] + len(item["failed"]))
-    # the driver's check of what the cluster wrote (bad input bins are named there), and the counts
-    with _warnings_only(stage.__name__):
-        summary = stage.run_bins(backend, bins, output_dir, index_base=index_base, resume=True, progress=False,
-                                 model_name=model_name)
-    if summary.num_images:
-        logger.warning(
-            "%d image(s) had no complete outputs in %s after the cluster's run and were run here; is it a folder "
-            "every node shares at the same path?", summary.num_images, out_dir,
-        )
-    resumed = len(info.images) - len(todo)
-    summary.num_images += summary.num_resumed - resumed  # run on the cluster or here
-    summary.num_resumed = resumed
+    summary = stage.BinRunSummary(num_resumed=plan.num_resumed)
     for item in timings:
+        summary.failed.extend(item["failed"])
         if item["done"]:
+            summary.num_images += item["done"]
             summary.model_s.append(item["model_s"])
             summary.batch_sizes.append(item["done"])
         summary.read_s += item["read_s"]
         summary.write_s += item["write_s"]
+    order = {im.bin: k for k, im in enumerate(info.images)}
+    summary.failed.sort(key=lambda failure: order.get(failure[0], len(order)))  # the info file's order
+    for name, reason in summary.failed:
+        logger.warning("Skipping %s: %s", name, reason)
+    bad = {name for name, _ in summary.failed}
+    unseen = [im.stem for im in plan.todo
+              if im.bin not in bad and not stage.outputs_complete(out_dir, im.stem, plan.specs, index_base)]
+    if unseen:
+        raise OutputError(
+            f"the outputs of {len(unseen)} image(s) written on the cluster (e.g. {unseen[0]!r}) are not in "
+            f"{str(out_dir)!r} here: --output must be a folder every node shares at the same path"
+        )
     summary.wall_s = time.perf_counter() - start
     logger.info("Ray: %d actor(s) x %d thread(s)%s", count, remote.threads,
                 f"; {len(pids) - count} replaced after a failure" if len(pids) > count else "")

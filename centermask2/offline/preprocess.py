@@ -27,7 +27,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,7 @@ __all__ = [
     "PreprocessJob",
     "JobResult",
     "run_job",
-    "remove_leftovers",
+    "bin_paths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -343,13 +343,14 @@ class JobResult:
     error: str | None = None
 
 
-def _bin_paths(folder: str | os.PathLike, stem: str) -> tuple[Path, Path]:
+def bin_paths(folder: str | os.PathLike, stem: str) -> tuple[Path, Path]:
+    """An image's two bins in ``folder``: ``<stem>.bin`` and ``image_sizes/<stem>.bin``."""
     return Path(folder) / f"{stem}.bin", Path(folder) / SIZES_DIR / f"{stem}.bin"
 
 
 def _reusable(job: PreprocessJob) -> JobResult | None:
     """The result of an earlier run for ``job`` when its bins are complete and consistent."""
-    images_bin, sizes_bin = _bin_paths(job.folder, job.stem)
+    images_bin, sizes_bin = bin_paths(job.folder, job.stem)
     try:
         if images_bin.stat().st_size != job.spec.nbytes:
             return None
@@ -373,7 +374,7 @@ def run_job(job: PreprocessJob) -> JobResult:
             return done
     try:
         images, sizes, original = preprocess_image(job.path, job.spec)
-        images_bin, sizes_bin = _bin_paths(job.folder, job.stem)
+        images_bin, sizes_bin = bin_paths(job.folder, job.stem)
         # images first: a resumed run trusts a pair only if both are complete, and the sizes bin
         # (written last) must also agree with the image
         write_array(images, images_bin)
@@ -396,7 +397,7 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def remove_leftovers(folder: Path) -> None:
+def _remove_leftovers(folder: Path) -> None:
     """Delete temp files an interrupted run left behind, and the info files of any earlier run."""
     for d in (folder, folder / SIZES_DIR):
         remove_stale_temp_files(d, lambda name: name.endswith(".bin") or name in (INFO_JSON, INFO_TXT, SETTINGS_JSON))
@@ -419,6 +420,7 @@ def preprocess_to_bins(
     resume: bool = False,
     progress: bool = True,
     start_method: str | None = None,
+    map_jobs: Callable[[Sequence[PreprocessJob]], Iterable[JobResult]] | None = None,
 ) -> PreprocessSummary:
     """Write the bins of ``records`` and the info files into ``output_dir``.
 
@@ -432,6 +434,9 @@ def preprocess_to_bins(
         progress: show a tqdm progress bar.
         start_method: multiprocessing start method for ``workers > 1`` (default ``"fork"`` where
             available, else ``"spawn"``); the output does not depend on it.
+        map_jobs: runs the jobs elsewhere instead of ``workers`` (e.g. as Ray tasks,
+            :func:`~centermask2.engine.ray_runner.ray_preprocess_to_bins`): takes every job (absolute
+            paths) and yields each one's :func:`run_job` result, in any order.
 
     Returns:
         The summary; ``summary.info`` is what ``bin_info.json`` holds. Images that fail are listed
@@ -448,7 +453,7 @@ def preprocess_to_bins(
         raise InputError(f"--workers must be >= 1, got {workers}")
     stems = bin_stems(records)
     folder = prepare_output_dir(output_dir, spec, resume, records)
-    remove_leftovers(folder)
+    _remove_leftovers(folder)
     # recorded first, so that a resumed run can check it continues the same preprocessing
     atomic_write_json(run_settings(spec, records), folder / SETTINGS_JSON, indent=1)
     pad_h, pad_w = spec.input.pad_to  # type: ignore[misc]
@@ -457,16 +462,23 @@ def preprocess_to_bins(
             "input size %dx%d is smaller than MAX_SIZE_TEST=%d: images whose resized size exceeds it will fail",
             pad_h, pad_w, spec.input.max_size,
         )
-    jobs = [PreprocessJob(i, os.fspath(r.path), s, os.fspath(folder), spec, resume) for i, (r, s) in enumerate(zip(records, stems))]
+    jobs = [PreprocessJob(i, os.path.abspath(r.path), s, os.path.abspath(folder), spec, resume)
+            for i, (r, s) in enumerate(zip(records, stems))]
     results: list[JobResult | None] = [None] * len(jobs)
     workers = max(1, min(workers, len(jobs)))
     logger.info(
-        "Preprocessing %d image(s) into %s (%s %s, %d worker(s)%s)",
-        len(jobs), folder, spec.dtype, spec.shape, workers, ", resuming" if resume else "",
+        "Preprocessing %d image(s) into %s (%s %s, %s%s)",
+        len(jobs), folder, spec.dtype, spec.shape, "elsewhere" if map_jobs else f"{workers} worker(s)",
+        ", resuming" if resume else "",
     )
 
     start = time.perf_counter()
-    if workers == 1:
+    if map_jobs is not None:
+        with tqdm(total=len(jobs), unit="img", desc="preprocess", disable=not progress) as bar:
+            for result in map_jobs(jobs):
+                results[result.index] = result
+                bar.update(1)
+    elif workers == 1:
         with tqdm(total=len(jobs), unit="img", desc="preprocess", disable=not progress) as bar:
             for job in jobs:
                 results[job.index] = run_job(job)
@@ -494,7 +506,7 @@ def preprocess_to_bins(
         assert res is not None
         if res.status == "failed":
             summary.failed.append((rec.file_name, res.error or "unknown error"))
-            for stale in _bin_paths(folder, job.stem):
+            for stale in bin_paths(folder, job.stem):
                 stale.unlink(missing_ok=True)
             continue
         if res.status == "skipped":
@@ -502,7 +514,7 @@ def preprocess_to_bins(
         else:
             summary.num_images += 1
         (h, w), (rh, rw) = res.original, res.resized  # type: ignore[misc]
-        images_bin, sizes_bin = _bin_paths(".", job.stem)
+        images_bin, sizes_bin = bin_paths(".", job.stem)
         info.images.append(
             BinImage(
                 image_id=rec.image_id,
