@@ -281,8 +281,8 @@ def quantize_int8(
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[settings.method]),
                 nodes_to_exclude=exclude,
-                # minmax keeps a running range; the histogram methods get one image per pass
-                extra_options={} if settings.method == "minmax" else {"CalibStridedMinMax": 1},
+                # one image per pass (see _Reader); minmax ranges merge exactly, so they are the same
+                extra_options={"CalibStridedMinMax": 1},
             )
         quantized_proto = onnx.load(os.fspath(result))
     bad = sorted({(n.domain, n.op_type) for n in quantized_proto.graph.node if n.domain not in ("", "ai.onnx")})
