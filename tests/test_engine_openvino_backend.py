@@ -90,14 +90,6 @@ def test_v39_dynamic_models_match_upstream(tmp_path, name):
     check_golden_folder(out, name)
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def test_precision_hint_is_reported(tmp_path):
     """bf16 is asked for: it takes effect where the CPU has AVX-512 BF16 or AMX; elsewhere
     OpenVINO keeps fp32 and the backend says so. fp32 stays fp32 (OpenVINO's own default on such
@@ -106,6 +98,8 @@ def test_precision_hint_is_reported(tmp_path):
 
     model = exported_model(LITE, dynamic=True)
     backend = OpenVINOBackend(model, precision="bf16")
-    assert backend.precision_used == ("bf16" if _cpu_has_bf16() else "fp32")
+    from centermask2.engine.backend import cpu_flags
+
+    assert backend.precision_used == ("bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32")
     assert OpenVINOBackend(model, precision="fp32").precision_used == "fp32"
     assert any((tmp_path / "cache" / "openvino").iterdir())  # the compiled model was cached

@@ -18,7 +18,6 @@ int8 model of ``tools/quantize.py`` (made from ``--onnx``) in ONNX Runtime and, 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -33,18 +32,6 @@ def _time(fn, runs: int, warmup: int) -> list[float]:
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return times
-
-
-def _cpu_name() -> str:
-    """The CPU's model name and the instruction sets the lower-precision figures depend on."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    return f"{name} [{' '.join(f for f in wanted if f in flags)}]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from centermask2.checkpoint import load_weights
     from centermask2.config import load_config
     from centermask2.data import InputSpec, load_and_resize, pad_batch, parse_hw
+    from centermask2.engine.backend import cpu_description
     from centermask2.engine.onnxruntime_backend import OnnxRuntimeBackend
     from centermask2.engine.torch_backend import TorchBackend
     from centermask2.modeling import build_model
@@ -117,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(t)
     print(f"model: {Path(args.onnx).name} ({'dynamic' if meta.dynamic else 'static'}, {meta.input_dtype})  input 1x3x{h}x{w}")
     print(f"threads: {args.threads}  torch {torch.__version__}  onnxruntime {ort.__version__}  "
-          f"cpu: {_cpu_name()}  runs {args.runs} (interleaved)")
+          f"cpu: {cpu_description()}  runs {args.runs} (interleaved)")
     ort_median = statistics.median(times[f"ONNX Runtime ({args.provider})"])
     for name, backend in backends.items():
         m = statistics.median(times[name])

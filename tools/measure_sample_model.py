@@ -29,7 +29,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
 
 CONFIG = ROOT / "configs" / "sample" / "shapes_lite_V_19_slim_dw.yaml"
 SHIPPED = ROOT / "tools" / "sample_model" / "model_final.pth"
@@ -83,10 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
 
-    from benchmark_backends import _cpu_name
-
     from centermask2.cli import export_onnx, postprocess, preprocess, tester
     from centermask2.cli import quantize as quantize_cli
+    from centermask2.engine.backend import cpu_description
     from centermask2.engine.openvino_backend import OpenVINOBackend
 
     data, work = Path(args.data), Path(args.work_dir)
@@ -168,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "segm": {k: round(v, 3) for k, v in torch_metrics["segm"].items()},
         "segm_per_category": {k: round(v, 2) for k, v in torch_metrics.get("segm_per_category", {}).items()},
         "paths": paths,
-        "paths_measured_on": f"{_cpu_name()}, torch {torch.__version__}, {args.threads} threads",
+        "paths_measured_on": f"{cpu_description()}, torch {torch.__version__}, {args.threads} threads",
         "training": training,
     }
     Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
