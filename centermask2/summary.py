@@ -26,6 +26,8 @@ class StageSummary:
         wall_s: the whole run.
         model_s: seconds of each model call (stages that run a model); ``batch_sizes`` the real
             images in each call.
+        first_result_s: when the first item's result arrived (start-up of workers included).
+        executor: the executor's clause (e.g. Ray's actors), empty in this process.
     """
 
     num_images: int = 0
@@ -34,6 +36,8 @@ class StageSummary:
     wall_s: float = 0.0
     model_s: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
+    first_result_s: float = 0.0
+    executor: str = ""
 
     @property
     def ok(self) -> bool:
@@ -44,6 +48,19 @@ class StageSummary:
     def images_per_s(self) -> float:
         """Items processed per second of the whole run (resumed ones excluded)."""
         return self.num_images / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def steady_images_per_s(self) -> float:
+        """Items per second after the first result (start-up excluded: workers opening the model)."""
+        rest = self.wall_s - self.first_result_s
+        return (self.num_images - 1) / rest if self.num_images > 1 and rest > 0 else 0.0
+
+    def executor_clause(self) -> str:
+        """``". <executor>, first result after X s, then Y images/s"`` where work ran elsewhere, else ``""``."""
+        if not self.executor:
+            return ""
+        return (f". {self.executor}, first result after {self.first_result_s:.1f} s, then "
+                f"{self.steady_images_per_s:.2f} images/s")
 
     def per_image_model_ms(self) -> list[float]:
         """Milliseconds per image of every model call."""
@@ -69,7 +86,7 @@ class StageSummary:
 
     def format(self) -> str:
         """One line: counts, seconds, images/s (stages add their own timings)."""
-        return f"{self.counts()} in {self.wall_s:.1f} s ({self.images_per_s:.2f} images/s)"
+        return f"{self.counts()} in {self.wall_s:.1f} s ({self.images_per_s:.2f} images/s){self.executor_clause()}"
 
     def format_failures(self, limit: int = 20) -> str:
         """One indented line per failed item (the first ``limit``), then a count of the rest."""

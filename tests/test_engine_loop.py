@@ -1,4 +1,4 @@
-"""centermask2.engine.loop and .resume: the image -> results loop with a fake backend."""
+"""centermask2.engine.loop, .executors and .resume: the image -> results stage with a fake backend."""
 
 import json
 
@@ -7,12 +7,17 @@ import pytest
 from PIL import Image
 
 from centermask2.data import InputSpec, list_images
+from centermask2.engine.executors import Job, LocalExecutor, PoolExecutor
 from centermask2.engine.loop import PARTIAL_NAME, RESULTS_NAME, run_inference, run_to_folder
 from centermask2.engine.resume import PartialResults
 from centermask2.engine.sources import ModelSource
 from centermask2.errors import BackendError, InputError
 
 SPEC = InputSpec(min_size=32, max_size=64, size_divisibility=32)
+
+
+def _source(backend, batch_size=1):
+    return ModelSource(backend, SPEC, batch_size, [10, 20, 30], ["a", "b", "c"], "fake")
 
 
 class FakeBackend:
@@ -52,7 +57,7 @@ def images(tmp_path):
 def test_batches_padding_and_unreadable_images(images):
     backend = FakeBackend()
     records = list_images(images)
-    results, summary = run_inference(backend, records, SPEC, [10, 20, 30], batch_size=2, progress=False)
+    results, summary = run_inference(_source(backend, 2), records, progress=False)
     # image 1 (30x40 -> 32x43) and 2 (48x64 -> 32x43) share a batch padded to 32x64; 3 alone; 4 unreadable
     assert [shape for shape, _ in backend.batches] == [(2, 3, 32, 64), (1, 3, 64, 32)]
     assert [r["image_id"] for r in results] == [1, 2, 3]
@@ -73,20 +78,20 @@ def test_corrupt_model_outputs_are_a_named_error(images):
             return out
 
     with pytest.raises(BackendError, match="NaN or infinite boxes for image 1"):
-        run_inference(NaNBackend(), list_images(images), SPEC, [10, 20, 30], progress=False)
+        run_inference(_source(NaNBackend()), list_images(images), progress=False)
 
 
 def test_resume_keeps_done_images_and_runs_the_rest(images):
     records = list_images(images)[:3]
     done = {1: [{"image_id": 1, "marker": True}]}
     backend = FakeBackend()
-    results, summary = run_inference(backend, records, SPEC, [10, 20, 30], done=done, progress=False)
+    results, summary = run_inference(_source(backend), records, done=done, progress=False)
     assert results[0] == {"image_id": 1, "marker": True} and [r["image_id"] for r in results] == [1, 2, 3]
     assert len(backend.batches) == 2 and summary.num_resumed == 1 and summary.num_images == 2
 
 
 def test_run_to_folder_writes_results_and_removes_progress(images, tmp_path):
-    source = ModelSource(FakeBackend(), SPEC, 1, [10, 20, 30], ["a", "b", "c"], "fake")
+    source = _source(FakeBackend())
     records = list_images(images)[:3]
     results, summary, path = run_to_folder(source, records, tmp_path / "out", progress=False)
     assert path == tmp_path / "out" / RESULTS_NAME and json.loads(path.read_text()) == results
@@ -104,3 +109,28 @@ def test_partial_results_survive_a_torn_last_line_and_refuse_another_run(tmp_pat
     assert PartialResults(tmp_path / PARTIAL_NAME, identity={"model": "A"}).load() == {1: [{"image_id": 1}]}
     with pytest.raises(InputError, match="another run"):
         PartialResults(tmp_path / PARTIAL_NAME, identity={"model": "B"}).load()
+
+
+class _Square(Job):
+    """A job without a model: the item squared, and a failure for a negative item."""
+
+    def prepare(self, item):
+        if item < 0:
+            raise InputError(f"negative item {item}")
+        return item * item
+
+
+def test_executors_give_every_item_once_with_its_index():
+    """The in-process executor and the process pool map a job the same way (in any order); the
+    pool refuses a model's job, and a job's own error reaches the caller as it is."""
+    items = list(range(7))
+    local = {d.index: d.value for d in LocalExecutor().map(_Square(), items)}
+    with PoolExecutor(2, start_method="spawn") as pool:
+        pooled = {d.index: d.value for d in pool.map(_Square(), items)}
+        with pytest.raises(InputError, match="without a model"):
+            next(pool.map(_Square(), items, _source(FakeBackend())))
+        with pytest.raises(InputError, match="negative item -3"):
+            list(pool.map(_Square(), [1, -3]))
+    assert local == pooled == {i: i * i for i in items}
+    with pytest.raises(InputError, match="--workers must be >= 1"):
+        PoolExecutor(0)

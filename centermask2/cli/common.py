@@ -14,10 +14,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ..data.spec import parse_hw
 from ..engine.onnxruntime_backend import PROVIDERS
 from ..errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, CenterMask2Error, InputError
+
+if TYPE_CHECKING:
+    from ..engine.executors import Executor
 
 __all__ = [
     "PROVIDER_CHOICES",
@@ -27,6 +31,7 @@ __all__ = [
     "non_negative_int",
     "add_config_arguments",
     "add_overrides",
+    "make_executor",
     "parse_args",
     "setup_logging",
     "report_error",
@@ -97,6 +102,28 @@ def add_ray_argument(parser: argparse.ArgumentParser, what: str, shared: str) ->
         help=f'{what} (pip install -e ".[ray]"): without ADDRESS a local instance sized to this machine; '
         f"auto, ray://host:port or host:port: an existing cluster ({shared} on a path every node sees)",
     )
+
+
+def make_executor(args: argparse.Namespace) -> Executor:
+    """Where a stage script's work runs: Ray with ``--ray`` (``--ray-actors``), a process pool with
+    ``--workers N`` (N > 1), else this process.
+
+    Raises:
+        MissingDependencyError: ``--ray`` without Ray installed; InputError: a malformed address,
+        or ``--ray-actors`` / ``--workers`` where they do not apply.
+    """
+    from ..engine.executors import LocalExecutor, PoolExecutor
+
+    ray, actors, workers = (getattr(args, name, None) for name in ("ray", "ray_actors", "workers"))
+    if ray is None:
+        if actors is not None:
+            raise InputError("--ray-actors is for --ray (a Ray cluster or local instance)")
+        return PoolExecutor(workers) if workers and workers > 1 else LocalExecutor()
+    if workers is not None:
+        raise InputError("--workers is for runs without --ray (Ray runs one task per image on the cluster's CPUs)")
+    from ..engine.ray_executor import RayExecutor
+
+    return RayExecutor(ray, actors=actors)
 
 
 def add_overrides(parser: argparse.ArgumentParser, help: str = "config overrides: KEY VALUE ...") -> None:

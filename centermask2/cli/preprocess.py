@@ -31,6 +31,7 @@ from .common import (
     add_overrides,
     add_ray_argument,
     hw_type,
+    make_executor,
     new_parser,
     parse_args,
     positive_int,
@@ -110,33 +111,20 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(build_parser(), argv)
     setup_logging()
     if args.ray:
-        from ..engine.ray_runner import split_address
+        from ..engine.ray_executor import split_address
 
         args.ray, args.opts = split_address(args.ray, args.opts)
 
     from ..data.catalog import list_images
     from ..offline.preprocess import bin_stems, prepare_output_dir, preprocess_to_bins
 
-    if args.ray is not None:
-        from ..engine.ray_runner import check_address, require_ray
-
-        if args.workers is not None:
-            raise InputError("--workers is for runs without --ray (Ray runs one task per image on the cluster's CPUs)")
-        check_address(args.ray)
-        require_ray()
+    executor = make_executor(args)
     spec = _spec(args)
     records = list_images(args.images, args.coco_json)
     bin_stems(records)
     prepare_output_dir(args.output, spec, args.resume, records)
-
-    if args.ray is not None:
-        from ..engine.ray_runner import ray_preprocess_to_bins, ray_session
-
-        with ray_session(args.ray):
-            summary = ray_preprocess_to_bins(records, args.output, spec, resume=args.resume,
-                                             progress=not args.no_progress)
-    else:
-        summary = preprocess_to_bins(records, args.output, spec, workers=args.workers or 1, resume=args.resume,
+    with executor:
+        summary = preprocess_to_bins(records, args.output, spec, executor=executor, resume=args.resume,
                                      progress=not args.no_progress)
     logger.log(logging.INFO if summary.ok else logging.ERROR, "%s", summary.format())
     logger.info("Bins and bin_info.json / bin_info.info: %s", args.output)

@@ -28,8 +28,6 @@ host:port an existing cluster; results are identical to a single-process run wit
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +41,7 @@ from .common import (
     add_overrides,
     add_ray_argument,
     hw_type,
+    make_executor,
     new_parser,
     parse_args,
     positive_int,
@@ -128,23 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup(args: argparse.Namespace):
-    """The SourceRecipe of --backend torch, onnx or openvino, after checking the arguments fit it."""
-    from ..engine.ray_runner import SourceRecipe
-
+def _open_args(args: argparse.Namespace) -> tuple[str, str, dict]:
+    """:func:`~centermask2.engine.sources.open_model`'s (model, runtime, options) for --backend torch,
+    onnx or openvino, after checking the arguments fit it."""
     if args.backend == "torch":
         if not args.config_file:
             raise InputError("--backend torch needs --config-file (and MODEL.WEIGHTS /path/to/model.pth)")
         if args.model:
             raise InputError("--model is for --backend onnx or openvino; with --backend torch pass MODEL.WEIGHTS")
-        _runtime(args)  # --device / --precision are not for torch
-        return SourceRecipe("torch", (args.config_file, list(args.opts)), {
+        _runtime_options(args)  # --device / --precision are not for torch
+        return args.config_file, "torch", {
+            "opts": list(args.opts),
             "pad_to": args.pad_to,
             "padding": args.static_padding or "ignore",
             "batch_size": args.batch_size,
             "threads": args.threads,
             "allow_incomplete": args.allow_incomplete_weights,
-        })
+        }
     if not args.model:
         raise InputError(f"--backend {args.backend} needs --model model.onnx (export one with convert_model_into_onnx.py)")
     if args.config_file or args.opts or args.pad_to or args.static_padding:
@@ -152,45 +151,25 @@ def _setup(args: argparse.Namespace):
             "--config-file, --pad-to, --static-padding and KEY VALUE overrides are for --backend torch; an ONNX "
             "model carries its own settings (export it with convert_model_into_onnx.py --static-padding ...)"
         )
-    return SourceRecipe("onnx", (args.model,), {"provider": args.provider, "threads": args.threads,
-                                                 "batch_size": args.batch_size, **_runtime(args)})
+    runtime = "openvino" if args.backend == "openvino" else "onnxruntime"
+    return args.model, runtime, {"threads": args.threads, "batch_size": args.batch_size, **_runtime_options(args)}
 
 
-def _runtime(args: argparse.Namespace) -> dict[str, str]:
-    """onnx_source's runtime arguments; --device and --precision only with --backend openvino."""
+def _runtime_options(args: argparse.Namespace) -> dict[str, str]:
+    """The runtime's own options: --device and --precision only with --backend openvino, --provider
+    only with ONNX Runtime."""
     if args.backend == "openvino":
-        return {"runtime": "openvino", "device": args.device or "CPU", "precision": args.precision or "fp32"}
+        return {"device": args.device or "CPU", "precision": args.precision or "fp32"}
     given = [name for name, value in (("--device", args.device), ("--precision", args.precision)) if value]
     if given:
         verb = "is" if len(given) == 1 else "are"
         raise InputError(f"{' and '.join(given)} {verb} for --backend openvino (ONNX Runtime takes --provider)")
-    return {"runtime": "onnxruntime"}
-
-
-def _check_ray(args: argparse.Namespace) -> None:
-    """--ray's address and Ray itself, before any heavy work; --ray-actors only with --ray."""
-    if args.ray is None:
-        if args.ray_actors is not None:
-            raise InputError("--ray-actors is for --ray (a Ray cluster or local instance)")
-        return
-    from ..engine.ray_runner import check_address, require_ray
-
-    check_address(args.ray)
-    require_ray()
-
-
-def _cluster(args: argparse.Namespace) -> contextlib.AbstractContextManager:
-    """The Ray session of --ray (nothing without it)."""
-    if args.ray is None:
-        return contextlib.nullcontext()
-    from ..engine.ray_runner import ray_session
-
-    return ray_session(args.ray)
+    return {"provider": args.provider} if args.backend != "torch" else {}
 
 
 def _run_bins(args: argparse.Namespace) -> int:
     """--bins mode: stage 2 of the offline pipeline. 0 ok, 1 bad input bins skipped, 2 setup error."""
-    from ..engine.onnxruntime_backend import OnnxRuntimeBackend
+    from ..engine.sources import open_model
     from ..fileio import ensure_writable_dir
     from ..offline.run import run_bins
 
@@ -208,30 +187,14 @@ def _run_bins(args: argparse.Namespace) -> int:
             f"{', '.join(unused)} cannot be used with --bins (the bins and the model fix the input; "
             "postprocess_bin_outputs.py scores the results)"
         )
+    args.backend = args.backend or "onnx"
     ensure_writable_dir(args.output_dir, "--output")
-    _check_ray(args)
-    runtime = _runtime(args)
-    if runtime["runtime"] == "openvino":
-        from ..engine.openvino_backend import OpenVINOBackend
-
-        backend = OpenVINOBackend(args.model, device=runtime["device"], threads=args.threads,
-                                  precision=runtime["precision"])
-        where = f"OpenVINO {runtime['device']}, {runtime['precision']}"
-    else:
-        backend = OnnxRuntimeBackend(args.model, provider=args.provider, threads=args.threads)
-        where = args.provider
-    logger.info("Running %s (%s) on the bins of %s", Path(args.model).name, where, args.bins)
-    if args.ray is not None:
-        from ..engine.ray_runner import SourceRecipe, ray_run_bins
-
-        recipe = SourceRecipe("onnx", (args.model,), {"provider": args.provider, "threads": args.threads, **runtime})
-        with _cluster(args):
-            summary = ray_run_bins(recipe, backend, args.bins, args.output_dir, actors=args.ray_actors,
-                                   index_base=args.index_base, resume=args.resume, progress=not args.no_progress,
-                                   model_name=args.model)
-    else:
-        summary = run_bins(backend, args.bins, args.output_dir, index_base=args.index_base, resume=args.resume,
-                           progress=not args.no_progress, model_name=args.model)
+    executor = make_executor(args)
+    source = open_model(*_open_args(args))
+    logger.info("Running %s on the bins of %s", source.label, args.bins)
+    with executor:
+        summary = run_bins(source, args.bins, args.output_dir, executor=executor, index_base=args.index_base,
+                           resume=args.resume, progress=not args.no_progress, model_name=args.model)
     logger.info("Model: %s", summary.format())
     logger.info("Raw outputs: %s", args.output_dir)
     if summary.failed:
@@ -250,7 +213,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(build_parser(), argv)
     setup_logging()
     if args.ray:
-        from ..engine.ray_runner import split_address
+        from ..engine.ray_executor import split_address
 
         args.ray, args.opts = split_address(args.ray, args.opts)
     if args.bins is not None:
@@ -269,6 +232,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from ..data.catalog import list_images, resolve_dataset
     from ..data.categories import category_mapping
     from ..engine.loop import run_to_folder
+    from ..engine.sources import open_model
     from ..evaluation import evaluate_coco
     from ..fileio import ensure_writable_dir
 
@@ -276,22 +240,16 @@ def _main(argv: Sequence[str] | None) -> int:
         args.images, args.coco_json = resolve_dataset(args.dataset)
     ensure_writable_dir(args.output_dir, "--output-dir")
     records = list_images(args.images, args.coco_json)
-    _check_ray(args)
-    recipe = _setup(args)
-    source = recipe.build()
+    executor = make_executor(args)
+    source = open_model(*_open_args(args))
     ids = source.category_ids
     if args.coco_json:
         ids, _names = category_mapping(args.coco_json, len(source.category_ids))
 
     logger.info("Running %s on %d image(s) from %s", source.label, len(records), args.images)
-    with _cluster(args):
-        infer = None
-        if args.ray is not None:
-            from ..engine.ray_runner import ray_infer
-
-            infer = functools.partial(ray_infer, recipe=recipe, actors=args.ray_actors)
+    with executor:
         results, summary, results_path = run_to_folder(
-            source, records, args.output_dir, ids, resume=args.resume, progress=not args.no_progress, infer=infer
+            source, records, args.output_dir, ids, resume=args.resume, progress=not args.no_progress, executor=executor
         )
     logger.info("Inference: %s", summary.format())
     logger.info("Results: %s", results_path)

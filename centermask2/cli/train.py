@@ -108,9 +108,8 @@ def make_evaluator(cfg: Any, eval_json: str, eval_images: str, output_dir: Path,
     the test-time resize of ``cfg`` (as ``tester.py`` runs it)."""
     from ..data.catalog import list_images
     from ..data.categories import category_mapping
-    from ..data.spec import InputSpec
     from ..engine.loop import run_inference
-    from ..engine.torch_backend import TorchBackend
+    from ..engine.sources import torch_model_source
     from ..evaluation import evaluate_coco
     from ..fileio import atomic_write_json
 
@@ -118,9 +117,8 @@ def make_evaluator(cfg: Any, eval_json: str, eval_images: str, output_dir: Path,
     ids, _ = category_mapping(eval_json, int(cfg.MODEL.FCOS.NUM_CLASSES))
 
     def evaluate(model: Any, iteration: int) -> dict[str, Any]:
-        spec = InputSpec.from_config(cfg, size_divisibility=model.size_divisibility)
-        backend = TorchBackend(model, cfg.MODEL.DEVICE)
-        results, _summary = run_inference(backend, records, spec, ids, progress=progress)
+        source = torch_model_source(model, cfg, label=f"PyTorch iteration {iteration}")
+        results, _summary = run_inference(source, records, ids, progress=progress)
         out = output_dir / f"eval_iter{iteration:07d}"
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(results, out / "coco_instances_results.json")

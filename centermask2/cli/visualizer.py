@@ -67,20 +67,18 @@ def _records_by_image(records: Sequence[dict]) -> dict[int, list[dict]]:
 def _source_records(kind: str, value: str, args: argparse.Namespace, images: list) -> tuple[str, list[dict], dict[int, str]]:
     """(label, COCO records, {category id: name}) of one source."""
     from ..engine.loop import run_inference
-    from ..engine.sources import onnx_source, torch_source
+    from ..engine.sources import open_model
     from ..evaluation import load_coco_results
 
     if kind == "results":
         path = Path(value)
         return f"{path.parent.name}/{path.name}" if path.parent.name else path.name, load_coco_results(value), {}
     if kind == "onnx":
-        source = onnx_source(value, provider=args.provider, runtime=args.runtime)
+        options = {"provider": args.provider} if args.runtime == "onnxruntime" else {}
+        source = open_model(value, args.runtime, **options)
     else:
-        source = torch_source(value, args.opts)
-    records, _ = run_inference(
-        source.backend, images, source.spec, source.category_ids, batch_size=source.batch_size,
-        progress=not args.no_progress,
-    )
+        source = open_model(value, "torch", opts=args.opts)
+    records, _ = run_inference(source, images, progress=not args.no_progress)
     return source.label, records, dict(zip(source.category_ids, source.class_names))
 
 

@@ -29,17 +29,19 @@ from ..evaluation.coco import instances_to_coco_json
 from ..fileio import atomic_write_json, ensure_writable_dir, text_digest
 from ..modeling.postprocessing import detector_postprocess
 from ..summary import StageSummary
-from .backend import Backend
+from .executors import Executor, Job, LocalExecutor
 from .resume import PartialResults
 
 if TYPE_CHECKING:
+    from .backend import Backend
     from .sources import ModelSource
 
 __all__ = [
     "RESULTS_NAME",
     "PARTIAL_NAME",
     "InferenceSummary",
-    "Infer",
+    "InferJob",
+    "BatchResults",
     "batches",
     "load_batch",
     "image_results",
@@ -76,7 +78,7 @@ class InferenceSummary(StageSummary):
             f"{self.num_images} images{failed}, {self.num_detections} detections in {self.wall_s:.1f} s "
             f"({self.images_per_s:.2f} img/s). Per image: model median {self.model_ms_per_image():.1f} ms, "
             f"mean {1000 * sum(self.model_s) / n:.1f} ms; pre-processing {self.ms_per_image(sum(self.preprocess_s)):.1f} "
-            f"ms; post-processing {self.ms_per_image(sum(self.postprocess_s)):.1f} ms"
+            f"ms; post-processing {self.ms_per_image(sum(self.postprocess_s)):.1f} ms{self.executor_clause()}"
         )
 
 
@@ -147,101 +149,144 @@ def image_results(
     return det, instances_to_coco_json(det, image_id, contiguous_to_dataset_id)
 
 
+@dataclass
+class BatchResults:
+    """What :class:`InferJob` made of one backend call: COCO records per readable image (input
+    order), ``(file_name, reason)`` per unreadable one, and the detections when asked for."""
+
+    images: list[tuple[ImageRecord, list[dict[str, Any]]]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    num_detections: int = 0
+    detections: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class InferJob(Job):
+    """Image inference on one backend call's images (a :class:`~centermask2.engine.executors.Job`).
+
+    ``prepare`` reads, resizes and pads the batch; ``infer`` runs the model; ``finish``
+    post-processes each image to COCO records.
+
+    Attributes:
+        spec: resize / padding rules.
+        category_ids: dataset category id of every contiguous class.
+        mask_threshold: binarization threshold of pasted masks (0.5 upstream).
+        keep_detections: also return each image's post-processed detections (for drawing).
+    """
+
+    spec: InputSpec
+    category_ids: tuple[int, ...]
+    mask_threshold: float = 0.5
+    keep_detections: bool = False
+
+    def prepare(self, batch: Sequence[ImageRecord]) -> dict[str, Any]:
+        loaded, readable, failed = load_batch(batch, self.spec)
+        images = sizes = None
+        if readable:
+            images, sizes = pad_batch([im for im, _ in loaded], self.spec)
+        return {"images": images, "image_sizes": sizes, "originals": [hw for _, hw in loaded], "failed": failed,
+                "records": readable}
+
+    def infer(self, backend: Backend, prepared: dict[str, Any]) -> dict[str, Any]:
+        outputs = None
+        if prepared["images"] is not None:
+            outputs = backend.run({"images": prepared["images"], "image_sizes": prepared["image_sizes"]})
+        return {**prepared, "images": None, "outputs": outputs}
+
+    def finish(self, batch: Sequence[ImageRecord], inferred: dict[str, Any]) -> BatchResults:
+        result = BatchResults(failed=inferred["failed"])
+        sizes = inferred["image_sizes"]
+        for i, (rec, original) in enumerate(zip(inferred["records"], inferred["originals"])):
+            det, records = image_results(inferred["outputs"], i, (int(sizes[i, 0]), int(sizes[i, 1])), original,
+                                         rec.image_id, self.category_ids, self.mask_threshold)
+            result.images.append((rec, records))
+            result.num_detections += int(det["boxes"].shape[0])
+            if self.keep_detections:
+                result.detections.append(det)
+        return result
+
+
 def run_inference(
-    backend: Backend,
+    source: ModelSource,
     records: Sequence[ImageRecord],
-    spec: InputSpec,
-    contiguous_to_dataset_id: Sequence[int],
+    contiguous_to_dataset_id: Sequence[int] | None = None,
     *,
-    batch_size: int = 1,
+    executor: Executor | None = None,
     mask_threshold: float = 0.5,
     progress: bool = True,
     on_image: Callable[[ImageRecord, dict[str, torch.Tensor]], None] | None = None,
     done: Mapping[int, list[dict[str, Any]]] | None = None,
     on_results: Callable[[ImageRecord, list[dict[str, Any]]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], InferenceSummary]:
-    """Run ``backend`` over ``records`` and build COCO result records.
+    """Run ``source``'s model over ``records`` and build COCO result records.
+
+    The stage: its plan (the images not in ``done``, in backend calls of ``source.batch_size``),
+    :class:`InferJob` on each call through ``executor``, and the reduction (records in input order,
+    failures in input order, the summary), whatever the executor.
 
     Args:
-        backend: see :class:`Backend`.
+        source: the model and how to feed it (:func:`~centermask2.engine.sources.open_model`).
         records: images (see :func:`~centermask2.data.catalog.list_images`).
-        spec: resize / padding rules.
-        contiguous_to_dataset_id: category id of every contiguous class.
-        batch_size: images per backend call.
+        contiguous_to_dataset_id: category id of every contiguous class (default ``source.category_ids``).
+        executor: where the calls run (default: this process, :class:`LocalExecutor`).
         mask_threshold: binarization threshold of pasted masks (0.5 upstream).
         progress: show a tqdm progress bar.
         on_image: optional callback with each image's post-processed detections.
         done: COCO records of images already processed (by image id, e.g. from
             :class:`~centermask2.engine.resume.PartialResults`); those images are not run again.
-        on_results: optional callback with each newly processed image's COCO records.
+        on_results: optional callback with each newly processed image's COCO records, as they arrive.
 
     Returns:
         (COCO result dicts in image order, timing summary).
     """
     from tqdm import tqdm
 
-    if batch_size < 1:
-        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    if source.batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {source.batch_size}")
+    ids = tuple(int(c) for c in (contiguous_to_dataset_id if contiguous_to_dataset_id is not None
+                                 else source.category_ids))
+    executor = executor or LocalExecutor()
     summary = InferenceSummary()
-    results: list[dict[str, Any]] = []
     start = time.perf_counter()
     done = dict(done or {})
     todo = [r for r in records if r.image_id not in done]
     summary.num_resumed = len(records) - len(todo)
     if done:
         logger.info("Resuming: %d of %d image(s) already done", len(records) - len(todo), len(records))
+    job = InferJob(source.spec, ids, mask_threshold, keep_detections=on_image is not None)
     new: dict[int, list[dict[str, Any]]] = {}
-    bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="inference")
-    try:
-        for batch in batches(todo, batch_size):
-            t0 = time.perf_counter()
-            batch_total = len(batch)
-            loaded, readable, failed = load_batch(batch, spec)
-            for name, reason in failed:
+    workers: set[int] = set()
+    with tqdm(total=len(todo), unit="img", disable=not progress, desc="inference") as bar:
+        for item in executor.map(job, list(batches(todo, source.batch_size)), source):
+            batch: BatchResults = item.value
+            if not summary.first_result_s:
+                summary.first_result_s = time.perf_counter() - start
+            for name, reason in batch.failed:
                 logger.warning("skipping %s: %s", name, reason)
-            summary.failed.extend(failed)
-            if not readable:
-                bar.update(batch_total)
-                continue
-            batch = readable
-            images, sizes = pad_batch([im for im, _ in loaded], spec)
-            t1 = time.perf_counter()
-            out = backend.run({"images": images, "image_sizes": sizes})
-            t2 = time.perf_counter()
-            for i, rec in enumerate(batch):
-                det, records_i = image_results(out, i, (int(sizes[i, 0]), int(sizes[i, 1])), loaded[i][1],
-                                               rec.image_id, contiguous_to_dataset_id, mask_threshold)
-                new[rec.image_id] = records_i
+            summary.failed.extend(batch.failed)
+            for k, (rec, image_records) in enumerate(batch.images):
+                new[rec.image_id] = image_records
                 if on_results is not None:
-                    on_results(rec, records_i)
-                summary.num_detections += int(det["boxes"].shape[0])
+                    on_results(rec, image_records)
                 if on_image is not None:
-                    on_image(rec, det)
-            t3 = time.perf_counter()
-            summary.preprocess_s.append(t1 - t0)
-            summary.model_s.append(t2 - t1)
-            summary.postprocess_s.append(t3 - t2)
-            summary.batch_sizes.append(len(batch))
-            summary.num_images += len(batch)
-            bar.update(batch_total)
-    finally:
-        bar.close()
+                    on_image(rec, batch.detections[k])
+            summary.num_detections += batch.num_detections
+            summary.preprocess_s.append(item.prepare_s)
+            summary.postprocess_s.append(item.finish_s)
+            if batch.images:
+                workers.add(item.worker)
+                summary.model_s.append(item.model_s)
+                summary.batch_sizes.append(len(batch.images))
+                summary.num_images += len(batch.images)
+            bar.update(len(batch.images) + len(batch.failed))
     summary.wall_s = time.perf_counter() - start
+    summary.executor = executor.describe(workers)
+    order = {r.file_name: i for i, r in enumerate(records)}
+    summary.failed.sort(key=lambda failure: order.get(failure[0], len(order)))  # input order, whatever the executor
+    results: list[dict[str, Any]] = []
     for rec in records:  # input order, resumed and new together
         results.extend(done.get(rec.image_id, new.get(rec.image_id, [])))
     return results, summary
-
-
-#: how :func:`run_to_folder` runs the images: ``infer(source, records, ids, progress=, done=,
-#: on_results=)`` with :func:`run_inference`'s meaning, returning its (results, summary)
-Infer = Callable[..., tuple[list[dict[str, Any]], InferenceSummary]]
-
-
-def _infer_here(
-    source: ModelSource, records: Sequence[ImageRecord], ids: Sequence[int], **kwargs: Any
-) -> tuple[list[dict[str, Any]], InferenceSummary]:
-    """:data:`Infer` in this process: :func:`run_inference` with the source's backend."""
-    return run_inference(source.backend, records, source.spec, ids, batch_size=source.batch_size, **kwargs)
 
 
 def run_to_folder(
@@ -252,7 +297,7 @@ def run_to_folder(
     *,
     resume: bool = False,
     progress: bool = True,
-    infer: Infer | None = None,
+    executor: Executor | None = None,
 ) -> tuple[list[dict[str, Any]], InferenceSummary, Path]:
     """Run ``source`` over ``records`` and write ``OUTPUT_DIR/coco_instances_results.json``.
 
@@ -268,8 +313,8 @@ def run_to_folder(
         contiguous_to_dataset_id: category ids (default ``source.category_ids``).
         resume: continue an interrupted run.
         progress: tqdm progress bar.
-        infer: what runs the images (default: this process, :func:`run_inference`; e.g.
-            :func:`centermask2.engine.ray_runner.ray_infer` for a Ray cluster).
+        executor: where the images run (default: this process; e.g.
+            :class:`~centermask2.engine.ray_executor.RayExecutor` for a Ray cluster).
 
     Returns:
         (COCO results in image order, summary, path of the results file).
@@ -294,9 +339,8 @@ def run_to_folder(
     done = {k: v for k, v in done.items() if k in wanted}
     partial.start(done)
     try:
-        results, summary = (infer or _infer_here)(
-            source, records, ids, progress=progress, done=done, on_results=partial.append
-        )
+        results, summary = run_inference(source, records, ids, executor=executor, progress=progress, done=done,
+                                         on_results=partial.append)
     finally:
         partial.close()
     results_path = out_dir / RESULTS_NAME

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import OUTPUT_NAMES, read_metadata
 from ..errors import BackendError, InputError, MissingDependencyError
-from .backend import fill_static_batch
+from .backend import OnnxFileBackend
 
 __all__ = ["OpenVINOBackend", "OPENVINO_DEVICES", "PRECISIONS"]
 
@@ -66,7 +65,7 @@ def default_cache_dir() -> Path:
     return Path(root) / "openvino"
 
 
-class OpenVINOBackend:
+class OpenVINOBackend(OnnxFileBackend):
     """An exported ``.onnx`` model compiled by OpenVINO.
 
     Args:
@@ -80,6 +79,8 @@ class OpenVINOBackend:
             ``""``: no cache.
     """
 
+    runtime = "OpenVINO"
+
     def __init__(
         self,
         model_path: str | os.PathLike,
@@ -90,17 +91,15 @@ class OpenVINOBackend:
     ) -> None:
         try:
             import openvino as ov
-        except ImportError:
+        except ImportError as exc:
             raise MissingDependencyError(
                 'OpenVINO is not installed: pip install -e ".[openvino]" (or pip install openvino)'
-            ) from None
+            ) from exc
         if device not in OPENVINO_DEVICES:
             raise InputError(f"OpenVINO device must be one of {list(OPENVINO_DEVICES)}, got {device!r}")
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-        self.path = Path(model_path)
-        self.metadata = read_metadata(self.path)
-        self.input_dtype = self.metadata.input_dtype
+        super().__init__(model_path)
         from openvino.frontend import ConversionExtension
 
         core = ov.Core()
@@ -120,7 +119,7 @@ class OpenVINOBackend:
         try:
             self.compiled = core.compile_model(os.fspath(self.path), device, config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeError subclasses of its own
-            raise BackendError(f"OpenVINO cannot compile {str(self.path)!r} for {device}: {exc}") from None
+            raise BackendError(f"OpenVINO cannot compile {str(self.path)!r} for {device}: {exc}") from exc
         self.device = device
         #: what OpenVINO computes in, as ``--precision`` names it (``fp32`` where the device lacks ``precision``)
         self.precision_used = precision
@@ -130,31 +129,20 @@ class OpenVINOBackend:
             self.precision_used = {v: k for k, v in PRECISIONS.items()}.get(name, name)
         except Exception:  # noqa: BLE001 - AUTO does not report it
             pass
-        names = [next(iter(o.get_names())) for o in self.compiled.outputs]
-        if names != list(OUTPUT_NAMES):
-            raise InputError(f"{str(self.path)!r} outputs {names}, expected {list(OUTPUT_NAMES)}")
-        inputs = sorted(next(iter(i.get_names())) for i in self.compiled.inputs)
-        if inputs != ["image_sizes", "images"]:
-            raise InputError(f"{str(self.path)!r} has inputs {inputs}, expected ['image_sizes', 'images']")
-        self.output_names = names
+        self._check_graph(
+            {next(iter(i.get_names())): [d.get_length() if d.is_static else None for d in i.get_partial_shape()]
+             for i in self.compiled.inputs},
+            [next(iter(o.get_names())) for o in self.compiled.outputs],
+        )
         self.request = self.compiled.create_infer_request()
         logger.info("OpenVINO %s on %s, inference precision %s", self.path.name, device, self.precision_used)
 
-    @property
-    def static_batch(self) -> int | None:
-        """The batch size a static model requires, None for a dynamic one."""
-        return None if self.metadata.dynamic else self.metadata.batch_size
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = np.ascontiguousarray(inputs["images"].astype(np.dtype(self.input_dtype), copy=False))
-        sizes = np.ascontiguousarray(inputs["image_sizes"].astype(np.int64, copy=False))
-        b = images.shape[0]
-        images, sizes = fill_static_batch(images, sizes, self.static_batch)
+    def _infer(self, images: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
         try:
             result = self.request.infer({"images": images, "image_sizes": sizes})
         except Exception as exc:  # noqa: BLE001
             raise BackendError(
                 f"OpenVINO failed running {str(self.path)!r} on input {list(images.shape)} {images.dtype}: {exc}"
-            ) from None
-        outs = {next(iter(k.get_names())): np.asarray(v) for k, v in result.items()}
-        return {name: outs[name][:b].copy() for name in self.output_names}
+            ) from exc
+        # the request's tensors are reused by its next call: copy
+        return {next(iter(k.get_names())): np.array(v) for k, v in result.items()}

@@ -1,7 +1,9 @@
-"""Model sources: a ready backend plus how to feed it, from a checkpoint or an exported model.
+"""Opening a model: :func:`open_model` gives a ready backend plus how to feed it, for any runtime.
 
-Shared by the stage scripts so that ``tester.py`` and ``visualizer.py`` set up backends the
-same way.
+One factory for PyTorch (a config and its checkpoint), ONNX Runtime and OpenVINO (an exported
+``.onnx``, whose metadata gives every setting). Every stage script, tool and benchmark opens its
+model here; :class:`SourceRecipe` is the picklable form of one call, so a worker on another
+machine (a Ray actor) opens the same model from it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..errors import InputError
 from ..fileio import file_digest, text_digest
 from .backend import Backend
 
-__all__ = ["ModelSource", "SourceRecipe", "torch_source", "onnx_source"]
+__all__ = ["RUNTIMES", "ModelSource", "SourceRecipe", "open_model", "torch_model_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class ModelSource:
             (:data:`~centermask2.contract.PADDING_MODES`).
         runtime: for runtimes other than PyTorch and ONNX Runtime, which one and how it computes
             (e.g. ``"openvino CPU fp32"``); part of the identity.
+        recipe: how it was opened (:func:`open_model`'s arguments), for workers elsewhere.
     """
 
     backend: Backend
@@ -63,6 +66,7 @@ class ModelSource:
     config_yaml: str = ""
     padding: str = "ignore"
     runtime: str = ""
+    recipe: SourceRecipe | None = None
 
     def identity(self) -> dict[str, str]:
         """What makes this source's outputs what they are; a resumed run must have the same.
@@ -82,7 +86,7 @@ class ModelSource:
         return identity
 
 
-def torch_source(
+def _open_torch(
     config_file: str | os.PathLike,
     opts: Sequence[str] = (),
     *,
@@ -92,19 +96,13 @@ def torch_source(
     threads: int | None = None,
     allow_incomplete: bool = False,
 ) -> ModelSource:
-    """Build the PyTorch model of a config and load ``MODEL.WEIGHTS`` (a local file).
-
-    ``pad_to`` is a fixed (H, W) every image is padded to (as a static model sees it), or None for
-    upstream's padding to the size divisibility. ``padding`` (one of
-    :data:`~centermask2.contract.PADDING_MODES`) says whether padding beyond that affects results:
-    ``"ignore"`` (default) gives each image its upstream result for any ``pad_to`` and batch.
-    """
+    """Build the PyTorch model of a config and load ``MODEL.WEIGHTS`` (a local file); the options
+    as :func:`torch_model_source`."""
     import torch
 
     from ..checkpoint import check_weights_path, load_weights
     from ..config import load_config
     from ..modeling import build_model
-    from .torch_backend import TorchBackend
 
     cfg = load_config(config_file, opts)
     check_weights_path(cfg.MODEL.WEIGHTS)
@@ -112,22 +110,45 @@ def torch_source(
         torch.set_num_threads(threads)
     model = build_model(cfg)
     load_weights(model, cfg.MODEL.WEIGHTS, allow_incomplete=allow_incomplete)
+    return torch_model_source(model, cfg, label=f"PyTorch {os.path.basename(os.fspath(config_file))}", pad_to=pad_to,
+                              padding=padding, batch_size=batch_size)
+
+
+def torch_model_source(
+    model: Any,
+    cfg: Any,
+    *,
+    label: str = "PyTorch",
+    pad_to: tuple[int, int] | None = None,
+    padding: str = "ignore",
+    batch_size: int | None = None,
+) -> ModelSource:
+    """A source for a PyTorch model already in memory (e.g. during training) and its config; it has
+    no recipe, so it runs in this process only.
+
+    ``pad_to`` is a fixed (H, W) every image is padded to (as a static model sees it), or None for
+    upstream's padding to the size divisibility. ``padding`` (one of
+    :data:`~centermask2.contract.PADDING_MODES`) says whether padding beyond that affects results:
+    ``"ignore"`` (default) gives each image its upstream result for any ``pad_to`` and batch.
+    """
+    from .torch_backend import TorchBackend
+
     spec = InputSpec.from_config(cfg, size_divisibility=model.size_divisibility, pad_to=pad_to)
     ids, names = category_mapping(None, int(cfg.MODEL.FCOS.NUM_CLASSES))
     return ModelSource(
-        backend=TorchBackend(model, cfg.MODEL.DEVICE, padding=padding),
+        backend=TorchBackend(model, cfg.MODEL.DEVICE, padding=padding, path=cfg.MODEL.WEIGHTS or None),
         spec=spec,
         batch_size=batch_size or 1,
         category_ids=ids,
         class_names=names,
-        label=f"PyTorch {os.path.basename(os.fspath(config_file))}",
-        model_file=str(cfg.MODEL.WEIGHTS),
+        label=label,
+        model_file=str(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else None,
         config_yaml=cfg.dump(),
         padding=padding,
     )
 
 
-def onnx_source(
+def _open_onnx(
     model_path: str | os.PathLike,
     *,
     provider: str = "cpu",
@@ -136,6 +157,7 @@ def onnx_source(
     runtime: str = "onnxruntime",
     device: str = "CPU",
     precision: str = "fp32",
+    cache_dir: str | os.PathLike | None = None,
 ) -> ModelSource:
     """Open an exported model in ONNX Runtime (``runtime="onnxruntime"``, on ``provider``) or
     OpenVINO (``runtime="openvino"``, on ``device`` with ``precision``); every setting comes from
@@ -145,7 +167,7 @@ def onnx_source(
     if runtime == "openvino":
         from .openvino_backend import OpenVINOBackend
 
-        backend = OpenVINOBackend(model_path, device=device, threads=threads, precision=precision)
+        backend = OpenVINOBackend(model_path, device=device, threads=threads, precision=precision, cache_dir=cache_dir)
         label = f"OpenVINO {name} ({device}, {precision})"
         runtime_id = f"openvino {device} {precision}"
     elif runtime == "onnxruntime":
@@ -181,43 +203,92 @@ def onnx_source(
     )
 
 
+#: the runtimes :func:`open_model` opens: the PyTorch model of a config, or an exported ``.onnx`` in
+#: ONNX Runtime or OpenVINO
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+#: the options each runtime takes (everything else is refused by name)
+_OPTIONS = {
+    "torch": {"opts", "pad_to", "padding", "batch_size", "threads", "allow_incomplete"},
+    "onnxruntime": {"provider", "threads", "batch_size"},
+    "openvino": {"device", "precision", "threads", "batch_size", "cache_dir"},
+}
+
+
+def open_model(model: str | os.PathLike, runtime: str | None = None, **options: Any) -> ModelSource:
+    """Open a model for inference in any runtime.
+
+    Args:
+        model: a config YAML (``runtime="torch"``: the weights are its ``MODEL.WEIGHTS``, or an
+            ``opts`` override) or an exported ``.onnx`` (``"onnxruntime"`` or ``"openvino"``).
+        runtime: one of :data:`RUNTIMES`; default ``"onnxruntime"`` for a ``.onnx`` file, else
+            ``"torch"``.
+        **options: ``threads``, ``batch_size`` everywhere; torch: ``opts`` (``KEY VALUE`` config
+            overrides), ``pad_to`` ((H, W) every image is padded to), ``padding``
+            (:data:`~centermask2.contract.PADDING_MODES`), ``allow_incomplete`` (missing weights);
+            onnxruntime: ``provider`` (``cpu``, ``cuda``, ``tensorrt``); openvino: ``device``,
+            ``precision`` (``fp32``, ``bf16``, ``fp16``), ``cache_dir``.
+
+    Returns:
+        the :class:`ModelSource`; its ``recipe`` reopens the same model elsewhere.
+
+    Raises:
+        InputError: an unknown runtime, or an option that runtime does not take.
+        MissingFileError, MissingDependencyError, BackendError: as the runtime's backend.
+    """
+    if runtime is None:
+        runtime = "onnxruntime" if os.fspath(model).lower().endswith(".onnx") else "torch"
+    if runtime not in RUNTIMES:
+        raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    given = {k: v for k, v in options.items() if v is not None}
+    if runtime == "onnxruntime" and given.pop("precision", "fp32") != "fp32":
+        raise InputError(
+            f"--precision {options['precision']} is for --backend openvino; ONNX Runtime runs the model's own "
+            "precision (export an int8 model, or use OpenVINO for bf16/fp16)"
+        )
+    foreign = sorted(set(given) - _OPTIONS[runtime])
+    if foreign:
+        raise InputError(f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not an option of the "
+                         f"{runtime} runtime (it takes {', '.join(sorted(_OPTIONS[runtime]))})")
+    if runtime == "torch":
+        opts = given.pop("opts", ())
+        source = _open_torch(model, opts, **given)
+    else:
+        source = _open_onnx(model, runtime=runtime, **given)
+    source.recipe = SourceRecipe(os.fspath(model), runtime, options)
+    return source
+
+
 @dataclass(frozen=True)
 class SourceRecipe:
-    """How to build a :class:`ModelSource` anywhere: a builder of this module and its arguments
-    (picklable: a Ray actor builds its backend from it on its own node, never from a pickled model).
+    """How to open a model anywhere: :func:`open_model`'s arguments (picklable: a Ray actor opens its
+    backend from it on its own node, never from a pickled model).
 
     Attributes:
-        builder: ``"torch"`` (:func:`~centermask2.engine.sources.torch_source`: config file and
-            overrides) or ``"onnx"`` (:func:`~centermask2.engine.sources.onnx_source`: the
-            ``.onnx`` and runtime settings).
-        args, kwargs: the builder's arguments.
+        model: the config YAML or ``.onnx``; runtime: one of :data:`RUNTIMES`.
+        options: :func:`open_model`'s keyword arguments.
     """
 
-    builder: str
-    args: tuple[Any, ...]
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.builder not in ("torch", "onnx"):
-            raise InputError(f"a source recipe's builder is 'torch' or 'onnx', got {self.builder!r}")
+    model: str
+    runtime: str
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def build(self) -> ModelSource:
         """The source, with its backend ready."""
-        return (torch_source if self.builder == "torch" else onnx_source)(*self.args, **dict(self.kwargs))
+        return open_model(self.model, self.runtime, **dict(self.options))
 
     @property
     def threads(self) -> int:
         """CPU threads of the backend (1 when not set: one actor, one core)."""
-        return int(self.kwargs.get("threads") or 1)
+        return int(self.options.get("threads") or 1)
 
     def for_cluster(self, source: ModelSource | None = None) -> SourceRecipe:
         """This recipe with absolute paths (workers do not share the driver's working directory) and
-        one thread when none was asked for; ``source`` is the driver's build of a ``"torch"`` recipe
-        (its weights file, wherever the config or the overrides named it)."""
-        kwargs = {**self.kwargs, "threads": self.threads}
-        if self.builder == "onnx":
-            return replace(self, args=(os.path.abspath(self.args[0]),), kwargs=kwargs)
-        config_file, opts = self.args[0], list(self.args[1] if len(self.args) > 1 else ())
-        if source is not None and source.model_file:  # the last MODEL.WEIGHTS wins: the resolved file, absolute
-            opts += ["MODEL.WEIGHTS", os.path.abspath(source.model_file)]
-        return replace(self, args=(os.path.abspath(config_file), opts), kwargs=kwargs)
+        one thread when none was asked for; ``source`` is the driver's build of a torch recipe (its
+        weights file, wherever the config or the overrides named it)."""
+        options = {**self.options, "threads": self.threads}
+        if self.runtime == "torch":
+            opts = list(options.get("opts") or ())
+            if source is not None and source.model_file:  # the last MODEL.WEIGHTS wins: the resolved file, absolute
+                opts += ["MODEL.WEIGHTS", os.path.abspath(source.model_file)]
+            options["opts"] = opts
+        return replace(self, model=os.path.abspath(self.model), options=options)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..contract import PADDING_MODES
+from ..contract import OUTPUT_NAMES, PADDING_MODES
 from ..errors import InputError
 
 __all__ = ["TorchBackend", "resolve_device"]
@@ -37,16 +39,29 @@ class TorchBackend:
         padding: one of :data:`~centermask2.contract.PADDING_MODES`: ``"ignore"`` gives every image
             its own upstream result however much it is padded and whatever shares its batch;
             ``"include"`` lets the padding of the input tensor take part (upstream run on it).
+        path: the checkpoint the weights came from (None: built in memory).
     """
 
     input_dtype = "uint8"
+    #: settings live in the config, not in an exported model's metadata
+    metadata = None
+    #: any batch
+    static_batch = None
 
-    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", padding: str = "ignore") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str | torch.device = "cpu",
+        padding: str = "ignore",
+        path: str | os.PathLike | None = None,
+    ) -> None:
         if padding not in PADDING_MODES:
             raise InputError(f"padding must be one of {', '.join(PADDING_MODES)}, got {padding!r}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.padding = padding
+        self.path = Path(path) if path is not None else None
+        self.output_names: list[str] = list(getattr(model, "output_names", OUTPUT_NAMES))
 
     @torch.inference_mode()
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

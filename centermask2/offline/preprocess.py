@@ -14,20 +14,18 @@ bottom/right to the static size) and is written as raw pixels, since exported gr
 Bins are written atomically, so an interrupted run leaves only complete bins (and possibly
 temp files, which the next run removes); ``resume=True`` keeps every bin pair that has the right
 byte sizes and matches the image's size, and redoes the rest. The files a resumed run ends with
-are byte-identical to those of an uninterrupted run. Workers (processes) each read, resize and
-write whole images; results are collected by input index, so the output does not depend on the
-number of workers or on scheduling.
+are byte-identical to those of an uninterrupted run. An executor's workers (processes, Ray tasks)
+each read, resize and write whole images; results are collected by input index, so the output
+does not depend on the executor, the number of workers or on scheduling.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from ..contract import INPUT_DTYPES, expected_nbytes, read_metadata
 from ..data.catalog import ImageRecord
 from ..data.spec import InputSpec
 from ..data.transforms import get_resize_shape, image_size, load_and_resize, pad_batch
+from ..engine.executors import Executor, Job, LocalExecutor
 from ..errors import CenterMask2Error, InputError, OutputError
 from ..fileio import atomic_write_json, ensure_writable_dir, read_json, remove_stale_temp_files, text_digest
 from ..summary import StageSummary
@@ -67,8 +66,6 @@ BIN_DTYPES = INPUT_DTYPES
 
 _SIZES_SHAPE = (1, 2)
 _SIZES_DTYPE = "int64"
-# How often (s) a pool worker checks that the main process is still alive.
-_PARENT_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -365,9 +362,16 @@ def _reusable(job: PreprocessJob) -> JobResult | None:
     return JobResult(job.index, "skipped", original, resized)
 
 
+class _Preprocess(Job):
+    """:func:`run_job` as an executor's job (no model: all of it in ``prepare``)."""
+
+    def prepare(self, item: PreprocessJob) -> JobResult:
+        return run_job(item)
+
+
 def run_job(job: PreprocessJob) -> JobResult:
-    """Preprocess one image and write its two bins; never raises for a bad image (a pool worker's or
-    a cluster task's unit of work)."""
+    """Preprocess one image and write its two bins; never raises for a bad image (an executor's
+    unit of work)."""
     if job.resume:
         done = _reusable(job)
         if done is not None:
@@ -379,22 +383,9 @@ def run_job(job: PreprocessJob) -> JobResult:
         # (written last) must also agree with the image
         write_array(images, images_bin)
         write_array(sizes, sizes_bin)
-    except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
-        reason = str(exc) if isinstance(exc, (CenterMask2Error, OSError)) else f"{type(exc).__name__}: {exc}"
-        return JobResult(job.index, "failed", error=reason)
+    except (CenterMask2Error, OSError) as exc:  # one bad image must not stop the others; a bug does
+        return JobResult(job.index, "failed", error=str(exc))
     return JobResult(job.index, "written", original, (int(sizes[0, 0]), int(sizes[0, 1])))
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Pool initializer: end this worker when the main process is gone (e.g. killed with SIGKILL)."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(_PARENT_POLL_S)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _remove_leftovers(folder: Path) -> None:
@@ -406,21 +397,14 @@ def _remove_leftovers(folder: Path) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
-def _default_start_method() -> str:
-    # fork starts workers at once; the worker function is spawn-safe for platforms without fork
-    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-
-
 def preprocess_to_bins(
     records: Sequence[ImageRecord],
     output_dir: str | os.PathLike,
     spec: PreprocessSpec,
     *,
-    workers: int = 1,
+    executor: Executor | None = None,
     resume: bool = False,
     progress: bool = True,
-    start_method: str | None = None,
-    map_jobs: Callable[[Sequence[PreprocessJob]], Iterable[JobResult]] | None = None,
 ) -> PreprocessSummary:
     """Write the bins of ``records`` and the info files into ``output_dir``.
 
@@ -428,29 +412,26 @@ def preprocess_to_bins(
         records: images in input order (see :func:`~centermask2.data.catalog.list_images`).
         output_dir: the ``BINS`` folder (created if missing).
         spec: see :func:`spec_from_model` / :func:`spec_from_config`.
-        workers: processes; 1 runs in this process.
+        executor: where the images are done (default: this process; a
+            :class:`~centermask2.engine.executors.PoolExecutor` of processes, or a Ray cluster whose
+            tasks write into ``output_dir`` on a shared filesystem).
         resume: keep bins of an earlier (interrupted) run that have the right byte sizes and
             match their image; redo the others.
         progress: show a tqdm progress bar.
-        start_method: multiprocessing start method for ``workers > 1`` (default ``"fork"`` where
-            available, else ``"spawn"``); the output does not depend on it.
-        map_jobs: runs the jobs elsewhere instead of ``workers`` (e.g. as Ray tasks,
-            :func:`~centermask2.engine.ray_runner.ray_preprocess_to_bins`): takes every job (absolute
-            paths) and yields each one's :func:`run_job` result, in any order.
 
     Returns:
         The summary; ``summary.info`` is what ``bin_info.json`` holds. Images that fail are listed
         in ``summary.failed`` (and their stale bins, if any, removed); the others are still done.
 
     Raises:
-        InputError: ``workers < 1``, two images share a stem, or resuming over other settings
-            (all before any image is touched).
-        OutputError: ``output_dir`` is not a writable folder.
+        InputError: two images share a stem, or resuming over other settings (all before any image
+            is touched).
+        OutputError: ``output_dir`` is not a writable folder, or bins written elsewhere are not
+            visible here (a folder the executor's workers do not share).
     """
     from tqdm import tqdm
 
-    if workers < 1:
-        raise InputError(f"--workers must be >= 1, got {workers}")
+    executor = executor or LocalExecutor()
     stems = bin_stems(records)
     folder = prepare_output_dir(output_dir, spec, resume, records)
     _remove_leftovers(folder)
@@ -465,32 +446,22 @@ def preprocess_to_bins(
     jobs = [PreprocessJob(i, os.path.abspath(r.path), s, os.path.abspath(folder), spec, resume)
             for i, (r, s) in enumerate(zip(records, stems))]
     results: list[JobResult | None] = [None] * len(jobs)
-    workers = max(1, min(workers, len(jobs)))
-    logger.info(
-        "Preprocessing %d image(s) into %s (%s %s, %s%s)",
-        len(jobs), folder, spec.dtype, spec.shape, "elsewhere" if map_jobs else f"{workers} worker(s)",
-        ", resuming" if resume else "",
-    )
+    logger.info("Preprocessing %d image(s) into %s (%s %s%s)", len(jobs), folder, spec.dtype, spec.shape,
+                ", resuming" if resume else "")
 
     start = time.perf_counter()
-    if map_jobs is not None:
-        with tqdm(total=len(jobs), unit="img", desc="preprocess", disable=not progress) as bar:
-            for result in map_jobs(jobs):
-                results[result.index] = result
-                bar.update(1)
-    elif workers == 1:
-        with tqdm(total=len(jobs), unit="img", desc="preprocess", disable=not progress) as bar:
-            for job in jobs:
-                results[job.index] = run_job(job)
-                bar.update(1)
-    else:
-        ctx = multiprocessing.get_context(start_method or _default_start_method())
-        # the pool exists before the progress bar's monitor thread (no fork of a threaded process)
-        with ctx.Pool(workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
-            with tqdm(total=len(jobs), unit="img", desc="preprocess", disable=not progress) as bar:
-                for result in pool.imap_unordered(run_job, jobs, chunksize=1):
-                    results[result.index] = result
-                    bar.update(1)
+    workers: set[int] = set()
+    with tqdm(total=len(jobs), unit="img", desc="preprocess", disable=not progress) as bar:
+        for item in executor.map(_Preprocess(), jobs):
+            result: JobResult = item.value
+            if result.status == "written" and not bin_paths(folder, jobs[result.index].stem)[1].is_file():
+                raise OutputError(
+                    f"the bins of {jobs[result.index].stem!r} were written elsewhere but are not in {str(folder)!r} "
+                    "here: --output must be a folder every worker shares at the same path"
+                )
+            results[result.index] = result
+            workers.add(item.worker)
+            bar.update(1)
     wall = time.perf_counter() - start
 
     info = BinInfo(
@@ -501,7 +472,8 @@ def preprocess_to_bins(
         max_size=spec.input.max_size,
         model=spec.model,
     )
-    summary = PreprocessSummary(info=info, wall_s=wall, bytes_per_image=spec.bytes_per_image)
+    summary = PreprocessSummary(info=info, wall_s=wall, bytes_per_image=spec.bytes_per_image,
+                                executor=executor.describe(workers))
     for rec, job, res in zip(records, jobs, results):
         assert res is not None
         if res.status == "failed":

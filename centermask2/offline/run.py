@@ -19,19 +19,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..contract import ModelMetadata, OutputSpec, model_output_specs
-from ..errors import BackendError, InputError, ItemError, MissingFileError
+from ..engine.executors import Executor, Job, LocalExecutor
+from ..errors import BackendError, InputError, ItemError, MissingFileError, OutputError
 from ..fileio import ensure_writable_dir, file_digest, remove_stale_temp_files
 from ..summary import StageSummary
 from .layout import INFO_JSON, MANIFEST, BinImage, BinInfo, Manifest, output_path, read_array, write_array
 
+if TYPE_CHECKING:
+    from ..engine.backend import Backend
+    from ..engine.sources import ModelSource
+
 __all__ = [
     "BinRun",
     "BinRunSummary",
+    "BinsJob",
     "check_bins_match_model",
     "load_inputs",
     "outputs_complete",
@@ -41,14 +47,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class _ModelBackend(Protocol):
-    """What :func:`run_bins` needs: :class:`~centermask2.engine.onnxruntime_backend.OnnxRuntimeBackend` has it."""
-
-    metadata: ModelMetadata
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
 def check_bins_match_model(info: BinInfo, metadata: ModelMetadata, model_name: str = "the model") -> None:
@@ -144,6 +142,7 @@ class BinRunSummary(StageSummary):
             f"{self.counts('skipped')} in {self.wall_s:.1f} s, "
             f"{self.images_per_s:.2f} images/s; model {self.model_ms_per_image():.1f} ms/image (median), "
             f"reading {self.ms_per_image(self.read_s):.1f} ms/image, writing {self.ms_per_image(self.write_s):.1f} ms/image"
+            f"{self.executor_clause()}"
         )
 
 
@@ -187,7 +186,7 @@ class BinRun:
 
 
 def prepare_bin_run(
-    backend: _ModelBackend,
+    backend: Backend,
     bins: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
@@ -210,7 +209,9 @@ def prepare_bin_run(
     info = BinInfo.load(info_path)
     info_dir = info_path if info_path.is_dir() else info_path.parent
     meta = backend.metadata
-    path = getattr(backend, "path", None)
+    if meta is None:
+        raise InputError("the .bin pipeline runs an exported model (.onnx); export it with convert_model_into_onnx.py")
+    path = backend.path
     model_name = model_name or (os.fspath(path) if path is not None else "the model")
     check_bins_match_model(info, meta, model_name)
     stems = [im.stem for im in info.images]  # plain and unique: checked by BinInfo.load
@@ -257,32 +258,81 @@ def prepare_bin_run(
     )
 
 
+@dataclass(frozen=True)
+class BinsJob(Job):
+    """Running one model call's bins (a :class:`~centermask2.engine.executors.Job`): ``prepare``
+    reads the input bins, ``infer`` runs the model, ``finish`` writes the output bins. Paths are
+    absolute (a Ray worker has another working directory).
+
+    Attributes:
+        info_dir: the folder ``bin_info.json``'s paths are relative to; out_dir: the raw output folder.
+        dtype, shape: the input bins' dtype and ``[1, 3, H, W]``.
+        specs: per-image output layout; index_base: the output file numbering.
+    """
+
+    info_dir: str
+    out_dir: str
+    dtype: str
+    shape: tuple[int, ...]
+    specs: tuple[OutputSpec, ...]
+    index_base: int
+
+    def prepare(self, images: Sequence[BinImage]) -> dict[str, Any]:
+        arrays, good, failed = [], [], []
+        for im in images:
+            try:
+                arrays.append(load_inputs(Path(self.info_dir), im, self.dtype, self.shape))
+                good.append(im)
+            except ItemError as exc:
+                failed.append((im.bin, str(exc)))
+        if not good:
+            return {"good": good, "failed": failed, "inputs": None}
+        return {"good": good, "failed": failed, "inputs": {"images": np.concatenate([a for a, _ in arrays]),
+                                                           "image_sizes": np.concatenate([s for _, s in arrays])}}
+
+    def infer(self, backend: Backend, prepared: dict[str, Any]) -> dict[str, Any]:
+        outputs = backend.run(prepared["inputs"]) if prepared["inputs"] is not None else None
+        return {**prepared, "inputs": None, "outputs": outputs}
+
+    def finish(self, images: Sequence[BinImage], inferred: dict[str, Any]) -> tuple[int, list[tuple[str, str]]]:
+        """Returns (images written, ``(bin, reason)`` of the bad ones)."""
+        for i, im in enumerate(inferred["good"]):
+            write_outputs(Path(self.out_dir), im.stem, inferred["outputs"], i, self.specs, self.index_base)
+        return len(inferred["good"]), inferred["failed"]
+
+
 def run_bins(
-    backend: _ModelBackend,
+    source: ModelSource,
     bins: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
+    executor: Executor | None = None,
     output_specs: Sequence[OutputSpec] | None = None,
     index_base: int = 0,
     resume: bool = False,
     progress: bool = True,
     model_name: str | None = None,
 ) -> BinRunSummary:
-    """Run every bin listed in ``bins`` through ``backend`` and write the raw outputs.
+    """Run every bin listed in ``bins`` through ``source``'s model and write the raw outputs.
+
+    The stage: its plan (:func:`prepare_bin_run`: checks, manifest, the images still to do, in
+    model calls of the model's batch size), :class:`BinsJob` on each call through ``executor``,
+    and the reduction (the summary, failures in the info file's order, every output visible here).
 
     Args:
-        backend: e.g. :class:`~centermask2.engine.onnxruntime_backend.OnnxRuntimeBackend`; ``run``
-            takes ``images`` [B, 3, H, W] and ``image_sizes`` [B, 2] int64; ``metadata`` is the
-            model's :class:`~centermask2.contract.ModelMetadata` (batch size, input dtype and size).
+        source: an exported model (:func:`~centermask2.engine.sources.open_model`); ``run`` takes
+            ``images`` [B, 3, H, W] and ``image_sizes`` [B, 2] int64, its ``metadata`` gives batch
+            size, input dtype and size.
         bins: the ``BINS`` folder of stage 1, or its ``bin_info.json``.
         output_dir: ``RAW`` folder (created); gets ``<stem>_<k + index_base>.bin`` per output
             and ``manifest.json``.
+        executor: where the calls run (default: this process); folders must be shared by its workers.
         output_specs: per-image output layout; default
-            :func:`~centermask2.contract.model_output_specs` of ``backend.path``.
+            :func:`~centermask2.contract.model_output_specs` of the model's file.
         index_base: 0 (ais_bench) or 1 (older benchmark tools) for the output file suffix.
         resume: skip images whose every output bin already exists with the right size.
         progress: tqdm progress bar.
-        model_name: recorded in the manifest (default ``backend.path``).
+        model_name: recorded in the manifest (default the model's path).
 
     Returns:
         a :class:`BinRunSummary`; ``failed`` lists bad input bins (the others were run).
@@ -290,48 +340,46 @@ def run_bins(
     Raises:
         MissingFileError: no ``bin_info.json``.
         InputError: the bins do not fit the model, or ``resume`` into a folder written with another layout.
-        OutputError: ``output_dir`` is not writable.
+        OutputError: ``output_dir`` is not writable, or outputs written elsewhere are not visible here
+            (a folder the executor's workers do not share).
     """
     from tqdm import tqdm
 
-    run = prepare_bin_run(backend, bins, output_dir, output_specs=output_specs, index_base=index_base,
-                          resume=resume, model_name=model_name)
-    summary = BinRunSummary(num_resumed=run.num_resumed)
     start = time.perf_counter()
-    bar = tqdm(total=len(run.todo), unit="img", disable=not progress, desc="model")
-    try:
-        pending = iter(run.todo)
-        while True:
-            t0 = time.perf_counter()
-            batch: list[BinImage] = []
-            arrays: list[tuple[np.ndarray, np.ndarray]] = []
-            for im in pending:
-                try:
-                    arrays.append(load_inputs(run.info_dir, im, run.info.dtype, run.shape))
-                    batch.append(im)
-                except ItemError as exc:
-                    logger.warning("Skipping %s: %s", im.bin, exc)
-                    summary.failed.append((im.bin, str(exc)))
-                    bar.update(1)
-                if len(batch) == run.batch_size:
-                    break
-            if not batch:
-                break
-            images = np.concatenate([a for a, _ in arrays])
-            sizes = np.concatenate([s for _, s in arrays])
-            t1 = time.perf_counter()
-            out = backend.run({"images": images, "image_sizes": sizes})
-            t2 = time.perf_counter()
-            for i, im in enumerate(batch):
-                write_outputs(run.out_dir, im.stem, out, i, run.specs, run.index_base)
-            t3 = time.perf_counter()
-            summary.read_s += t1 - t0
-            summary.model_s.append(t2 - t1)
-            summary.write_s += t3 - t2
-            summary.batch_sizes.append(len(batch))
-            summary.num_images += len(batch)
-            bar.update(len(batch))
-    finally:
-        bar.close()
+    executor = executor or LocalExecutor()
+    run = prepare_bin_run(source.backend, bins, output_dir, output_specs=output_specs, index_base=index_base,
+                          resume=resume, model_name=model_name)
+    job = BinsJob(os.path.abspath(run.info_dir), os.path.abspath(run.out_dir), run.info.dtype, tuple(run.shape),
+                  tuple(run.specs), run.index_base)
+    groups = [run.todo[k : k + run.batch_size] for k in range(0, len(run.todo), run.batch_size)]
+    summary = BinRunSummary(num_resumed=run.num_resumed)
+    workers: set[int] = set()
+    with tqdm(total=len(run.todo), unit="img", disable=not progress, desc="model") as bar:
+        for item in executor.map(job, groups, source):
+            written, failed = item.value
+            if not summary.first_result_s:
+                summary.first_result_s = time.perf_counter() - start
+            summary.failed.extend(failed)
+            summary.read_s += item.prepare_s
+            summary.write_s += item.finish_s
+            if written:
+                workers.add(item.worker)
+                summary.num_images += written
+                summary.model_s.append(item.model_s)
+                summary.batch_sizes.append(written)
+            bar.update(written + len(failed))
+    order = {im.bin: k for k, im in enumerate(run.info.images)}
+    summary.failed.sort(key=lambda failure: order.get(failure[0], len(order)))  # the info file's order
+    for name, reason in summary.failed:
+        logger.warning("Skipping %s: %s", name, reason)
+    bad = {name for name, _ in summary.failed}
+    unseen = [im.stem for im in run.todo
+              if im.bin not in bad and not outputs_complete(run.out_dir, im.stem, run.specs, run.index_base)]
+    if unseen:
+        raise OutputError(
+            f"the outputs of {len(unseen)} image(s) (e.g. {unseen[0]!r}) are not in {str(run.out_dir)!r} here: "
+            "--output must be a folder every worker shares at the same path"
+        )
     summary.wall_s = time.perf_counter() - start
+    summary.executor = executor.describe(workers)
     return summary
