@@ -98,7 +98,7 @@ def test_precision_hint_is_reported(tmp_path):
 
     model = exported_model(LITE, dynamic=True)
     backend = OpenVINOBackend(model, precision="bf16")
-    from centermask2.engine.backend import cpu_flags
+    from centermask2.cpu import cpu_flags
 
     assert backend.precision_used == ("bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32")
     assert OpenVINOBackend(model, precision="fp32").precision_used == "fp32"

@@ -5,7 +5,6 @@ is resumed; the missing-extra error and the flag checks.
 One local Ray instance (2 CPUs) serves the whole module; the golden Lite case keeps it small.
 """
 
-import functools
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ import pytest
 import torch
 
 from centermask2.cli import tester
-from centermask2.engine.ray_runner import SourceRecipe
+from centermask2.engine.sources import SourceRecipe
 from centermask2.errors import InputError, MissingDependencyError
 from golden import CASES, CONFIGS, case_info, exported_model, write_checkpoint
 
@@ -30,7 +29,7 @@ RESULTS = "coco_instances_results.json"
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray instance for every test of the module (the runs use it instead of starting their own)."""
-    from centermask2.engine.ray_runner import ray_session
+    from centermask2.engine.ray_executor import ray_session
 
     with ray_session(None, num_cpus=2) as cpus:
         yield cpus
@@ -136,7 +135,8 @@ def test_killed_actor_is_replaced_and_its_images_redone(cluster, work):
 
     from centermask2.data.catalog import list_images
     from centermask2.engine.loop import run_to_folder
-    from centermask2.engine.ray_runner import ray_infer
+    from centermask2.engine.ray_executor import RayExecutor
+    from centermask2.engine.sources import open_model
 
     images = CASES[LITE] / "images"
     single = work / "kill single"
@@ -144,15 +144,16 @@ def test_killed_actor_is_replaced_and_its_images_redone(cluster, work):
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import this test module
     marker = work / "killed once"
-    recipe = _CrashingRecipe("onnx", (str(exported_model(LITE, dynamic=True)),), {"threads": 1}, marker=str(marker))
-    _, summary, path = run_to_folder(
-        SourceRecipe("onnx", recipe.args, recipe.kwargs).build(), list_images(images), work / "kill ray",
-        progress=False, infer=functools.partial(ray_infer, recipe=recipe, actors=1),
-    )
+    source = open_model(exported_model(LITE, dynamic=True), threads=1)
+    source.recipe = _CrashingRecipe(source.recipe.model, source.recipe.runtime, source.recipe.options,
+                                    marker=str(marker))
+    with RayExecutor(actors=1) as executor:
+        _, summary, path = run_to_folder(source, list_images(images), work / "kill ray", progress=False,
+                                         executor=executor)
     assert marker.exists(), "the actor was not killed"
     assert path.read_bytes() == (single / RESULTS).read_bytes()
-    assert summary.num_images == 2 and len(summary.actor_pids) == 2
-    assert "1 replaced after a failure" in summary.format()
+    assert summary.num_images == 2
+    assert "Ray: 1 actor(s) x 1 thread(s); 1 replaced after a failure" in summary.format()
 
 
 def _stop_after(monkeypatch, images: int) -> None:
@@ -207,7 +208,7 @@ def test_ray_driver_stopped_then_resumed_on_ray(cluster, work, checkpoint, four_
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path, caplog):
-    from centermask2.engine.ray_runner import require_ray
+    from centermask2.engine.ray_executor import require_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(MissingDependencyError, match=r'pip install -e "\.\[ray\]"'):
@@ -233,7 +234,7 @@ def test_ray_flags_are_checked(cluster, tmp_path, checkpoint, caplog, extra, mes
 
 
 def test_address_forms():
-    from centermask2.engine.ray_runner import check_address
+    from centermask2.engine.ray_executor import check_address
 
     assert check_address("") is None and check_address(None) is None
     for address in ("auto", "ray://head.example:10001", "10.0.0.5:6379"):

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from centermask2.cli import export_onnx, postprocess, preprocess, tester
     from centermask2.cli import quantize as quantize_cli
-    from centermask2.engine.backend import cpu_description
+    from centermask2.cpu import cpu_description
     from centermask2.engine.openvino_backend import OpenVINOBackend
 
     data, work = Path(args.data), Path(args.work_dir)
