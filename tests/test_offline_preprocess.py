@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 import centermask2.cli.preprocess as script
 from centermask2.data import InputSpec, image_size, list_images, load_and_resize, pad_batch
 from centermask2.data.transforms import get_resize_shape, read_image, resize_image
+from centermask2.engine.executors import PoolExecutor
 from centermask2.offline.layout import INFO_JSON, INFO_TXT, SIZES_DIR, BinInfo, read_array
 from centermask2.offline.preprocess import PreprocessSpec, preprocess_to_bins
 from golden import CASES, CONFIGS
@@ -395,8 +396,9 @@ def test_workers_give_identical_files(tmp_path, caplog, small_images):
 def test_spawned_workers_give_identical_files(tmp_path, small_images):
     records = list_images(small_images)[:6]
     spec = PreprocessSpec(InputSpec(min_size=600, max_size=1000, pad_to=(1344, 1344)), dtype="uint8")
-    a = preprocess_to_bins(records, tmp_path / "a", spec, workers=1, progress=False)
-    b = preprocess_to_bins(records, tmp_path / "b", spec, workers=2, progress=False, start_method="spawn")
+    a = preprocess_to_bins(records, tmp_path / "a", spec, progress=False)
+    with PoolExecutor(2, start_method="spawn") as pool:
+        b = preprocess_to_bins(records, tmp_path / "b", spec, executor=pool, progress=False)
     assert (a.num_images, b.num_images, a.failed, b.failed) == (6, 6, [], [])
     assert a.info.images == b.info.images
     assert _file_set(tmp_path / "a") == _file_set(tmp_path / "b")

@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from centermask2.checkpoint import load_weights
     from centermask2.config import load_config
-    from centermask2.data import InputSpec, load_and_resize, pad_batch, parse_hw
     from centermask2.cpu import cpu_description
+    from centermask2.data import InputSpec, load_and_resize, pad_batch, parse_hw
     from centermask2.engine.onnxruntime_backend import OnnxRuntimeBackend
     from centermask2.engine.torch_backend import TorchBackend
     from centermask2.modeling import build_model

@@ -190,7 +190,8 @@ def _run_bins(args: argparse.Namespace) -> int:
     args.backend = args.backend or "onnx"
     ensure_writable_dir(args.output_dir, "--output")
     executor = make_executor(args)
-    source = open_model(*_open_args(args))
+    model, runtime, options = _open_args(args)
+    source = open_model(model, runtime, **options)
     logger.info("Running %s on the bins of %s", source.label, args.bins)
     with executor:
         summary = run_bins(source, args.bins, args.output_dir, executor=executor, index_base=args.index_base,
@@ -241,7 +242,8 @@ def _main(argv: Sequence[str] | None) -> int:
     ensure_writable_dir(args.output_dir, "--output-dir")
     records = list_images(args.images, args.coco_json)
     executor = make_executor(args)
-    source = open_model(*_open_args(args))
+    model, runtime, options = _open_args(args)
+    source = open_model(model, runtime, **options)
     ids = source.category_ids
     if args.coco_json:
         ids, _names = category_mapping(args.coco_json, len(source.category_ids))

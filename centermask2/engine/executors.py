@@ -194,4 +194,4 @@ class PoolExecutor(ExecutorBase):
         yield from self._pool.imap_unordered(_pool_task, [(job, i, item) for i, item in enumerate(items)], chunksize=1)
 
     def describe(self, workers: set[int]) -> str:
-        return f"{self.workers} worker process(es)" if self.workers > 1 else ""
+        return f"{self.workers} worker(s)"

@@ -60,10 +60,10 @@ def require_ray() -> Any:
     try:
         import ray
         import ray.data  # noqa: F401 - the pipeline's engine
-    except ImportError:
+    except ImportError as exc:
         raise MissingDependencyError(
             'Ray is not installed: pip install -e ".[ray]" (or pip install "ray[data]")'
-        ) from None
+        ) from exc
     return ray
 
 

@@ -318,7 +318,7 @@ def _optimize(model: Any) -> None:
 def _simplify(proto: Any) -> Any:
     try:
         import onnxslim
-    except ImportError:
-        raise MissingDependencyError("--simplify needs onnxslim: pip install onnxslim") from None
+    except ImportError as exc:
+        raise MissingDependencyError("--simplify needs onnxslim: pip install onnxslim") from exc
     logger.info("Simplifying with onnxslim...")
     return onnxslim.slim(proto)

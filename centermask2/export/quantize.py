@@ -214,8 +214,8 @@ def quantize_int8(
             QuantType,
             quantize_static,
         )
-    except ImportError:
-        raise MissingDependencyError("int8 quantization needs onnx and onnxruntime: pip install onnx onnxruntime") from None
+    except ImportError as exc:
+        raise MissingDependencyError("int8 quantization needs onnx and onnxruntime: pip install onnx onnxruntime") from exc
     from tqdm import tqdm
 
     from ..data.spec import InputSpec

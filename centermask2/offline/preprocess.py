@@ -446,8 +446,8 @@ def preprocess_to_bins(
     jobs = [PreprocessJob(i, os.path.abspath(r.path), s, os.path.abspath(folder), spec, resume)
             for i, (r, s) in enumerate(zip(records, stems))]
     results: list[JobResult | None] = [None] * len(jobs)
-    logger.info("Preprocessing %d image(s) into %s (%s %s%s)", len(jobs), folder, spec.dtype, spec.shape,
-                ", resuming" if resume else "")
+    logger.info("Preprocessing %d image(s) into %s (%s %s, %s%s)", len(jobs), folder, spec.dtype, spec.shape,
+                executor.describe(set()) or "this process", ", resuming" if resume else "")
 
     start = time.perf_counter()
     workers: set[int] = set()

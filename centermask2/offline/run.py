@@ -112,7 +112,7 @@ def load_inputs(info_dir: Path, im: BinImage, dtype: str, shape: Sequence[int]) 
         images = read_array(info_dir / im.bin, dtype, shape)
         sizes = read_array(sizes_path, "int64", (1, 2))
     except MissingFileError as exc:  # a missing bin is one bad item, like a truncated one
-        raise ItemError(str(exc)) from None
+        raise ItemError(str(exc)) from exc
     if (int(sizes[0, 0]), int(sizes[0, 1])) != (im.resized_height, im.resized_width):
         raise ItemError(
             f"{str(sizes_path)!r} says {int(sizes[0, 0])}x{int(sizes[0, 1])} but {INFO_JSON} says "
