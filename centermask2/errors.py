@@ -15,6 +15,7 @@ from __future__ import annotations
 __all__ = [
     "CenterMask2Error",
     "InputError",
+    "ConfigError",
     "MissingFileError",
     "OutputError",
     "UnsupportedError",
@@ -46,6 +47,13 @@ class CenterMask2Error(Exception):
 
 class InputError(CenterMask2Error, ValueError):
     """A bad argument, setting or input file content (detected before work starts)."""
+
+
+class ConfigError(InputError):
+    """A configuration file or value is invalid (bad type, bad YAML, bad structure).
+
+    Also raised by model code for a config value it cannot build; :mod:`centermask2.config`
+    re-exports it."""
 
 
 class MissingFileError(CenterMask2Error, FileNotFoundError):

@@ -13,13 +13,13 @@ from centermask2.config import load_config
 from centermask2.modeling.backbone import (
     BACKBONE_BUILDERS,
     FPN,
-    FrozenBatchNorm2d,
     VoVNet,
     build_backbone,
     build_fcos_mobilenetv2_fpn_backbone,
     build_fcos_resnet_fpn_backbone,
 )
 from centermask2.modeling.backbone.vovnet import DeformConvUnit, ESEModule, Hsigmoid, OSAModule
+from centermask2.modeling.layers import FrozenBatchNorm2d
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs" / "centermask"

@@ -1,4 +1,4 @@
-"""Padding-invariant execution (centermask2.modeling.padding): each image computes what upstream
+"""Padding-invariant execution (centermask2.modeling.layers.padding): each image computes what upstream
 computes on it alone, padded only to a multiple of the size divisibility."""
 
 import numpy as np
@@ -11,7 +11,7 @@ from centermask2.data import load_and_resize, pad_batch
 from centermask2.errors import UnsupportedError
 from centermask2.evaluation.matching import match_boxes
 from centermask2.modeling import build_model
-from centermask2.modeling.padding import ValidRegion, run_layer
+from centermask2.modeling.layers import ValidRegion, run_layer
 from golden import CASES, CONFIGS, golden_model_and_spec
 
 

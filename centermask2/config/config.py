@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import InputError, MissingFileError
+from ..errors import ConfigError, MissingFileError
 from .defaults import default_config_dict
 
 __all__ = [
@@ -50,10 +50,6 @@ _LOOSE_SECTIONS = frozenset({"SOLVER"})
 _SUPPORTED_VERSION = 2
 _OVERRIDES_SOURCE = "command-line overrides"
 _MAX_LISTED_KEYS = 12
-
-
-class ConfigError(InputError):
-    """A configuration file or value is invalid (bad type, bad YAML, bad structure)."""
 
 
 class UnknownConfigKeyError(ConfigError, KeyError):

@@ -8,7 +8,6 @@ from .transforms import (
     get_resize_shape,
     image_size,
     load_and_resize,
-    normalize,
     pad_batch,
     preprocess_batch,
     read_image,
@@ -31,6 +30,5 @@ __all__ = [
     "resize_image",
     "load_and_resize",
     "pad_batch",
-    "normalize",
     "preprocess_batch",
 ]

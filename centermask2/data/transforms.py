@@ -12,10 +12,12 @@ detectron2 prepares a test image in three steps, reproduced here without importi
    (``ImageList.from_tensors``).
 
 Step 3 has one implementation, split where deployment needs the split: :func:`pad_batch` pads
-raw pixels (what exported graphs and ``.bin`` files take) and :func:`normalize` does
-``(x - mean) / std`` inside each image with zeros in the padding (inside the model, and inside
-exported graphs); :func:`preprocess_batch` is the two together, detectron2's order of results.
-Only :func:`normalize` and :func:`preprocess_batch` need torch, and import it when called.
+raw pixels (what exported graphs and ``.bin`` files take) and
+:func:`centermask2.modeling.layers.normalize` does ``(x - mean) / std`` inside each image with
+zeros in the padding (inside the model, :meth:`CenterMask.normalize`, and inside exported
+graphs); :func:`preprocess_batch` is the two together, detectron2's order of results.
+This module is numpy and PIL; only :func:`preprocess_batch` needs torch (and the model's
+:func:`~centermask2.modeling.layers.normalize`), and imports them when called.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ __all__ = [
     "resize_image",
     "load_and_resize",
     "pad_batch",
-    "normalize",
     "preprocess_batch",
 ]
 
@@ -300,30 +301,6 @@ def pad_batch(
     return batch, sizes
 
 
-def normalize(
-    images: torch.Tensor, image_sizes: torch.Tensor, pixel_mean: torch.Tensor, pixel_std: torch.Tensor
-) -> torch.Tensor:
-    """Raw pixels to network input: ``(x - mean) / std`` inside each image, 0 in the padding.
-
-    Args:
-        images: Tensor[B, 3, H, W] raw pixel values (uint8 or float), padded bottom/right.
-        image_sizes: Tensor[B, 2] int64, valid (h, w); pixels outside are padding.
-        pixel_mean, pixel_std: Tensor[3, 1, 1] float32 per-channel constants.
-
-    Returns:
-        Tensor[B, 3, H, W] float32, what upstream feeds its backbone for the batch (same op order
-        and dtype promotion: float32 subtract, then divide; zeros after normalization).
-    """
-    import torch
-
-    x = (images.to(torch.float32) - pixel_mean) / pixel_std
-    h, w = images.shape[-2:]
-    rows = torch.arange(h, device=images.device)[None, :, None] < image_sizes[:, 0, None, None]
-    cols = torch.arange(w, device=images.device)[None, None, :] < image_sizes[:, 1, None, None]
-    inside = (rows & cols)[:, None]
-    return torch.where(inside, x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
 def _as_channel_tensor(values: Sequence[float] | torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
     """Return ``values`` as a float32 tensor of shape [3, 1, 1] (per-channel constants)."""
     import torch
@@ -343,9 +320,10 @@ def preprocess_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalize and pad a batch of resized images as detectron2's ``preprocess_image``.
 
-    :func:`pad_batch` then :func:`normalize`: each image becomes ``(x - pixel_mean) / pixel_std``
-    in float32 (channel order of the image, i.e. BGR for the official configs), zero-padded at the
-    bottom/right *after* normalization (``ImageList.from_tensors``, pad value 0) to
+    :func:`pad_batch` then :func:`~centermask2.modeling.layers.normalize`: each image becomes
+    ``(x - pixel_mean) / pixel_std`` in float32 (channel order of the image, i.e. BGR for the
+    official configs), zero-padded at the bottom/right *after* normalization
+    (``ImageList.from_tensors``, pad value 0) to
 
     * the batch's largest height/width rounded up to a multiple of ``size_divisibility``
       (``size_divisibility <= 1`` means no rounding), or
@@ -365,6 +343,8 @@ def preprocess_batch(
         InputError: empty batch, bad image shape/dtype, or an image larger than ``pad_to``.
     """
     import torch
+
+    from ..modeling.layers import normalize
 
     mean = _as_channel_tensor(pixel_mean, "pixel_mean")
     std = _as_channel_tensor(pixel_std, "pixel_std")

@@ -119,7 +119,7 @@ DEFAULT_OPSET = 17
 
 def has_deformable_conv(model: nn.Module) -> bool:
     """True when ``model`` has deformable convolutions (the ``_dcn_`` configs)."""
-    from ..modeling.backbone.layers import DeformConv2d
+    from ..modeling.layers import DeformConv2d
 
     return any(isinstance(m, DeformConv2d) for m in model.modules())
 

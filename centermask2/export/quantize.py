@@ -130,7 +130,7 @@ def _module_path(node: Any) -> str:
 
 def _is_mask_expansion(node: Any, initializers: dict[str, Any]) -> bool:
     """The padding-invariance masks are 1x1 convolutions of a 0/1 plane with ones
-    (:mod:`centermask2.modeling.padding`): exact in float32, nothing to gain in int8."""
+    (:mod:`centermask2.modeling.layers.padding`): exact in float32, nothing to gain in int8."""
     from onnx import numpy_helper
 
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in initializers:

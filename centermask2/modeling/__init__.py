@@ -1,4 +1,22 @@
-"""CenterMask2 network in plain PyTorch (inference)."""
+"""CenterMask2 network in plain PyTorch: inference and upstream's training losses.
+
+Where things live:
+
+* :mod:`.meta_arch`: :class:`CenterMask` (backbone + FPN, FCOS, ROI heads; ``normalize`` raw
+  pixels, ``forward``, ``training_losses``) and :func:`build_model` from a config;
+* :mod:`.backbone`: VoVNetV2, ResNet/ResNeXt, MobileNetV2 and the FPN, and ``build_backbone``;
+* :mod:`.fcos`, :mod:`.roi_heads`: the proposal generator and the mask / MaskIoU heads;
+* :mod:`.layers`: the layers they share (``Conv2d``, ``FrozenBatchNorm2d``, ``DeformConv2d``,
+  ``get_norm``, ...) and padding-invariant execution (``ValidRegion``, ``run``, ``normalize``);
+* :mod:`.ops`: NMS, RoIAlign and deformable convolution as named ops with plain-PyTorch
+  references; :mod:`.losses`: training targets and losses; :mod:`.init`: upstream's initial
+  weights; :mod:`.postprocessing`: results back to the original image.
+
+This package depends only on torch, numpy, pycocotools and :mod:`centermask2.errors` /
+:mod:`centermask2.contract`: configs are passed in, never imported, and nothing here imports
+``centermask2.data``, ``config``, ``engine``, ``offline``, ``export`` or ``cli``
+(``tests/test_layout.py``).
+"""
 
 from .meta_arch import OUTPUT_NAMES, CenterMask, build_model
 

@@ -21,11 +21,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..config import ConfigError
-from ..errors import UnsupportedError
+from ..errors import ConfigError, UnsupportedError
+from .layers import ValidRegion, run
 from .losses import FCOSTrainSettings, fcos_losses, fcos_targets
 from .ops.registry import padded_batched_nms
-from .padding import ValidRegion, run
 
 __all__ = ["Scale", "FCOSHead", "FCOS", "compute_locations"]
 
@@ -33,7 +32,7 @@ __all__ = ["Scale", "FCOSHead", "FCOS", "compute_locations"]
 class Scale(nn.Module):
     """Learnable scalar multiplier (one per pyramid level)."""
 
-    pointwise = True  # see centermask2.modeling.padding
+    pointwise = True  # see centermask2.modeling.layers.padding
 
     def __init__(self, init_value: float = 1.0) -> None:
         super().__init__()
@@ -95,7 +94,7 @@ class FCOSHead(nn.Module):
         """
         Args:
             features: per level, Tensor[B, C, Hl, Wl].
-            regions: per level, the valid part of each image (:mod:`.padding`), or None.
+            regions: per level, the valid part of each image (:mod:`.layers.padding`), or None.
 
         Returns:
             logits: per level Tensor[B, num_classes, Hl, Wl] (class logits),
@@ -232,7 +231,7 @@ class FCOS(nn.Module):
 
         Args:
             features: FPN outputs, each Tensor[B, C, Hl, Wl].
-            regions: FPN level regions (:mod:`.padding`): locations outside a level's region
+            regions: FPN level regions (:mod:`.layers.padding`): locations outside a level's region
                 give no candidates and padding has no effect on the others. None: no padding to
                 ignore.
 

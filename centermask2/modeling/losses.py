@@ -22,7 +22,7 @@ from pycocotools import mask as mask_util
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .ops.nms import box_iou
 
 __all__ = [

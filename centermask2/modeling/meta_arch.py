@@ -15,12 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from ..contract import OUTPUT_NAMES
-from ..data.transforms import normalize
 from ..errors import InputError
 from .backbone import build_backbone
 from .fcos import FCOS
 from .init import initialize_weights
-from .padding import ValidRegion
+from .layers import ValidRegion, normalize
 from .roi_heads import CenterROIHeads
 
 __all__ = ["CenterMask", "build_model", "OUTPUT_NAMES"]
@@ -81,7 +80,7 @@ class CenterMask(nn.Module):
 
         Returns:
             Tensor[B, 3, H, W] float32, exactly what upstream feeds its backbone for the batch
-            (:func:`centermask2.data.transforms.normalize`).
+            (:func:`centermask2.modeling.layers.normalize`).
         """
         return normalize(images, image_sizes, self.pixel_mean, self.pixel_std)
 
@@ -104,12 +103,12 @@ class CenterMask(nn.Module):
             image_sizes (Tensor[B, 2] int64): valid (h, w) of each image (the resized size).
             ignore_padding: every image gets exactly what upstream computes for it alone, padded
                 only to a multiple of :attr:`size_divisibility`, however large the tensor and
-                whatever else is in the batch (:mod:`.padding`). False: the padding is part of
+                whatever else is in the batch (:mod:`.layers.padding`). False: the padding is part of
                 the input, as when upstream runs on the padded tensor (cheaper; the same when
                 :meth:`needs_padding_invariance` is False).
             full_masks: how the padding masks are applied (the same numbers): in each tensor's
                 shape, for exported graphs (ONNX Runtime keeps its blocked layout), or broadcast,
-                cheaper eagerly (:class:`~.padding.ValidRegion`).
+                cheaper eagerly (:class:`~.layers.ValidRegion`).
 
         Returns:
             dict (keys :data:`OUTPUT_NAMES`), K = :attr:`max_detections`:

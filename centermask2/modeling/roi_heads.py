@@ -18,12 +18,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..config import ConfigError
-from ..errors import UnsupportedError
-from .backbone.layers import Conv2d, get_norm
+from ..errors import ConfigError, UnsupportedError
+from .layers import Conv2d, ValidRegion, get_norm
 from .losses import ROITrainSettings, mask_and_maskiou_losses, mask_targets, maskiou_loss, match_and_sample
 from .ops.registry import multilevel_roi_align, multilevel_roi_align_reference, requires_autograd
-from .padding import ValidRegion
 
 __all__ = [
     "assign_boxes_to_levels_by_ratio",
@@ -136,7 +134,7 @@ class ROIPooler(nn.Module):
             boxes (Tensor[B, K, 4]): xyxy in network-input pixels.
             image_sizes (Tensor[B, 2]): valid (h, w) of each image.
             regions: per level, the part of each image's map upstream's tensor would hold
-                (:mod:`.padding`); RoIAlign's border rules then apply at its edge.
+                (:mod:`.layers.padding`); RoIAlign's border rules then apply at its edge.
 
         Returns:
             Tensor[B * K, C, R, R], rows in image-major order.
@@ -433,7 +431,7 @@ class CenterROIHeads(nn.Module):
         """
         Args:
             features: FPN outputs, each Tensor[B, C, Hl, Wl].
-            regions: FPN level regions (:mod:`.padding`), or None.
+            regions: FPN level regions (:mod:`.layers.padding`), or None.
             boxes (Tensor[B, K, 4]), scores (Tensor[B, K]), classes (Tensor[B, K] int64),
             valid (Tensor[B, K] bool): FCOS detections, padded.
             image_sizes (Tensor[B, 2] int64): valid (h, w) of each image.

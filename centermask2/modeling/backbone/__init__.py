@@ -1,4 +1,7 @@
-"""Backbones of CenterMask2 (VoVNetV2, ResNet/ResNeXt, MobileNetV2) with FPN, in plain PyTorch."""
+"""Backbones of CenterMask2 (VoVNetV2, ResNet/ResNeXt, MobileNetV2) with FPN, in plain PyTorch.
+
+Their layers (``Conv2d``, ``FrozenBatchNorm2d``, ``DeformConv2d``, ``get_norm``, ...) and the
+padding-invariant helpers live in :mod:`centermask2.modeling.layers`."""
 
 from .base import Backbone
 from .build import (
@@ -9,15 +12,6 @@ from .build import (
     build_fcos_vovnet_fpn_backbone,
 )
 from .fpn import FPN, LastLevelP6, LastLevelP6P7, build_fcos_top_block
-from .layers import (
-    Conv2d,
-    DeformConv2d,
-    FrozenBatchNorm2d,
-    ShapeSpec,
-    c2_msra_fill,
-    c2_xavier_fill,
-    get_norm,
-)
 from .mobilenet import MobileNetV2, build_mnv2_backbone
 from .resnet import ResNet, build_resnet_backbone
 from .vovnet import VOVNET_SPECS, VoVNet, VoVNetSpec, build_vovnet_backbone
@@ -27,14 +21,10 @@ __all__ = [
     "FPN",
     "VOVNET_SPECS",
     "Backbone",
-    "Conv2d",
-    "DeformConv2d",
-    "FrozenBatchNorm2d",
     "LastLevelP6",
     "LastLevelP6P7",
     "MobileNetV2",
     "ResNet",
-    "ShapeSpec",
     "VoVNet",
     "VoVNetSpec",
     "build_backbone",
@@ -45,7 +35,4 @@ __all__ = [
     "build_mnv2_backbone",
     "build_resnet_backbone",
     "build_vovnet_backbone",
-    "c2_msra_fill",
-    "c2_xavier_fill",
-    "get_norm",
 ]

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ...config import ConfigError
-from ..padding import ValidRegion, run_with_region
-from .layers import ShapeSpec
+from ...errors import ConfigError
+from ..layers import ShapeSpec, ValidRegion, run_with_region
 
 __all__ = ["Backbone"]
 
@@ -53,7 +52,7 @@ class Backbone(nn.Module):
 
         Args:
             x (Tensor[N, C, H, W]): normalized images.
-            region: valid part of each image (:class:`~centermask2.modeling.padding.ValidRegion`);
+            region: valid part of each image (:class:`~centermask2.modeling.layers.padding.ValidRegion`);
                 padding outside it then has no effect on anything inside.
         """
         return self._forward_stages(x, region)

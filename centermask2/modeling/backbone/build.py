@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from .base import Backbone
 from .fpn import FPN
 from .mobilenet import MobileNetV2

@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import ConfigError
-from ..padding import ValidRegion, output_region, run
+from ...errors import ConfigError
+from ..layers import Conv2d, ValidRegion, c2_xavier_fill, get_norm, output_region, run
 from .base import Backbone
-from .layers import Conv2d, c2_xavier_fill, get_norm
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class LastLevelP6P7(nn.Module):
         """
         Args:
             x (Tensor[N, C_in, H, W]): input level.
-            region: if given, padding outside it has no effect (:mod:`..padding`).
+            region: if given, padding outside it has no effect (:mod:`..layers.padding`).
 
         Returns:
             list[Tensor]: ``[p6, p7]``, ``p6 (Tensor[N, C, ceil(H/2), ceil(W/2)])``,
@@ -88,7 +87,7 @@ class LastLevelP6(nn.Module):
         """
         Args:
             x (Tensor[N, C_in, H, W]): input level.
-            region: if given, padding outside it has no effect (:mod:`..padding`).
+            region: if given, padding outside it has no effect (:mod:`..layers.padding`).
 
         Returns:
             list[Tensor]: ``[p6 (Tensor[N, C, ceil(H/2), ceil(W/2)])]``.
@@ -240,7 +239,7 @@ class FPN(Backbone):
         Args:
             x (Tensor[N, C, H, W]): normalized images, H and W multiples of
                 :attr:`size_divisibility` (otherwise the 2x upsampling may not line up).
-            region: if given, the valid part of each image (:mod:`..padding`).
+            region: if given, the valid part of each image (:mod:`..layers.padding`).
 
         Returns:
             dict[str, Tensor]: ``{"p3": Tensor[N, out_channels, H/8, W/8], ..., "p7": ...}``,

@@ -17,10 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...config import ConfigError
-from ..padding import ValidRegion, output_region, run, run_with_region
+from ...errors import ConfigError
+from ..layers import FrozenBatchNorm2d, ValidRegion, output_region, run, run_with_region
 from .base import Backbone
-from .layers import FrozenBatchNorm2d
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ class InvertedResidual(nn.Module):
         """
         Args:
             x (Tensor[N, in_channels, H, W]): input.
-            region: if given, padding outside it has no effect (:mod:`..padding`).
+            region: if given, padding outside it has no effect (:mod:`..layers.padding`).
 
         Returns:
             Tensor[N, out_channels, H / stride, W / stride]: output.
@@ -168,7 +167,7 @@ class MobileNetV2(Backbone):
         """
         Args:
             x (Tensor[N, C, H, W]): normalized images.
-            region: if given, the valid part of each image (:mod:`..padding`).
+            region: if given, the valid part of each image (:mod:`..layers.padding`).
 
         Returns:
             dict[str, Tensor]: ``{name: Tensor[N, C_name, H_name, W_name]}`` for each name in

@@ -16,10 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import ConfigError
-from ..padding import ValidRegion, max_pool2d, output_region, run
+from ...errors import ConfigError
+from ..layers import (
+    Conv2d,
+    DeformConv2d,
+    ValidRegion,
+    c2_msra_fill,
+    freeze_module,
+    get_norm,
+    max_pool2d,
+    output_region,
+    run,
+)
 from .base import Backbone
-from .layers import Conv2d, DeformConv2d, c2_msra_fill, freeze_module, get_norm
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +106,7 @@ class BasicStem(_Block):
         """
         Args:
             x (Tensor[N, C, H, W]): images.
-            region: if given, padding outside it has no effect (:mod:`..padding`).
+            region: if given, padding outside it has no effect (:mod:`..layers.padding`).
 
         Returns:
             Tensor[N, out_channels, H', W']: features at stride 4.
@@ -149,7 +158,7 @@ class BasicBlock(_Block):
         """
         Args:
             x (Tensor[N, in_channels, H, W]): input.
-            region: if given, padding outside it has no effect (:mod:`..padding`).
+            region: if given, padding outside it has no effect (:mod:`..layers.padding`).
 
         Returns:
             Tensor[N, out_channels, H / stride, W / stride]: output.
@@ -225,7 +234,7 @@ class BottleneckBlock(_Block):
         """
         Args:
             x (Tensor[N, in_channels, H, W]): input.
-            region: if given, padding outside it has no effect (:mod:`..padding`).
+            region: if given, padding outside it has no effect (:mod:`..layers.padding`).
 
         Returns:
             Tensor[N, out_channels, H / stride, W / stride]: output.
@@ -319,7 +328,7 @@ class DeformBottleneckBlock(_Block):
         """
         Args:
             x (Tensor[N, C_in, H, W]): input.
-            region: if given, padding outside it has no effect (:mod:`..padding`).
+            region: if given, padding outside it has no effect (:mod:`..layers.padding`).
 
         Returns:
             Tensor[N, C_out, H / stride, W / stride].
@@ -521,7 +530,7 @@ class ResNet(Backbone):
         """
         Args:
             x (Tensor[N, C, H, W]): normalized images.
-            region: if given, the valid part of each image (:mod:`..padding`).
+            region: if given, the valid part of each image (:mod:`..layers.padding`).
 
         Returns:
             dict[str, Tensor]: ``{name: Tensor[N, C_name, H_name, W_name]}`` for each name in

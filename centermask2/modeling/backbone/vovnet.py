@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import ConfigError
-from ..padding import ValidRegion, run
+from ...errors import ConfigError
+from ..layers import DeformConv2d, FrozenBatchNorm2d, ValidRegion, get_norm, run
 from .base import Backbone
-from .layers import DeformConv2d, FrozenBatchNorm2d, get_norm
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +160,7 @@ def _separable_unit(
 class Hsigmoid(nn.Module):
     """Hard sigmoid as in VoVNetV2: ``relu6(x + 3) / 6``."""
 
-    pointwise = True  # see centermask2.modeling.padding
+    pointwise = True  # see centermask2.modeling.layers.padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
@@ -378,7 +377,7 @@ class OSAModule(nn.Module):
         """
         Args:
             x (Tensor[N, in_channels, H, W]): input.
-            region: if given, padding outside it has no effect (see :mod:`..padding`).
+            region: if given, padding outside it has no effect (see :mod:`..layers.padding`).
 
         Returns:
             Tensor[N, concat_channels, H, W]: aggregated features.
@@ -566,7 +565,7 @@ class VoVNet(Backbone):
         """
         Args:
             x (Tensor[N, C, H, W]): normalized images.
-            region: if given, the valid part of each image (see :mod:`..padding`).
+            region: if given, the valid part of each image (see :mod:`..layers.padding`).
 
         Returns:
             dict[str, Tensor]: ``{name: Tensor[N, C_name, ceil(H / s), ceil(W / s)]}`` for each

@@ -99,7 +99,7 @@ def multilevel_roi_align(
         sampling_ratio (int): RoIAlign samples per bin side, 0 = adaptive.
         aligned (bool): half-pixel shift (``ROIAlignV2``).
         regions (Tensor[L, B, 2] int64 or None): per level and image, the valid (h, w) of the map
-            (:mod:`..padding`). Each box then samples its image's map as if it ended there: the
+            (:mod:`..layers.padding`). Each box then samples its image's map as if it ended there: the
             RoIAlign border rules (clamping into the last row/column, zero beyond) apply at the
             region's edge, not the tensor's.
 

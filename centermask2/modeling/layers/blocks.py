@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ..ops.registry import deform_conv2d, deform_conv2d_reference, requires_autograd
+from .padding import ValidRegion, run
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class FrozenBatchNorm2d(nn.Module):
     """
 
     _version = 3
+    pointwise = True  # acts on each position alone (see .padding)
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         """
@@ -330,14 +332,14 @@ class DeformConv2d(nn.Module):
         x: torch.Tensor,
         offset: torch.Tensor,
         mask: torch.Tensor | None = None,
-        region: Any = None,
+        region: ValidRegion | None = None,
     ) -> torch.Tensor:
         """
         Args:
             x (Tensor[N, C_in, H, W]): input; with ``region``, already 0 outside it.
             offset (Tensor[N, 2 * deformable_groups * k * k, H', W']): (dy, dx) sampling offsets per tap.
             mask (Tensor[N, deformable_groups * k * k, H', W'] or None): modulation in [0, 1] (DCNv2).
-            region (:class:`~centermask2.modeling.padding.ValidRegion` or None): region of ``x``;
+            region (:class:`~centermask2.modeling.layers.padding.ValidRegion` or None): region of ``x``;
                 the norm then takes its statistics inside the output's region.
 
         Returns:
@@ -360,8 +362,6 @@ class DeformConv2d(nn.Module):
             if region is None:
                 x = self.norm(x)
             else:
-                from ..padding import run  # the padding helpers import this module
-
                 x = run(self.norm, x, region.after(self.kernel_size, self.stride, self.padding, self.dilation))
         if self.activation is not None:
             x = self.activation(x)

@@ -23,6 +23,10 @@ convolutions) need nothing.
 
 Every function takes ``region=None`` to mean "no padding to ignore" and then runs the plain
 layer, so model code has one forward for both modes.
+
+The network's input starts that way too: :func:`normalize` turns raw pixels into
+``(x - mean) / std`` inside each image and zeros in the padding, with :meth:`ValidRegion.inside`
+as its inside-test.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..errors import UnsupportedError
+from ...errors import UnsupportedError
 
-__all__ = ["ValidRegion", "run_layer", "run", "run_with_region", "output_region"]
+__all__ = ["ValidRegion", "run_layer", "run", "run_with_region", "output_region", "max_pool2d", "normalize"]
 
 
 def _dims_key(*dims: object) -> tuple:
@@ -220,9 +224,9 @@ _POINTWISE: tuple[type[nn.Module], ...] = (
 
 
 def _is_pointwise(module: nn.Module) -> bool:
-    from .backbone.layers import FrozenBatchNorm2d  # local: the backbone package imports this module
-
-    return isinstance(module, _POINTWISE + (FrozenBatchNorm2d,)) or getattr(module, "pointwise", False)
+    # our own pointwise layers (FrozenBatchNorm2d, ...) say so with a ``pointwise = True`` class
+    # attribute, so that this module imports none of them
+    return isinstance(module, _POINTWISE) or getattr(module, "pointwise", False)
 
 
 def _reads_neighbours(kernel_size: tuple[int, int], padding: tuple[int, int]) -> bool:
@@ -331,3 +335,21 @@ def _finite_outside(pooled: Tensor, region: ValidRegion) -> Tensor:
     # windows entirely outside the region pooled only the huge negative fill; clear it so that
     # no later layer can overflow it
     return region.fill_outside(pooled, 0.0)
+
+
+def normalize(images: Tensor, image_sizes: Tensor, pixel_mean: Tensor, pixel_std: Tensor) -> Tensor:
+    """Raw pixels to network input: ``(x - mean) / std`` inside each image, 0 in the padding.
+
+    Args:
+        images: Tensor[B, 3, H, W] raw pixel values (uint8 or float), padded bottom/right.
+        image_sizes: Tensor[B, 2] int64, valid (h, w); pixels outside are padding.
+        pixel_mean, pixel_std: Tensor[3, 1, 1] float32 per-channel constants.
+
+    Returns:
+        Tensor[B, 3, H, W] float32, what upstream feeds its backbone for the batch (same op order
+        and dtype promotion: float32 subtract, then divide; zeros after normalization).
+    """
+    x = (images.to(torch.float32) - pixel_mean) / pixel_std
+    h, w = images.shape[-2:]
+    inside = ValidRegion(image_sizes).inside(h, w)
+    return torch.where(inside, x, torch.zeros((), dtype=x.dtype, device=x.device))
