@@ -7,7 +7,7 @@
         [--runs 5] [--warmup 1] [--threads 2] [KEY VALUE ...]
 
 Rows: PyTorch eager (``--config-file``; weights from ``--weights`` or ``MODEL.WEIGHTS``, else the
-network's random initial weights, which cost the same), ONNX Runtime on ``--onnx`` (fp32) and on
+network's random initial weights, and the header says so), ONNX Runtime on ``--onnx`` (fp32) and on
 ``--int8`` (the int8 model of ``tools/quantize.py``), and with ``--openvino`` OpenVINO on each at
 each precision (fp32, bf16, fp16; for the int8 model, what its float layers compute in; a CPU
 without bf16 runs fp32 and the row says so). Every model is opened by ``open_model`` with the same
