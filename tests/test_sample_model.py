@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from centermask2.cli import export_onnx, postprocess, preprocess, quantize, tester
+from centermask2.data.shapes import make_split
 from golden import ROOT
 
 MODEL_DIR = ROOT / "tools" / "sample_model"
@@ -25,14 +26,9 @@ BF16_AP_COST = 0.5
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory) -> tuple[Path, Path, Path]:
     """Held-out images and annotations as in metrics.json, and 8 training images (calibration)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_shapes_dataset", ROOT / "tools" / "make_shapes_dataset.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     out = tmp_path_factory.mktemp("shapes")
-    ann = mod.make_split(out, "val", int(SHIPPED["images"]), int(SHIPPED["dataset_seed"]), progress=False)
-    mod.make_split(out, "train", 8, int(SHIPPED["dataset_seed"]), progress=False)
+    ann = make_split(out, "val", int(SHIPPED["images"]), int(SHIPPED["dataset_seed"]), progress=False)
+    make_split(out, "train", 8, int(SHIPPED["dataset_seed"]), progress=False)
     return out / "val" / "images", ann, out / "train" / "images"
 
 

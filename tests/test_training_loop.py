@@ -207,11 +207,12 @@ def test_bad_arguments_are_named(tmp_path, caplog):
 
 
 def test_shapes_dataset_is_deterministic_and_loadable(tmp_path):
+    from centermask2.data.shapes import CLASSES, make_dataset
     from centermask2.data.training import load_training_annotations
 
-    mod = _tool("make_shapes_dataset")
     for name in ("a", "b"):
-        assert mod.main(["--output-dir", str(tmp_path / name), "--train", "4", "--val", "2", "--no-progress"]) == 0
+        files = make_dataset(tmp_path / name, train=4, val=2, progress=False)
+        assert files == {split: tmp_path / name / split / "annotations.json" for split in ("train", "val")}
     for split in ("train", "val"):
         a = json.loads((tmp_path / "a" / split / "annotations.json").read_text())
         assert a == json.loads((tmp_path / "b" / split / "annotations.json").read_text())
@@ -220,7 +221,7 @@ def test_shapes_dataset_is_deterministic_and_loadable(tmp_path):
                 (tmp_path / "b" / split / "images" / im["file_name"]).read_bytes()
     images, ids, names = load_training_annotations(tmp_path / "a" / "train" / "annotations.json",
                                                    tmp_path / "a" / "train" / "images")
-    assert names == list(mod.CLASSES) and ids == [1, 2, 3, 4, 5]
+    assert names == list(CLASSES) and ids == [1, 2, 3, 4, 5]
     train_json = json.loads((tmp_path / "a" / "train" / "annotations.json").read_text())
     assert len(images) == 4 and sum(len(im.instances) for im in images) == len(train_json["annotations"])
     boxes = np.array([inst.box for im in images for inst in im.instances])

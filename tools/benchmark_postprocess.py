@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Throughput of stage 3 of the offline pipeline: raw output bins -> COCO results -> metrics.
 
-    python tools/benchmark_postprocess.py [--case lite_V_19_slim_dw|V_39] [--repeat 100]
+    python tools/benchmark_postprocess.py [--case lite_V_19_slim_dw|V_39] [--repeat 100] [--runs 1] \
+        [--case-dir tests/data/golden_<case>]
 
-Takes a golden case's raw outputs (``tests/data/golden_<case>/raw_outputs.npz``, upstream's
-network outputs before post-processing), writes them as output bins for the case's images
+Takes a golden case's raw outputs (``raw_outputs.npz`` in ``--case-dir``, by default the repository's
+``tests/data/golden_<case>``: upstream's network outputs before post-processing), writes them as output bins for the case's images
 repeated ``--repeat`` times under synthetic image ids, with a matching ``bin_info.json`` and a
 ground-truth file repeated the same way, then times :func:`centermask2.offline.postprocess.postprocess_bins`
 (read bins, rescale boxes, paste masks, RLE-encode) and :func:`centermask2.evaluation.evaluate_coco`
-(bbox + segm, writing results and metrics) and prints images/s for each and for both. The AP
-printed is a sanity check: repeating images does not change it. A script, not a test.
+(bbox + segm, writing results and metrics), each ``--runs`` times in interleaved rounds
+(:func:`centermask2.benchmark.measure`), and prints the median images/s for each and for both. The
+AP printed is a sanity check: repeating images does not change it. A script, not a test.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 
 def _write_case(case_dir: Path, repeat: int, work: Path):
@@ -80,38 +81,49 @@ def _write_case(case_dir: Path, repeat: int, work: Path):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--case", default="lite_V_19_slim_dw", choices=["lite_V_19_slim_dw", "V_39"])
+    p.add_argument("--case-dir", default=None,
+                   help="the golden case's folder (default: the repository's tests/data/golden_<case>)")
     p.add_argument("--repeat", type=int, default=100, help="copies of the case's images (default 100)")
+    p.add_argument("--runs", type=int, default=1, help="recorded rounds (default 1)")
+    p.add_argument("--warmup", type=int, default=0, help="rounds run first and not recorded (default 0)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
-    import torch
-
+    from centermask2.benchmark import format_table, header, measure, summarize
     from centermask2.data.categories import coco_contiguous_to_dataset_id
     from centermask2.evaluation import evaluate_coco
     from centermask2.offline.postprocess import postprocess_bins
 
-    case_dir = ROOT / "tests" / "data" / f"golden_{args.case}"
+    case_dir = Path(args.case_dir) if args.case_dir else ROOT / "tests" / "data" / f"golden_{args.case}"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         raw_dir, info, ann_path, manifest = _write_case(case_dir, args.repeat, work)
         n = len(info.images)
-        t0 = time.perf_counter()
-        results, summary = postprocess_bins(raw_dir, info, manifest, coco_contiguous_to_dataset_id(), progress=False)
-        t1 = time.perf_counter()
-        metrics = evaluate_coco(results, ann_path, output_dir=work / "eval")
-        t2 = time.perf_counter()
+        last: dict = {}
+
+        def postprocess() -> None:
+            last["results"], last["summary"] = postprocess_bins(raw_dir, info, manifest, coco_contiguous_to_dataset_id(),
+                                                                progress=False)
+
+        def evaluate() -> None:  # the same round's results
+            last["metrics"] = evaluate_coco(last["results"], ann_path, output_dir=work / "eval")
+
+        stats = summarize(measure({"postprocess": postprocess, "evaluate": evaluate}, runs=args.runs,
+                                  warmup=args.warmup))
 
     want = json.loads((case_dir / "metrics_gt.json").read_text())
-    post_s, eval_s = t1 - t0, t2 - t1
-    print(f"case: {args.case}  images: {n} ({args.repeat} x {n // args.repeat})  detections: {len(results)}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu: {platform.processor() or platform.machine()}")
-    print(f"postprocess (read bins, rescale, paste masks, RLE): {post_s:7.2f} s  {n / post_s:8.1f} images/s  "
-          f"(reading {1000 * summary.read_s / n:.2f} ms/image)")
-    print(f"evaluate (bbox + segm, write results/metrics)     : {eval_s:7.2f} s  {n / eval_s:8.1f} images/s")
-    print(f"postprocess + evaluate                            : {post_s + eval_s:7.2f} s  "
-          f"{n / (post_s + eval_s):8.1f} images/s")
+    post_s, eval_s = stats["postprocess"].median, stats["evaluate"].median
+    print(header(threads=None, runs=args.runs, warmup=args.warmup, notes=[
+        f"case: {case_dir.name}  images: {n} ({args.repeat} x {n // args.repeat})  detections: {len(last['results'])}"]))
+    rows = [
+        ["postprocess (read bins, rescale, paste masks, RLE)", f"{post_s:.2f}", f"{n / post_s:.1f}",
+         f"reading {1000 * last['summary'].read_s / n:.2f} ms/image"],
+        ["evaluate (bbox + segm, write results/metrics)", f"{eval_s:.2f}", f"{n / eval_s:.1f}", ""],
+        ["postprocess + evaluate", f"{post_s + eval_s:.2f}", f"{n / (post_s + eval_s):.1f}", ""],
+    ]
+    print(format_table(["stage", "median s", "images/s", "note"], rows))
     for task in ("bbox", "segm"):
-        print(f"{task} AP {metrics[task]['AP']:.3f} (golden, 1 copy: {want[task]['AP']:.3f})")
+        print(f"{task} AP {last['metrics'][task]['AP']:.3f} (golden, 1 copy: {want[task]['AP']:.3f})")
     return 0
 
 

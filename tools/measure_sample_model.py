@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import sys
 from pathlib import Path
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from centermask2.cli import export_onnx, postprocess, preprocess, tester
     from centermask2.cli import quantize as quantize_cli
     from centermask2.cpu import cpu_description
-    from centermask2.engine.openvino_backend import OpenVINOBackend
+    from centermask2.engine.sources import open_model
 
     data, work = Path(args.data), Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"export of {out} failed")
     run("ONNX Runtime, dynamic export", "onnx", ["--backend", "onnx", "--model", str(dynamic)])
     run("OpenVINO fp32, dynamic export", "openvino", ["--backend", "openvino", "--model", str(dynamic)])
-    has_bf16 = OpenVINOBackend(dynamic, precision="bf16", cache_dir="").precision_used == "bf16"
+    has_bf16 = open_model(dynamic, "openvino", precision="bf16", cache_dir="").backend.precision_used == "bf16"
     if has_bf16:
         run("OpenVINO bf16, dynamic export", "openvino_bf16",
             ["--backend", "openvino", "--precision", "bf16", "--model", str(dynamic)])
@@ -153,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             "stages": stages,
             "iterations": sum(s["iterations"] for s in stages),
             "step_seconds": sum(s["step_seconds"] for s in stages),
-            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__} CPU, 2 threads",
+            "machine": f"{cpu_description()}, torch {torch.__version__} CPU, 2 threads",
         }
     else:
         training = previous.get("training", {})
