@@ -206,7 +206,7 @@ class PanopticImage:
     file_name: str
     png_path: Path
     segments: PanopticSegments
-    #: (height, width) from the JSON's ``images`` entry, when it has one
+    #: (height, width) from the ground truth JSON's ``images`` entry (None for predictions)
     size: tuple[int, int] | None
 
 
@@ -344,7 +344,7 @@ def _read_panoptic(json_path: str | os.PathLike, png_root: str | os.PathLike | N
     if not isinstance(annotations, list):
         raise InputError(f"{path!r} has no 'annotations' list; it is not a COCO panoptic {kind} file")
     categories = _read_categories(data, path, required=is_gt)
-    sizes = _read_sizes(data, path) if is_gt or "images" in data else {}
+    sizes = _read_sizes(data, path) if is_gt else {}  # predictions are checked against the ground truth
     if not root.is_dir():
         raise MissingFileError(
             f"folder of panoptic {kind} PNGs {str(root)!r} not found (for {path!r}; by default the folder next to the "
@@ -485,6 +485,7 @@ class PanopticResultsWriter:
         self._annotations: list[dict[str, Any]] = []
         self._images: list[dict[str, Any]] = []
         self._names: set[str] = set()
+        self._image_ids: set[int] = set()
 
     def add(
         self,
@@ -516,11 +517,14 @@ class PanopticResultsWriter:
         ids = np.asarray(panoptic_seg)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise InputError(f"panoptic_seg must be an integer [H, W] map, got {ids.dtype} {list(ids.shape)}")
+        if segments_info is None:
+            raise InputError("segments_info is None (a category * label_divisor id map); give the segments as "
+                             "combine_semantic_and_instance_outputs produces them")
         segments = convert_segments_info(segments_info, self.categories)
         _check_written_ids(ids, segments)
         base = os.path.basename(os.fspath(file_name))
         png_name = os.path.splitext(base)[0] + ".png"
-        if png_name in self._names or any(a["image_id"] == int(image_id) for a in self._annotations):
+        if png_name in self._names or int(image_id) in self._image_ids:
             raise InputError(f"image {image_id} ({png_name}) was already written; every image needs its own name and id")
         labels = None if sem_seg is None else sem_seg_labels(sem_seg, self.categories.num_stuff_classes)
         if labels is not None and labels.shape != ids.shape:
@@ -529,6 +533,7 @@ class PanopticResultsWriter:
         if labels is not None:
             write_sem_seg_png(labels, self.sem_seg_dir / png_name)
         self._names.add(png_name)
+        self._image_ids.add(int(image_id))
         annotation = {"image_id": int(image_id), "file_name": png_name, "segments_info": segments}
         self._annotations.append(annotation)
         self._images.append({"id": int(image_id), "file_name": base, "height": ids.shape[0], "width": ids.shape[1]})
