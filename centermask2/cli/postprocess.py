@@ -33,6 +33,13 @@ from typing import Any
 
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError, MissingFileError
 from ..evaluation import evaluate_coco, format_table, load_coco_results
+from ..evaluation.panoptic import (
+    PanopticAnnotations,
+    evaluate_panoptic,
+    read_panoptic_gt,
+    read_panoptic_results,
+)
+from ..evaluation.sem_seg import evaluate_sem_seg
 from ..fileio import atomic_write_json, ensure_writable_dir
 from .common import new_parser, parse_args, report_error, run_main, setup_logging
 
@@ -170,16 +177,14 @@ def _ground_truth(args: argparse.Namespace) -> _GroundTruth:
 
 @dataclass
 class _PanopticInputs:
-    gt: Any
-    predictions: Any
+    gt: PanopticAnnotations
+    predictions: PanopticAnnotations
     #: (prediction folder, ground-truth folder) of the semantic evaluation, or None to skip it
     sem_seg: tuple[Path, Path] | None
 
 
 def _read_panoptic_inputs(args: argparse.Namespace, truth: _GroundTruth) -> _PanopticInputs:
     """Read and check the panoptic files (and find the semantic ones) before any scoring."""
-    from ..evaluation.panoptic import read_panoptic_gt, read_panoptic_results
-
     gt = read_panoptic_gt(truth.panoptic_json, truth.panoptic_root)
     predictions = read_panoptic_results(args.panoptic_results)
     pred_dir = Path(args.panoptic_results).parent / "sem_seg_results"
@@ -201,9 +206,6 @@ def _read_panoptic_inputs(args: argparse.Namespace, truth: _GroundTruth) -> _Pan
 
 def _evaluate_panoptic(inputs: _PanopticInputs) -> dict[str, dict[str, Any]]:
     """panoptic_seg (and sem_seg) metrics; a PNG that disagrees with its JSON raises InputError (exit 2)."""
-    from ..evaluation.panoptic import evaluate_panoptic
-    from ..evaluation.sem_seg import evaluate_sem_seg
-
     metrics = evaluate_panoptic(inputs.predictions, inputs.gt)
     if inputs.sem_seg is not None:
         images = inputs.gt.images.values()
