@@ -4,7 +4,11 @@ Two modes:
 
 * evaluation only: ``--results coco_instances_results.json --coco-json ANN.json
   [--output-dir OUT]`` evaluates COCO-format detections (bbox and segm, centermask2 style) and
-  writes ``OUT/metrics.json``;
+  writes ``OUT/metrics.json``; with ``--panoptic-results P.json --panoptic-json GT.json
+  [--panoptic-root DIR] [--sem-seg-root DIR]`` (or ``--dataset coco_2017_val_panoptic`` for all the
+  ground truth) it also scores panoptic quality (``panoptic_seg``) and, when a ``sem_seg_results/``
+  folder is next to P.json, semantic segmentation (``sem_seg``). Unusable panoptic or semantic
+  input files exit with status 2;
 * ``.bin`` outputs, stage 3 of the offline pipeline (``--outputs RAW --info BINS/bin_info.json
   --output-dir OUT [--model model.onnx] [--coco-json ANN.json] [--allow-missing]``): the raw
   network outputs of ``tester.py --bins`` (or of any engine writing the same bytes:
@@ -23,10 +27,20 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError
+from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError, MissingFileError
 from ..evaluation import evaluate_coco, format_table, load_coco_results
-from ..fileio import ensure_writable_dir
+from ..evaluation.panoptic import (
+    PanopticAnnotations,
+    evaluate_panoptic,
+    read_panoptic_gt,
+    read_panoptic_results,
+)
+from ..evaluation.sem_seg import evaluate_sem_seg
+from ..fileio import atomic_write_json, ensure_writable_dir
 from .common import new_parser, parse_args, report_error, run_main, setup_logging
 
 logger = logging.getLogger("postprocess_bin_outputs")
@@ -66,6 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where to write metrics.json (and, in .bin mode, coco_instances_results.json)",
     )
+    pan_group = parser.add_argument_group("panoptic evaluation (Panoptic-CenterMask; evaluation-only mode)")
+    pan_group.add_argument(
+        "--panoptic-results", metavar="JSON",
+        help="panoptic_results.json (COCO panoptic format, PNGs in the folder next to it named by its stem); "
+        "scored for PQ, and for sem_seg when a sem_seg_results/ folder is next to it",
+    )
+    pan_group.add_argument("--panoptic-json", metavar="FILE", help="ground-truth COCO panoptic annotations")
+    pan_group.add_argument(
+        "--panoptic-root", metavar="DIR",
+        help="their PNG folder (default: the folder next to --panoptic-json named by its stem)",
+    )
+    pan_group.add_argument(
+        "--sem-seg-root", metavar="DIR",
+        help="semantic ground truth PNGs (things 0, stuff 1-53, void 255; tools/prepare_panoptic_stuff.py)",
+    )
+    pan_group.add_argument(
+        "--dataset", metavar="NAME",
+        help="take the ground truth from a registered dataset under $DETECTRON2_DATASETS, e.g. "
+        "coco_2017_val_panoptic (the options above and --coco-json override its files)",
+    )
     bin_group = parser.add_argument_group(".bin mode (stage 3 of the offline pipeline)")
     bin_group.add_argument(
         "--outputs", metavar="DIR",
@@ -90,13 +124,94 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _summary(metrics: dict[str, dict[str, float]]) -> str:
-    """One table with a row per evaluated task (bbox, segm)."""
+_OVERALL = {"panoptic_seg": None, "sem_seg": ("mIoU", "fwIoU", "mACC", "pACC")}
+
+
+def _summary(metrics: dict[str, dict[str, Any]]) -> str:
+    """One table with a row per evaluated task (bbox, segm), then one per panoptic / semantic task."""
+    tables = []
     tasks = [t for t in ("bbox", "segm") if t in metrics]
-    if not tasks:
-        return "(no metrics)"
-    names = list(metrics[tasks[0]])
-    return format_table(["task", *names], [[t, *(metrics[t][n] for n in names)] for t in tasks])
+    if tasks:
+        names = list(metrics[tasks[0]])
+        tables.append(format_table(["task", *names], [[t, *(metrics[t][n] for n in names)] for t in tasks]))
+    for task, keys in _OVERALL.items():
+        if task in metrics:
+            names = list(keys or metrics[task])
+            tables.append(format_table(["task", *names], [[task, *(metrics[task][n] for n in names)]]))
+    return "\n\n".join(tables) or "(no metrics)"
+
+
+@dataclass
+class _GroundTruth:
+    """The evaluation-only mode's ground-truth files (from the options, else from --dataset)."""
+
+    coco_json: str | None
+    panoptic_json: str | None
+    panoptic_root: str | None
+    sem_seg_root: str | None
+    #: --sem-seg-root was given (a missing folder is then an error, not a skipped metric)
+    sem_seg_explicit: bool
+
+
+def _ground_truth(args: argparse.Namespace) -> _GroundTruth:
+    from ..data.catalog import resolve_panoptic_dataset
+
+    truth = _GroundTruth(args.coco_json, args.panoptic_json, args.panoptic_root, args.sem_seg_root,
+                         args.sem_seg_root is not None)
+    if args.dataset:
+        paths = resolve_panoptic_dataset(args.dataset)
+        if args.results and truth.coco_json is None:
+            if not paths.instances_json.is_file():
+                raise MissingFileError(f"dataset {args.dataset!r}: {str(paths.instances_json)!r} not found (bbox/segm "
+                                       "ground truth for --results); or give --coco-json")
+            truth.coco_json = str(paths.instances_json)
+        if truth.panoptic_json is None:
+            truth.panoptic_json, truth.panoptic_root = str(paths.panoptic_json), truth.panoptic_root or str(paths.panoptic_root)
+        truth.sem_seg_root = truth.sem_seg_root or str(paths.sem_seg_root)
+    if args.results and truth.coco_json is None:
+        raise InputError("--results needs --coco-json (the ground-truth annotations) or --dataset.")
+    if args.panoptic_results and truth.panoptic_json is None:
+        raise InputError("--panoptic-results needs --panoptic-json (the ground-truth panoptic annotations) or --dataset.")
+    return truth
+
+
+@dataclass
+class _PanopticInputs:
+    gt: PanopticAnnotations
+    predictions: PanopticAnnotations
+    #: (prediction folder, ground-truth folder) of the semantic evaluation, or None to skip it
+    sem_seg: tuple[Path, Path] | None
+
+
+def _read_panoptic_inputs(args: argparse.Namespace, truth: _GroundTruth) -> _PanopticInputs:
+    """Read and check the panoptic files (and find the semantic ones) before any scoring."""
+    gt = read_panoptic_gt(truth.panoptic_json, truth.panoptic_root)
+    predictions = read_panoptic_results(args.panoptic_results)
+    pred_dir = Path(args.panoptic_results).parent / "sem_seg_results"
+    sem_seg = None
+    if not pred_dir.is_dir():
+        logger.info("No sem_seg_results/ folder next to %s: sem_seg skipped", args.panoptic_results)
+    elif truth.sem_seg_root is None:
+        logger.info("sem_seg_results/ found but no --sem-seg-root (semantic ground truth): sem_seg skipped")
+    elif not Path(truth.sem_seg_root).is_dir():
+        if truth.sem_seg_explicit:
+            raise MissingFileError(f"--sem-seg-root {truth.sem_seg_root!r} not found; make it with "
+                                   "tools/prepare_panoptic_stuff.py")
+        logger.info("No semantic ground truth at %s (make it with tools/prepare_panoptic_stuff.py): sem_seg skipped",
+                    truth.sem_seg_root)
+    else:
+        sem_seg = (pred_dir, Path(truth.sem_seg_root))
+    return _PanopticInputs(gt, predictions, sem_seg)
+
+
+def _evaluate_panoptic(inputs: _PanopticInputs) -> dict[str, dict[str, Any]]:
+    """panoptic_seg (and sem_seg) metrics; a PNG that disagrees with its JSON raises InputError (exit 2)."""
+    metrics = evaluate_panoptic(inputs.predictions, inputs.gt)
+    if inputs.sem_seg is not None:
+        images = inputs.gt.images.values()
+        metrics.update(evaluate_sem_seg(inputs.sem_seg[0], inputs.sem_seg[1], [im.file_name for im in images],
+                                        image_sizes={im.file_name: im.size for im in images}))
+    return metrics
 
 
 def _category_ids(args: argparse.Namespace) -> list[int]:
@@ -185,27 +300,51 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(parser, argv)
     setup_logging()
 
-    if args.results is None:
+    panoptic_options = [o for o, v in (("--panoptic-json", args.panoptic_json), ("--panoptic-root", args.panoptic_root),
+                                       ("--sem-seg-root", args.sem_seg_root), ("--dataset", args.dataset)) if v]
+    if args.results is None and args.panoptic_results is None:
+        if panoptic_options:
+            raise InputError(f"{', '.join(panoptic_options)} belong(s) to the evaluation-only mode: give --results "
+                             "and/or --panoptic-results.")
         if args.outputs or args.info:
             return _run_bins(args)
         parser.print_usage(sys.stderr)
         raise InputError(
-            "give --results R.json --coco-json ANN.json (evaluation mode) or --outputs RAW --info "
-            "BINS/bin_info.json --output-dir OUT (.bin mode)."
+            "give --results R.json --coco-json ANN.json and/or --panoptic-results P.json --panoptic-json GT.json "
+            "(evaluation mode) or --outputs RAW --info BINS/bin_info.json --output-dir OUT (.bin mode)."
         )
     if args.outputs or args.info or args.model or args.allow_missing or args.index_base is not None:
-        raise InputError("--results cannot be combined with the .bin mode options (--outputs/--info/--model).")
-    if args.coco_json is None:
+        raise InputError("--results/--panoptic-results cannot be combined with the .bin mode options "
+                         "(--outputs/--info/--model).")
+    if args.panoptic_results is None and (args.panoptic_json or args.panoptic_root or args.sem_seg_root):
+        raise InputError("--panoptic-json/--panoptic-root/--sem-seg-root need --panoptic-results (the predictions).")
+    try:
+        truth = _ground_truth(args)
+    except InputError:
         parser.print_usage(sys.stderr)
-        raise InputError("--results needs --coco-json (the ground-truth annotations).")
+        raise
 
     if args.output_dir:
         ensure_writable_dir(args.output_dir, "--output-dir")
-    try:
-        results = load_coco_results(args.results)
+    # panoptic inputs are checked before any scoring; their errors exit with 2 (bad input files)
+    panoptic = _read_panoptic_inputs(args, truth) if args.panoptic_results else None
+    metrics: dict[str, dict[str, Any]] = {}
+    results = None
+    if args.results:
+        try:
+            results = load_coco_results(args.results)
+        except CenterMask2Error as exc:  # evaluation-only mode: a bad results or annotation file fails the run
+            return report_error(exc, EXIT_ITEMS_FAILED)
         logger.info("Loaded %d detections from %s", len(results), args.results)
-        metrics = evaluate_coco(results, args.coco_json, output_dir=args.output_dir)
-    except CenterMask2Error as exc:  # evaluation-only mode: a bad results or annotation file fails the run
-        return report_error(exc, EXIT_ITEMS_FAILED)
+    if panoptic is not None:
+        metrics.update(_evaluate_panoptic(panoptic))
+    if results is not None:
+        try:
+            metrics.update(evaluate_coco(results, truth.coco_json))
+        except CenterMask2Error as exc:
+            return report_error(exc, EXIT_ITEMS_FAILED)
+    if args.output_dir:
+        atomic_write_json(metrics, Path(args.output_dir) / "metrics.json")
+        logger.info("Wrote %s", Path(args.output_dir) / "metrics.json")
     print(_summary(metrics))
     return EXIT_OK

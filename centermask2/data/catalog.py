@@ -14,7 +14,16 @@ from pathlib import Path
 from ..errors import InputError, MissingFileError
 from ..fileio import path_inside, read_json
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageRecord", "list_images", "DATASETS", "resolve_dataset"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageRecord",
+    "list_images",
+    "DATASETS",
+    "resolve_dataset",
+    "PANOPTIC_DATASETS",
+    "PanopticDatasetPaths",
+    "resolve_panoptic_dataset",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -102,3 +111,56 @@ def resolve_dataset(name: str, root: str | os.PathLike | None = None) -> tuple[s
             "holds coco/ (see the README's walkthrough)"
         )
     return str(images), str(ann)
+
+
+@dataclass(frozen=True)
+class PanopticDatasetPaths:
+    """Where a COCO panoptic dataset's files are (detectron2's ``coco_2017_*_panoptic`` layout)."""
+
+    images: Path
+    #: COCO instances annotations (bbox / segm ground truth)
+    instances_json: Path
+    #: COCO panoptic annotations and their PNG folder
+    panoptic_json: Path
+    panoptic_root: Path
+    #: semantic ground truth made by tools/prepare_panoptic_stuff.py (may not exist yet)
+    sem_seg_root: Path
+
+
+#: detectron2's COCO panoptic layout under the dataset root:
+#: name -> (images, instances JSON, panoptic JSON, panoptic PNGs, panoptic_stuff PNGs)
+PANOPTIC_DATASETS = {
+    "coco_2017_val_panoptic": (
+        "coco/val2017", "coco/annotations/instances_val2017.json", "coco/annotations/panoptic_val2017.json",
+        "coco/panoptic_val2017", "coco/panoptic_stuff_val2017",
+    ),
+    "coco_2017_train_panoptic": (
+        "coco/train2017", "coco/annotations/instances_train2017.json", "coco/annotations/panoptic_train2017.json",
+        "coco/panoptic_train2017", "coco/panoptic_stuff_train2017",
+    ),
+}
+
+
+def resolve_panoptic_dataset(name: str, root: str | os.PathLike | None = None) -> PanopticDatasetPaths:
+    """The files of a registered COCO panoptic dataset, detectron2 style (root as :func:`resolve_dataset`).
+
+    Only the panoptic annotations (JSON and PNG folder) must exist; the caller checks what else it uses.
+
+    Raises:
+        InputError: unknown name.
+        MissingFileError: the panoptic JSON or PNG folder is not there.
+    """
+    if name not in PANOPTIC_DATASETS:
+        raise InputError(
+            f"unknown panoptic dataset {name!r}; known: {', '.join(sorted(PANOPTIC_DATASETS))} (or pass "
+            "--panoptic-json/--panoptic-root)"
+        )
+    base = Path(root or os.environ.get("DETECTRON2_DATASETS", "datasets"))
+    paths = PanopticDatasetPaths(*(base / p for p in PANOPTIC_DATASETS[name]))
+    if not paths.panoptic_json.is_file() or not paths.panoptic_root.is_dir():
+        raise MissingFileError(
+            f"dataset {name!r} expects {str(paths.panoptic_json)!r} and {str(paths.panoptic_root)!r}; set "
+            "DETECTRON2_DATASETS to the folder that holds coco/ (COCO's panoptic_annotations_trainval2017.zip "
+            "unpacked there)"
+        )
+    return paths

@@ -1,5 +1,6 @@
-"""COCO-format results and evaluation (centermask2's COCOEvaluator, without detectron2), and the
-detection-by-detection matcher every comparison uses (:mod:`.matching`)."""
+"""COCO-format results and evaluation (centermask2's COCOEvaluator, without detectron2), the
+detection-by-detection matcher every comparison uses (:mod:`.matching`), panoptic results and
+panoptic quality (:mod:`.panoptic`) and semantic segmentation metrics (:mod:`.sem_seg`)."""
 
 from .coco import (
     evaluate_coco,
@@ -9,6 +10,14 @@ from .coco import (
     load_coco_results,
 )
 from .matching import MatchSummary, match_boxes, match_records, summarize_match
+from .panoptic import (
+    PanopticResultsWriter,
+    compute_pq,
+    evaluate_panoptic,
+    read_panoptic_gt,
+    read_panoptic_results,
+)
+from .sem_seg import SemSegEvaluator, evaluate_sem_seg
 
 __all__ = [
     "match_boxes",
@@ -20,4 +29,11 @@ __all__ = [
     "load_coco_results",
     "evaluate_coco",
     "format_table",
+    "PanopticResultsWriter",
+    "read_panoptic_gt",
+    "read_panoptic_results",
+    "compute_pq",
+    "evaluate_panoptic",
+    "SemSegEvaluator",
+    "evaluate_sem_seg",
 ]
