@@ -23,6 +23,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,8 @@ from .errors import InputError, MissingFileError
 __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAMES",
+    "SEM_SEG_OUTPUT",
+    "PANOPTIC_OUTPUT_NAMES",
     "INPUT_DTYPES",
     "PADDING_MODES",
     "DEFAULT_MASK_SIZE",
@@ -38,6 +41,7 @@ __all__ = [
     "expected_nbytes",
     "default_output_specs",
     "ModelMetadata",
+    "PanopticSettings",
     "read_metadata",
     "model_output_specs",
 ]
@@ -46,6 +50,11 @@ __all__ = [
 INPUT_NAMES = ("images", "image_sizes")
 #: Output names, in order, of :meth:`CenterMask.forward` (and of exported models).
 OUTPUT_NAMES = ("boxes", "scores", "classes", "masks", "mask_scores", "num_detections")
+#: The extra output of panoptic models (``MODEL.META_ARCHITECTURE: PanopticFPN``): the semantic
+#: head's logits at stride 4 of the padded input, float32 [B, NUM_CLASSES, H/4, W/4].
+SEM_SEG_OUTPUT = "sem_seg"
+#: Output names, in order, of a panoptic model: :data:`OUTPUT_NAMES` then :data:`SEM_SEG_OUTPUT`.
+PANOPTIC_OUTPUT_NAMES = (*OUTPUT_NAMES, SEM_SEG_OUTPUT)
 #: dtypes the ``images`` input can have
 INPUT_DTYPES = ("uint8", "float32")
 #: How padding beyond each image's multiple of the size divisibility is treated (static models,
@@ -215,6 +224,43 @@ class ModelMetadata:
             padding=get("padding", padding_mode) if _PREFIX + "padding" in props else "include",
             quantization=props.get(_PREFIX + "quantization", ""),
         )
+
+
+@dataclass(frozen=True)
+class PanopticSettings:
+    """How a panoptic model's outputs become panoptic segments (``MODEL.META_ARCHITECTURE:
+    PanopticFPN``): detectron2's combination thresholds and the semantic output's geometry.
+
+    Attributes:
+        overlap_thresh, stuff_area_limit, instances_confidence_thresh: ``MODEL.PANOPTIC_FPN.COMBINE``.
+        common_stride: the ``sem_seg`` output's stride (``MODEL.SEM_SEG_HEAD.COMMON_STRIDE``).
+        size_divisibility: each image's padded extent is a multiple of it.
+    """
+
+    overlap_thresh: float
+    stuff_area_limit: float
+    instances_confidence_thresh: float
+    common_stride: int
+    size_divisibility: int
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], size_divisibility: int) -> PanopticSettings | None:
+        """The settings of a resolved config (a :class:`~centermask2.config.CfgNode` or the dict of an
+        exported model's config YAML); None for an instance-only model."""
+        model = cfg.get("MODEL") or {}
+        if model.get("META_ARCHITECTURE") != "PanopticFPN":
+            return None
+        try:
+            combine = model["PANOPTIC_FPN"]["COMBINE"]
+            return cls(
+                overlap_thresh=float(combine["OVERLAP_THRESH"]),
+                stuff_area_limit=float(combine["STUFF_AREA_LIMIT"]),
+                instances_confidence_thresh=float(combine["INSTANCES_CONFIDENCE_THRESH"]),
+                common_stride=int(model["SEM_SEG_HEAD"]["COMMON_STRIDE"]),
+                size_divisibility=int(size_divisibility),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the panoptic settings of the model's config are malformed ({exc!r}); re-export it") from exc
 
 
 def _load_proto(model_path: str | os.PathLike):  # noqa: ANN202 - onnx.ModelProto

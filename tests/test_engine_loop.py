@@ -9,7 +9,7 @@ from PIL import Image
 from centermask2.data import InputSpec, list_images
 from centermask2.engine.executors import Job, LocalExecutor, PoolExecutor
 from centermask2.engine.loop import PARTIAL_NAME, RESULTS_NAME, run_inference, run_to_folder
-from centermask2.engine.resume import PartialResults
+from centermask2.engine.resume import ImageOutput, PartialResults
 from centermask2.engine.sources import ModelSource
 from centermask2.errors import BackendError, InputError
 
@@ -83,7 +83,7 @@ def test_corrupt_model_outputs_are_a_named_error(images):
 
 def test_resume_keeps_done_images_and_runs_the_rest(images):
     records = list_images(images)[:3]
-    done = {1: [{"image_id": 1, "marker": True}]}
+    done = {1: ImageOutput([{"image_id": 1, "marker": True}])}
     backend = FakeBackend()
     results, summary = run_inference(_source(backend), records, done=done, progress=False)
     assert results[0] == {"image_id": 1, "marker": True} and [r["image_id"] for r in results] == [1, 2, 3]
@@ -102,11 +102,12 @@ def test_partial_results_survive_a_torn_last_line_and_refuse_another_run(tmp_pat
     rec = list_images(images)[0]
     partial = PartialResults(tmp_path / PARTIAL_NAME, identity={"model": "A"})
     partial.start({})
-    partial.append(rec, [{"image_id": 1}])
+    partial.append(rec, ImageOutput([{"image_id": 1}], panoptic={"file_name": "000000000001.png"}))
     partial.close()
     with open(tmp_path / PARTIAL_NAME, "a") as f:
         f.write('{"image_id": 2, "rec')  # killed mid-write
-    assert PartialResults(tmp_path / PARTIAL_NAME, identity={"model": "A"}).load() == {1: [{"image_id": 1}]}
+    loaded = PartialResults(tmp_path / PARTIAL_NAME, identity={"model": "A"}).load()
+    assert loaded == {1: ImageOutput([{"image_id": 1}], panoptic={"file_name": "000000000001.png"})}
     with pytest.raises(InputError, match="another run"):
         PartialResults(tmp_path / PARTIAL_NAME, identity={"model": "B"}).load()
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..contract import SEM_SEG_OUTPUT, PanopticSettings
 from ..data.catalog import ImageRecord
 from ..data.spec import InputSpec
 from ..data.transforms import load_and_resize, pad_batch
@@ -30,7 +31,7 @@ from ..fileio import atomic_write_json, ensure_writable_dir, text_digest
 from ..modeling.postprocessing import detector_postprocess
 from ..summary import StageSummary
 from .executors import Executor, Job, LocalExecutor
-from .resume import PartialResults
+from .resume import ImageOutput, PartialResults
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -64,12 +65,14 @@ class InferenceSummary(StageSummary):
     Attributes:
         num_detections: COCO records produced in this run.
         preprocess_s, postprocess_s: seconds per batch for reading + resizing + padding, and for
-            post-processing + COCO conversion.
+            post-processing + COCO conversion (+ panoptic segments and their PNGs).
+        panoptic: a panoptic model's annotation per image, in image order (its results file's content).
     """
 
     num_detections: int = 0
     preprocess_s: list[float] = field(default_factory=list)
     postprocess_s: list[float] = field(default_factory=list)
+    panoptic: list[dict[str, Any]] = field(default_factory=list)
 
     def format(self) -> str:
         n = max(self.num_images, 1)
@@ -149,12 +152,48 @@ def image_results(
     return det, instances_to_coco_json(det, image_id, contiguous_to_dataset_id)
 
 
+def panoptic_image(
+    det: Mapping[str, torch.Tensor],
+    sem_seg_logits: np.ndarray,
+    input_hw: tuple[int, int],
+    output_hw: tuple[int, int],
+    settings: PanopticSettings,
+) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
+    """One image's panoptic segments, as detectron2's ``PanopticFPN`` at inference.
+
+    Args:
+        det: :func:`~centermask2.modeling.postprocessing.detector_postprocess`'s detections.
+        sem_seg_logits: np.ndarray[C, H', W'] float32, the image's ``sem_seg`` output (stride
+            ``settings.common_stride`` of the padded input).
+        input_hw: the valid (h, w) the network saw; output_hw: the original image's (h, w).
+
+    Returns:
+        (panoptic_seg int32 [H, W] segment ids (0 void), segments_info with contiguous ids,
+        semantic labels uint8 [H, W]).
+
+    Raises:
+        BackendError: non-finite semantic logits (a broken export or quantization).
+    """
+    from ..modeling.panoptic import combine_semantic_and_instance_outputs, sem_seg_argmax
+
+    logits = torch.from_numpy(np.ascontiguousarray(sem_seg_logits))
+    if not torch.isfinite(logits).all():
+        raise BackendError("the model returned NaN or infinite semantic logits: its outputs are corrupt (a broken export "
+                           "or quantization?); check it against the PyTorch model (convert_model_into_onnx.py --verify)")
+    labels = sem_seg_argmax(logits, input_hw, output_hw, settings.size_divisibility, settings.common_stride)
+    seg, segments = combine_semantic_and_instance_outputs(
+        det, labels, overlap_thresh=settings.overlap_thresh, stuff_area_thresh=settings.stuff_area_limit,
+        instances_score_thresh=settings.instances_confidence_thresh,
+    )
+    return seg.numpy(), segments, labels.numpy().astype(np.uint8)
+
+
 @dataclass
 class BatchResults:
-    """What :class:`InferJob` made of one backend call: COCO records per readable image (input
+    """What :class:`InferJob` made of one backend call: each readable image's output (input
     order), ``(file_name, reason)`` per unreadable one, and the detections when asked for."""
 
-    images: list[tuple[ImageRecord, list[dict[str, Any]]]] = field(default_factory=list)
+    images: list[tuple[ImageRecord, ImageOutput]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     num_detections: int = 0
     detections: list[dict[str, torch.Tensor]] = field(default_factory=list)
@@ -172,12 +211,17 @@ class InferJob(Job):
         category_ids: dataset category id of every contiguous class.
         mask_threshold: binarization threshold of pasted masks (0.5 upstream).
         keep_detections: also return each image's post-processed detections (for drawing).
+        panoptic: a panoptic model's settings: ``finish`` also makes each image's panoptic segments
+            and writes their PNGs into ``output_dir`` (:func:`~centermask2.evaluation.panoptic.write_panoptic_image`).
+        output_dir: the run's output folder (absolute; panoptic models only).
     """
 
     spec: InputSpec
     category_ids: tuple[int, ...]
     mask_threshold: float = 0.5
     keep_detections: bool = False
+    panoptic: PanopticSettings | None = None
+    output_dir: str | None = None
 
     def prepare(self, batch: Sequence[ImageRecord]) -> dict[str, Any]:
         loaded, readable, failed = load_batch(batch, self.spec)
@@ -197,9 +241,18 @@ class InferJob(Job):
         result = BatchResults(failed=inferred["failed"])
         sizes = inferred["image_sizes"]
         for i, (rec, original) in enumerate(zip(inferred["records"], inferred["originals"])):
-            det, records = image_results(inferred["outputs"], i, (int(sizes[i, 0]), int(sizes[i, 1])), original,
-                                         rec.image_id, self.category_ids, self.mask_threshold)
-            result.images.append((rec, records))
+            input_hw = (int(sizes[i, 0]), int(sizes[i, 1]))
+            det, records = image_results(inferred["outputs"], i, input_hw, original, rec.image_id, self.category_ids,
+                                         self.mask_threshold)
+            output = ImageOutput(records)
+            if self.panoptic is not None:
+                from ..evaluation.panoptic import write_panoptic_image
+
+                seg, segments, labels = panoptic_image(det, inferred["outputs"][SEM_SEG_OUTPUT][i], input_hw, original,
+                                                       self.panoptic)
+                output.panoptic = write_panoptic_image(self.output_dir or ".", rec.image_id, rec.file_name, seg,
+                                                       segments, labels)
+            result.images.append((rec, output))
             result.num_detections += int(det["boxes"].shape[0])
             if self.keep_detections:
                 result.detections.append(det)
@@ -215,8 +268,9 @@ def run_inference(
     mask_threshold: float = 0.5,
     progress: bool = True,
     on_image: Callable[[ImageRecord, dict[str, torch.Tensor]], None] | None = None,
-    done: Mapping[int, list[dict[str, Any]]] | None = None,
-    on_results: Callable[[ImageRecord, list[dict[str, Any]]], None] | None = None,
+    done: Mapping[int, ImageOutput] | None = None,
+    on_results: Callable[[ImageRecord, ImageOutput], None] | None = None,
+    output_dir: str | os.PathLike | None = None,
 ) -> tuple[list[dict[str, Any]], InferenceSummary]:
     """Run ``source``'s model over ``records`` and build COCO result records.
 
@@ -232,12 +286,14 @@ def run_inference(
         mask_threshold: binarization threshold of pasted masks (0.5 upstream).
         progress: show a tqdm progress bar.
         on_image: optional callback with each image's post-processed detections.
-        done: COCO records of images already processed (by image id, e.g. from
+        done: outputs of images already processed (by image id, e.g. from
             :class:`~centermask2.engine.resume.PartialResults`); those images are not run again.
-        on_results: optional callback with each newly processed image's COCO records, as they arrive.
+        on_results: optional callback with each newly processed image's output, as they arrive.
+        output_dir: where a panoptic model's PNGs go (required for one; see :func:`run_to_folder`).
 
     Returns:
-        (COCO result dicts in image order, timing summary).
+        (COCO result dicts in image order, timing summary); for a panoptic model the summary's
+        ``panoptic`` holds each image's panoptic annotation, in image order.
     """
     from tqdm import tqdm
 
@@ -253,8 +309,11 @@ def run_inference(
     summary.num_resumed = len(records) - len(todo)
     if done:
         logger.info("Resuming: %d of %d image(s) already done", len(records) - len(todo), len(records))
-    job = InferJob(source.spec, ids, mask_threshold, keep_detections=on_image is not None)
-    new: dict[int, list[dict[str, Any]]] = {}
+    if source.panoptic is not None and output_dir is None:
+        raise InputError(f"{source.label} is a panoptic model: give an output folder for its PNGs")
+    job = InferJob(source.spec, ids, mask_threshold, keep_detections=on_image is not None, panoptic=source.panoptic,
+                   output_dir=os.path.abspath(output_dir) if output_dir is not None else None)
+    new: dict[int, ImageOutput] = {}
     workers: set[int] = set()
     with tqdm(total=len(todo), unit="img", disable=not progress, desc="inference") as bar:
         for item in executor.map(job, list(batches(todo, source.batch_size)), source):
@@ -264,10 +323,10 @@ def run_inference(
             for name, reason in batch.failed:
                 logger.warning("skipping %s: %s", name, reason)
             summary.failed.extend(batch.failed)
-            for k, (rec, image_records) in enumerate(batch.images):
-                new[rec.image_id] = image_records
+            for k, (rec, output) in enumerate(batch.images):
+                new[rec.image_id] = output
                 if on_results is not None:
-                    on_results(rec, image_records)
+                    on_results(rec, output)
                 if on_image is not None:
                     on_image(rec, batch.detections[k])
             summary.num_detections += batch.num_detections
@@ -285,7 +344,11 @@ def run_inference(
     summary.failed.sort(key=lambda failure: order.get(failure[0], len(order)))  # input order, whatever the executor
     results: list[dict[str, Any]] = []
     for rec in records:  # input order, resumed and new together
-        results.extend(done.get(rec.image_id, new.get(rec.image_id, [])))
+        output = done.get(rec.image_id) or new.get(rec.image_id)
+        if output is not None:
+            results.extend(output.records)
+            if output.panoptic is not None:
+                summary.panoptic.append(output.panoptic)
     return results, summary
 
 
@@ -298,13 +361,17 @@ def run_to_folder(
     resume: bool = False,
     progress: bool = True,
     executor: Executor | None = None,
+    panoptic_base: str | os.PathLike | Mapping[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], InferenceSummary, Path]:
-    """Run ``source`` over ``records`` and write ``OUTPUT_DIR/coco_instances_results.json``.
+    """Run ``source`` over ``records`` and write ``OUTPUT_DIR/coco_instances_results.json``; for a
+    panoptic model also ``OUTPUT_DIR/panoptic_results.json`` with ``panoptic_results/<stem>.png``
+    (COCO panoptic format) and ``sem_seg_results/<stem>.png`` (per-pixel semantic labels).
 
-    Each image's records are appended to ``OUTPUT_DIR/coco_instances_results.partial.jsonl`` as
-    soon as they exist, so a run killed at any point loses at most one image; with ``resume`` the
-    images recorded there by an earlier run of the same model and input rules are not run again
-    (another run's file is refused). The partial file is removed once the results are written.
+    Each image's output is appended to ``OUTPUT_DIR/coco_instances_results.partial.jsonl`` as
+    soon as it exists (a panoptic image's PNGs before), so a run killed at any point loses at most
+    one image; with ``resume`` the images recorded there by an earlier run of the same model and
+    input rules are not run again (another run's file is refused). The partial file is removed once
+    the results are written.
 
     Args:
         source: the model and how to feed it (:mod:`centermask2.engine.sources`).
@@ -315,13 +382,17 @@ def run_to_folder(
         progress: tqdm progress bar.
         executor: where the images run (default: this process; e.g.
             :class:`~centermask2.engine.ray_executor.RayExecutor` for a Ray cluster).
+        panoptic_base: the ground-truth panoptic JSON, which the panoptic results file copies with its
+            ``annotations`` replaced (as detectron2 writes it); default: the images run and the
+            COCO panoptic categories.
 
     Returns:
         (COCO results in image order, summary, path of the results file).
 
     Raises:
         OutputError: ``output_dir`` cannot be written.
-        InputError: ``resume`` over another run's progress file.
+        InputError: ``resume`` over another run's progress file; two images of a panoptic run whose
+            PNGs would have the same name.
     """
     out_dir = ensure_writable_dir(output_dir, option="--output-dir")
     ids = list(contiguous_to_dataset_id if contiguous_to_dataset_id is not None else source.category_ids)
@@ -337,13 +408,37 @@ def run_to_folder(
         logger.warning("%s holds an interrupted run's progress; starting over (pass --resume to continue it)", partial.path)
     wanted = {r.image_id for r in records}
     done = {k: v for k, v in done.items() if k in wanted}
+    if source.panoptic is not None:
+        done = _panoptic_plan(records, done, out_dir)
     partial.start(done)
     try:
         results, summary = run_inference(source, records, ids, executor=executor, progress=progress, done=done,
-                                         on_results=partial.append)
+                                         on_results=partial.append, output_dir=out_dir)
     finally:
         partial.close()
     results_path = out_dir / RESULTS_NAME
     atomic_write_json(results, results_path)
+    if source.panoptic is not None:
+        from ..evaluation.panoptic import PANOPTIC_RESULTS_NAME, write_panoptic_json
+
+        write_panoptic_json(out_dir / PANOPTIC_RESULTS_NAME, summary.panoptic, base=panoptic_base)
     partial.finish()
     return results, summary, results_path
+
+
+def _panoptic_plan(records: Sequence[ImageRecord], done: Mapping[int, ImageOutput], out_dir: Path) -> dict[int, ImageOutput]:
+    """A panoptic run's checks before any image runs: every image has its own PNG name; resumed
+    images keep their output only with their annotation and both PNGs in place (else they run again)."""
+    from ..evaluation.panoptic import PANOPTIC_RESULTS_NAME, SEM_SEG_RESULTS_DIR, panoptic_png_name
+
+    seen: dict[str, str] = {}
+    for rec in records:
+        name = panoptic_png_name(rec.file_name)
+        if name in seen:
+            raise InputError(f"{seen[name]!r} and {rec.file_name!r} would both write panoptic_results/{name}: a panoptic "
+                             "run needs images with different file names (stems)")
+        seen[name] = rec.file_name
+    pngs = (out_dir / os.path.splitext(PANOPTIC_RESULTS_NAME)[0], out_dir / SEM_SEG_RESULTS_DIR)
+    by_id = {r.image_id: r for r in records}
+    return {k: v for k, v in done.items()
+            if v.panoptic is not None and all((d / panoptic_png_name(by_id[k].file_name)).is_file() for d in pngs)}

@@ -1,4 +1,4 @@
-"""Resume state of the image -> results loop: per-image results persisted as they come."""
+"""Resume state of the image -> results stage: per-image outputs persisted as they come."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,30 @@ from ..data.catalog import ImageRecord
 from ..errors import InputError
 from ..fileio import atomic_write_bytes
 
-__all__ = ["PartialResults"]
+__all__ = ["ImageOutput", "PartialResults"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageOutput:
+    """What the image -> results stage made of one image.
+
+    Attributes:
+        records: its COCO result records (instances).
+        panoptic: for a panoptic model, its annotation in the panoptic results file
+            (:func:`~centermask2.evaluation.panoptic.write_panoptic_image`; its PNGs are already
+            written), else None.
+    """
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    panoptic: dict[str, Any] | None = None
+
+    def to_json(self, image_id: int) -> dict[str, Any]:
+        entry: dict[str, Any] = {"image_id": image_id, "records": self.records}
+        if self.panoptic is not None:
+            entry["panoptic"] = self.panoptic
+        return entry
 
 
 def _describe(theirs: Mapping[str, str], mine: Mapping[str, str], keys: list[str]) -> str:
@@ -40,9 +62,9 @@ class PartialResults:
         self.identity = dict(identity)
         self._file: Any = None
 
-    def load(self) -> dict[int, list[dict[str, Any]]]:
-        """Records of the images finished by an earlier run, by image id."""
-        done: dict[int, list[dict[str, Any]]] = {}
+    def load(self) -> dict[int, ImageOutput]:
+        """Outputs of the images finished by an earlier run, by image id."""
+        done: dict[int, ImageOutput] = {}
         if not self.path.is_file():
             return done
         with open(self.path, encoding="utf-8") as f:
@@ -63,20 +85,22 @@ class PartialResults:
                         )
                     continue
                 try:
-                    done[int(entry["image_id"])] = list(entry["records"])
-                except (KeyError, TypeError, ValueError):
+                    panoptic = entry.get("panoptic")
+                    done[int(entry["image_id"])] = ImageOutput(list(entry["records"]),
+                                                               dict(panoptic) if panoptic is not None else None)
+                except (KeyError, TypeError, ValueError, AttributeError):
                     logger.warning("ignoring a malformed line of %s", self.path)
         return done
 
-    def start(self, keep: Mapping[int, list[dict[str, Any]]]) -> None:
+    def start(self, keep: Mapping[int, ImageOutput]) -> None:
         """Open the file for appending, holding exactly ``keep`` (rewritten atomically)."""
         lines = json.dumps({"identity": self.identity}) + "\n"
-        lines += "".join(json.dumps({"image_id": k, "records": v}) + "\n" for k, v in keep.items())
+        lines += "".join(json.dumps(v.to_json(k)) + "\n" for k, v in keep.items())
         atomic_write_bytes(lines.encode("utf-8"), self.path)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finish()/close()
 
-    def append(self, record: ImageRecord, records: list[dict[str, Any]]) -> None:
-        self._file.write(json.dumps({"image_id": record.image_id, "records": records}) + "\n")
+    def append(self, record: ImageRecord, output: ImageOutput) -> None:
+        self._file.write(json.dumps(output.to_json(record.image_id)) + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..contract import PanopticSettings
 from ..data.categories import category_mapping
 from ..data.spec import InputSpec
 from ..errors import InputError
@@ -24,6 +25,17 @@ from .backend import Backend
 __all__ = ["RUNTIMES", "ModelSource", "SourceRecipe", "open_model", "torch_model_source"]
 
 logger = logging.getLogger(__name__)
+
+
+def _config_dict(config_yaml: str) -> dict[str, Any]:
+    """An exported model's resolved config as plain data."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(config_yaml) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"the model's config metadata is not YAML ({exc}); re-export the model") from exc
+    return data if isinstance(data, dict) else {}
 
 
 def _config_digest(config_yaml: str) -> str:
@@ -54,6 +66,8 @@ class ModelSource:
         runtime: for runtimes other than PyTorch and ONNX Runtime, which one and how it computes
             (e.g. ``"openvino CPU fp32"``); part of the identity.
         recipe: how it was opened (:func:`open_model`'s arguments), for workers elsewhere.
+        panoptic: for a panoptic model (its ``sem_seg`` output), how its outputs become panoptic
+            segments; None for an instance-only model.
     """
 
     backend: Backend
@@ -67,6 +81,7 @@ class ModelSource:
     padding: str = "ignore"
     runtime: str = ""
     recipe: SourceRecipe | None = None
+    panoptic: PanopticSettings | None = None
 
     def identity(self) -> dict[str, str]:
         """What makes this source's outputs what they are; a resumed run must have the same.
@@ -145,6 +160,7 @@ def torch_model_source(
         model_file=str(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else None,
         config_yaml=cfg.dump(),
         padding=padding,
+        panoptic=PanopticSettings.from_config(cfg, model.size_divisibility),
     )
 
 
@@ -200,6 +216,7 @@ def _open_onnx(
         config_yaml=meta.config_yaml,
         padding=meta.padding,
         runtime=runtime_id,
+        panoptic=PanopticSettings.from_config(_config_dict(meta.config_yaml), meta.size_divisibility),
     )
 
 

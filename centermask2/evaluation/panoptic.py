@@ -58,6 +58,11 @@ __all__ = [
     "read_panoptic_gt",
     "read_panoptic_results",
     "convert_segments_info",
+    "PANOPTIC_RESULTS_NAME",
+    "SEM_SEG_RESULTS_DIR",
+    "panoptic_png_name",
+    "write_panoptic_image",
+    "write_panoptic_json",
     "PanopticResultsWriter",
     "PQStat",
     "compute_pq",
@@ -461,13 +466,116 @@ def _check_written_ids(ids: np.ndarray, segments: Sequence[Mapping[str, Any]]) -
         )
 
 
-class PanopticResultsWriter:
-    """Write panoptic predictions as detectron2's ``COCOPanopticEvaluator`` does.
+#: the panoptic results file and, next to it, the folder of its PNGs (the COCO convention)
+PANOPTIC_RESULTS_NAME = "panoptic_results.json"
+#: the folder of the per-pixel semantic labels, next to the panoptic results
+SEM_SEG_RESULTS_DIR = "sem_seg_results"
 
-    ``OUT/panoptic_results.json`` and ``OUT/panoptic_results/<stem>.png`` (COCO panoptic format:
-    ids as ``R + 256 G + 256^2 B``, dataset category ids), plus ``OUT/sem_seg_results/<stem>.png``
-    (uint8 contiguous stuff classes) for images given a semantic map. Files are written atomically,
-    PNGs as they come and the JSON by :meth:`finish`.
+
+def panoptic_png_name(file_name: str | os.PathLike) -> str:
+    """The PNG name of an input image's panoptic and semantic results: ``<stem>.png``."""
+    return os.path.splitext(os.path.basename(os.fspath(file_name)))[0] + ".png"
+
+
+def write_panoptic_image(
+    output_dir: str | os.PathLike,
+    image_id: int,
+    file_name: str,
+    panoptic_seg: np.ndarray,
+    segments_info: Sequence[Mapping[str, Any]],
+    sem_seg: np.ndarray | None = None,
+    categories: PanopticCategories | None = None,
+    *,
+    json_name: str = PANOPTIC_RESULTS_NAME,
+) -> dict[str, Any]:
+    """Write one image's panoptic prediction as detectron2's ``COCOPanopticEvaluator`` does:
+    ``OUT/<json stem>/<stem>.png`` (ids as ``R + 256 G + 256^2 B``) and, given a semantic map,
+    ``OUT/sem_seg_results/<stem>.png`` (uint8 contiguous stuff classes); atomically. A pure
+    per-image step: workers of a stage can run it (the JSON is :func:`write_panoptic_json`'s).
+
+    Args:
+        image_id: the dataset image id.
+        file_name: the input image's file name (or path); the PNGs are named ``<stem>.png``.
+        panoptic_seg: integer [H, W] segment ids in original-image pixels, 0 = void.
+        segments_info: per segment ``{"id", "isthing", "category_id", ...}`` with contiguous
+            category ids (things: ``score``, ``instance_id``; stuff: ``area``), or dataset ids
+            without ``isthing``.
+        sem_seg: optional semantic prediction, [H, W] contiguous stuff classes or [C, H, W]
+            scores (argmax over C).
+        categories: the dataset's categories (default COCO panoptic, detectron2's separated ids).
+
+    Returns:
+        the annotation as it goes into the JSON: ``{"image_id", "file_name", "segments_info"}``
+        (dataset category ids), plus ``"height"`` / ``"width"`` for the JSON's image list.
+
+    Raises:
+        InputError: the map and the segments disagree, or an unknown class.
+    """
+    categories = categories or coco_panoptic_separated()
+    ids = np.asarray(panoptic_seg)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise InputError(f"panoptic_seg must be an integer [H, W] map, got {ids.dtype} {list(ids.shape)}")
+    if segments_info is None:
+        raise InputError("segments_info is None (a category * label_divisor id map); give the segments as "
+                         "combine_semantic_and_instance_outputs produces them")
+    segments = convert_segments_info(segments_info, categories)
+    _check_written_ids(ids, segments)
+    png_name = panoptic_png_name(file_name)
+    labels = None if sem_seg is None else sem_seg_labels(sem_seg, categories.num_stuff_classes)
+    if labels is not None and labels.shape != ids.shape:
+        raise InputError(f"sem_seg is {list(labels.shape)} but panoptic_seg is {list(ids.shape)}")
+    out = Path(output_dir)
+    atomic_write_bytes(_png_bytes(id2rgb(ids)), out / Path(json_name).stem / png_name)
+    if labels is not None:
+        write_sem_seg_png(labels, out / SEM_SEG_RESULTS_DIR / png_name)
+    return {"image_id": int(image_id), "file_name": png_name, "segments_info": segments,
+            "height": int(ids.shape[0]), "width": int(ids.shape[1]), "source": os.path.basename(os.fspath(file_name))}
+
+
+def write_panoptic_json(
+    json_path: str | os.PathLike,
+    annotations: Sequence[Mapping[str, Any]],
+    categories: PanopticCategories | None = None,
+    base: str | os.PathLike | Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the panoptic results file of :func:`write_panoptic_image`'s annotations (atomically).
+
+    Args:
+        annotations: per image, in output order.
+        base: the ground-truth panoptic JSON (path or dict): as detectron2, the file is a copy
+            of it with ``annotations`` replaced. Without it: ``images`` (what was written) and
+            the dataset's ``categories``.
+
+    Raises:
+        InputError: two images with the same id or PNG name.
+    """
+    names: set[str] = set()
+    ids: set[int] = set()
+    entries, images = [], []
+    for ann in annotations:
+        if ann["file_name"] in names or int(ann["image_id"]) in ids:
+            raise InputError(f"image {ann['image_id']} ({ann['file_name']}) was already written; every image needs "
+                             "its own name and id")
+        names.add(ann["file_name"])
+        ids.add(int(ann["image_id"]))
+        entries.append({k: ann[k] for k in ("image_id", "file_name", "segments_info")})
+        images.append({"id": int(ann["image_id"]), "file_name": ann.get("source", ann["file_name"]),
+                       "height": ann.get("height"), "width": ann.get("width")})
+    if base is None:
+        data: dict[str, Any] = {"images": images, "annotations": entries,
+                                "categories": (categories or coco_panoptic_separated()).categories_json()}
+    else:
+        data = dict(base) if isinstance(base, Mapping) else read_json(base, "COCO panoptic ground truth file", dict)
+        data["annotations"] = entries
+    atomic_write_json(data, json_path)
+    logger.info("Wrote %d panoptic predictions to %s", len(entries), json_path)
+    return Path(json_path)
+
+
+class PanopticResultsWriter:
+    """Write panoptic predictions image by image, then the JSON (:func:`write_panoptic_image`,
+    :func:`write_panoptic_json`): ``OUT/panoptic_results.json``, ``OUT/panoptic_results/<stem>.png``
+    and ``OUT/sem_seg_results/<stem>.png``.
     """
 
     def __init__(
@@ -475,17 +583,13 @@ class PanopticResultsWriter:
         output_dir: str | os.PathLike,
         categories: PanopticCategories | None = None,
         *,
-        json_name: str = "panoptic_results.json",
+        json_name: str = PANOPTIC_RESULTS_NAME,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.json_name = json_name
         self.json_path = self.output_dir / json_name
-        self.png_dir = self.output_dir / Path(json_name).stem
-        self.sem_seg_dir = self.output_dir / "sem_seg_results"
         self.categories = categories or coco_panoptic_separated()
         self._annotations: list[dict[str, Any]] = []
-        self._images: list[dict[str, Any]] = []
-        self._names: set[str] = set()
-        self._image_ids: set[int] = set()
 
     def add(
         self,
@@ -495,72 +599,27 @@ class PanopticResultsWriter:
         segments_info: Sequence[Mapping[str, Any]],
         sem_seg: np.ndarray | None = None,
     ) -> dict[str, Any]:
-        """Write one image's prediction.
-
-        Args:
-            image_id: the dataset image id.
-            file_name: the input image's file name (or path); the PNGs are named ``<stem>.png``.
-            panoptic_seg: integer [H, W] segment ids in original-image pixels, 0 = void.
-            segments_info: per segment ``{"id", "isthing", "category_id", ...}`` with contiguous
-                category ids (things: ``score``, ``instance_id``; stuff: ``area``), or dataset ids
-                without ``isthing``.
-            sem_seg: optional semantic prediction, [H, W] contiguous stuff classes or [C, H, W]
-                scores (argmax over C), written to ``sem_seg_results/<stem>.png``.
-
-        Returns:
-            the annotation as it goes into the JSON: ``{"image_id", "file_name", "segments_info"}``.
+        """Write one image's prediction (:func:`write_panoptic_image`).
 
         Raises:
-            InputError: the map and the segments disagree, an unknown class, or the image was
-                already written.
+            InputError: as :func:`write_panoptic_image`, or the image (id or PNG name) was already written.
         """
-        ids = np.asarray(panoptic_seg)
-        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise InputError(f"panoptic_seg must be an integer [H, W] map, got {ids.dtype} {list(ids.shape)}")
-        if segments_info is None:
-            raise InputError("segments_info is None (a category * label_divisor id map); give the segments as "
-                             "combine_semantic_and_instance_outputs produces them")
-        segments = convert_segments_info(segments_info, self.categories)
-        _check_written_ids(ids, segments)
-        base = os.path.basename(os.fspath(file_name))
-        png_name = os.path.splitext(base)[0] + ".png"
-        if png_name in self._names or int(image_id) in self._image_ids:
+        png_name = panoptic_png_name(file_name)
+        if any(a["file_name"] == png_name or a["image_id"] == int(image_id) for a in self._annotations):
             raise InputError(f"image {image_id} ({png_name}) was already written; every image needs its own name and id")
-        labels = None if sem_seg is None else sem_seg_labels(sem_seg, self.categories.num_stuff_classes)
-        if labels is not None and labels.shape != ids.shape:
-            raise InputError(f"sem_seg is {list(labels.shape)} but panoptic_seg is {list(ids.shape)}")
-        atomic_write_bytes(_png_bytes(id2rgb(ids)), self.png_dir / png_name)
-        if labels is not None:
-            write_sem_seg_png(labels, self.sem_seg_dir / png_name)
-        self._names.add(png_name)
-        self._image_ids.add(int(image_id))
-        annotation = {"image_id": int(image_id), "file_name": png_name, "segments_info": segments}
+        annotation = write_panoptic_image(self.output_dir, image_id, file_name, panoptic_seg, segments_info, sem_seg,
+                                          self.categories, json_name=self.json_name)
         self._annotations.append(annotation)
-        self._images.append({"id": int(image_id), "file_name": base, "height": ids.shape[0], "width": ids.shape[1]})
-        return annotation
+        return {k: annotation[k] for k in ("image_id", "file_name", "segments_info")}
 
     @property
     def annotations(self) -> list[dict[str, Any]]:
         """The annotations written so far, in order."""
-        return list(self._annotations)
+        return [{k: a[k] for k in ("image_id", "file_name", "segments_info")} for a in self._annotations]
 
     def finish(self, base: str | os.PathLike | Mapping[str, Any] | None = None) -> Path:
-        """Write the JSON and return its path.
-
-        Args:
-            base: the ground-truth panoptic JSON (path or dict): as detectron2, the file is a copy
-                of it with ``annotations`` replaced. Without it: ``images`` (what was written) and
-                the dataset's ``categories``.
-        """
-        if base is None:
-            data: dict[str, Any] = {"images": self._images, "annotations": self._annotations,
-                                    "categories": self.categories.categories_json()}
-        else:
-            data = dict(base) if isinstance(base, Mapping) else read_json(base, "COCO panoptic ground truth file", dict)
-            data["annotations"] = self._annotations
-        atomic_write_json(data, self.json_path)
-        logger.info("Wrote %d panoptic predictions to %s", len(self._annotations), self.json_path)
-        return self.json_path
+        """Write the JSON (:func:`write_panoptic_json`) and return its path."""
+        return write_panoptic_json(self.json_path, self._annotations, self.categories, base)
 
 
 # ---------------------------------------------------------------- panoptic quality
