@@ -31,6 +31,8 @@ from .errors import InputError, MissingFileError
 __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAMES",
+    "SEM_SEG_OUTPUT",
+    "PANOPTIC_OUTPUT_NAMES",
     "INPUT_DTYPES",
     "PADDING_MODES",
     "DEFAULT_MASK_SIZE",
@@ -46,6 +48,11 @@ __all__ = [
 INPUT_NAMES = ("images", "image_sizes")
 #: Output names, in order, of :meth:`CenterMask.forward` (and of exported models).
 OUTPUT_NAMES = ("boxes", "scores", "classes", "masks", "mask_scores", "num_detections")
+#: The extra output of panoptic models (``MODEL.META_ARCHITECTURE: PanopticFPN``): the semantic
+#: head's logits at stride 4 of the padded input, float32 [B, NUM_CLASSES, H/4, W/4].
+SEM_SEG_OUTPUT = "sem_seg"
+#: Output names, in order, of a panoptic model: :data:`OUTPUT_NAMES` then :data:`SEM_SEG_OUTPUT`.
+PANOPTIC_OUTPUT_NAMES = (*OUTPUT_NAMES, SEM_SEG_OUTPUT)
 #: dtypes the ``images`` input can have
 INPUT_DTYPES = ("uint8", "float32")
 #: How padding beyond each image's multiple of the size divisibility is treated (static models,
