@@ -145,8 +145,12 @@ def sem_seg_argmax(
 ) -> Tensor:
     """Per-pixel class of :func:`sem_seg_postprocess`'s logits (the first on ties, as ``argmax``).
 
-    The same numbers, computed a few channels at a time (each channel is resized on its own), so
-    that the full-size logits of all classes never exist at once.
+    The same labels, for less work: each channel is resized on its own (the same numbers whatever
+    channels go with it), a few at a time, so the full-size logits of all classes never exist at
+    once; and a class that cannot win anywhere is not resized at all. Every resized value is a
+    convex combination of a 3x3 block of the stride-4 logits, so a class whose 3x3 maximum stays
+    below another class's 3x3 minimum at every position (with a margin far above float rounding)
+    never reaches the per-pixel maximum, nor ties it.
 
     Args:
         logits, image_size, output_size, size_divisibility, common_stride: as for
@@ -158,6 +162,9 @@ def sem_seg_argmax(
     logits = torch.as_tensor(logits)
     _check_logits(logits, image_size, output_size, common_stride)
     x = _cropped_logits(logits.float(), image_size, size_divisibility, common_stride)
+    classes = _candidate_classes(x)
+    if classes.shape[0] < x.shape[0]:
+        x = x.index_select(0, classes)
     best_value: Tensor | None = None
     best_label: Tensor | None = None
     for start in range(0, x.shape[0], _ARGMAX_CHANNEL_CHUNK):
@@ -170,7 +177,41 @@ def sem_seg_argmax(
         best_value = torch.where(better, value, best_value)
         best_label = torch.where(better, label + start, best_label)
     assert best_label is not None
-    return best_label
+    return classes[best_label]
+
+
+def _candidate_classes(x: Tensor) -> Tensor:
+    """Tensor[K] int64, increasing: the classes of ``x`` (Tensor[C, h, w] logits at the common
+    stride) that can be the largest after the bilinear resizing somewhere (all of them when ``x``
+    is not finite).
+
+    An output pixel of the two bilinear steps reads rows ``j .. j+2`` and columns ``i .. i+2`` of
+    ``x`` (each step reads two neighbours, and two neighbouring pixels of the 4x upsampled map read
+    at most three neighbouring rows / columns of ``x``), with non-negative weights summing to 1.
+    Its value for class c is therefore between the minimum and the maximum of c over the 3x3 block
+    centred at ``(j + 1, i + 1)`` (clamped to the map), up to rounding: a few float32 ulps.
+    """
+    num = x.shape[0]
+    if num <= 1 or not bool(torch.isfinite(x).all()):
+        return torch.arange(num)
+    highest = _extreme_3x3(x, torch.maximum)  # [C, h, w]
+    lowest = _extreme_3x3(x, torch.minimum)
+    margin = 1e-4 * float(x.abs().max()) + 1e-30  # ~1000 ulps of the largest logit
+    can_win = (highest + margin >= lowest.max(dim=0).values).flatten(1).any(dim=1)
+    return torch.nonzero(can_win).flatten()
+
+
+def _extreme_3x3(x: Tensor, op: Any) -> Tensor:
+    """Maximum (``op=torch.maximum``) or minimum over each 3x3 block of Tensor[C, h, w], clamped
+    at the borders; separable, in place on one copy (cheaper than ``max_pool2d`` with stride 1)."""
+    out = x.clone()
+    for dim in (2, 1):
+        src = out.clone()
+        size = src.shape[dim]
+        if size > 1:
+            op(out.narrow(dim, 1, size - 1), src.narrow(dim, 0, size - 1), out=out.narrow(dim, 1, size - 1))
+            op(out.narrow(dim, 0, size - 1), src.narrow(dim, 1, size - 1), out=out.narrow(dim, 0, size - 1))
+    return out
 
 
 def _as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
