@@ -30,6 +30,7 @@ CASES = {
     "V_39": DATA / "golden_V_39",
     "lite_V_19_slim_dw": DATA / "golden_lite_V_19_slim_dw",
     "V_39_dcn": DATA / "golden_V_39_dcn",
+    "panoptic_V_39": DATA / "golden_panoptic_V_39",
 }
 CONFIGS = Path(__file__).parent.parent / "configs" / "centermask"
 

@@ -46,7 +46,7 @@ def _state_listing(module: nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
 
 
 def test_all_official_listings_present():
-    assert len(STATE_DICT_FILES) == 14
+    assert len(STATE_DICT_FILES) == 20  # 14 instance + 6 panoptic configs
 
 
 @pytest.mark.parametrize("listing", STATE_DICT_FILES, ids=lambda p: p.stem)

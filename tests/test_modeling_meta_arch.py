@@ -30,7 +30,7 @@ def test_state_dict_matches_upstream(listing):
 
 
 def test_state_dict_listing_covers_all_configs():
-    assert len(STATE_DICTS) == 14
+    assert len(STATE_DICTS) == 20  # 14 instance + 6 panoptic configs
 
 
 @pytest.mark.parametrize("case", ["lite_V_19_slim_dw", "V_39", "V_39_dcn"])

@@ -19,5 +19,6 @@ This package depends only on torch, numpy, pycocotools and :mod:`centermask2.err
 """
 
 from .meta_arch import OUTPUT_NAMES, CenterMask, build_model
+from .panoptic_fpn import PanopticCenterMask
 
-__all__ = ["CenterMask", "build_model", "OUTPUT_NAMES"]
+__all__ = ["CenterMask", "PanopticCenterMask", "build_model", "OUTPUT_NAMES"]

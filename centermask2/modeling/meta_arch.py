@@ -67,6 +67,11 @@ class CenterMask(nn.Module):
         return int(getattr(self.backbone, "size_divisibility", 0) or 1)
 
     @property
+    def output_names(self) -> tuple[str, ...]:
+        """Keys of :meth:`forward`'s result, in order."""
+        return OUTPUT_NAMES
+
+    @property
     def max_detections(self) -> int:
         """Output rows per image (``MODEL.FCOS.POST_NMS_TOPK_TEST``)."""
         return self.proposal_generator.max_detections
@@ -118,10 +123,21 @@ class CenterMask(nn.Module):
               ``mask_scores`` Tensor[B, K], ``num_detections`` Tensor[B] int64.
             Rows are sorted by score; rows past ``num_detections`` are zero.
         """
+        features, regions = self._features(images, image_sizes, ignore_padding, full_masks)
+        return self._instances(features, regions, image_sizes)
+
+    def _features(
+        self, images: Tensor, image_sizes: Tensor, ignore_padding: bool, full_masks: bool
+    ) -> tuple[dict[str, Tensor], dict[str, ValidRegion | None] | None]:
+        """Backbone features and, with ``ignore_padding``, the region of each (else None)."""
         region = ValidRegion.for_input(image_sizes, self.size_divisibility, full_masks) if ignore_padding else None
         features, regions = self.backbone.forward_with_regions(images, region)
-        if region is None:
-            regions = None
+        return features, (None if region is None else regions)
+
+    def _instances(
+        self, features: dict[str, Tensor], regions: dict[str, ValidRegion | None] | None, image_sizes: Tensor
+    ) -> dict[str, Tensor]:
+        """The detection outputs (:data:`OUTPUT_NAMES`) from the features (see :meth:`forward`)."""
         det = self.proposal_generator(features, regions)
         masks, mask_scores = self.roi_heads(
             features, det["boxes"], det["scores"], det["classes"], det["valid"], image_sizes, regions
@@ -193,13 +209,17 @@ def build_model(cfg: Any) -> CenterMask:
     """Build the network described by a config: upstream's initial weights
     (:func:`~centermask2.modeling.init.initialize_weights`; no checkpoint loaded), eval mode.
 
+    ``MODEL.META_ARCHITECTURE: GeneralizedRCNN`` gives a :class:`CenterMask`; ``PanopticFPN``
+    (the ``panoptic_centermask_*`` configs) a :class:`~centermask2.modeling.panoptic_fpn.PanopticCenterMask`,
+    the same detector plus the semantic head (one more output, ``sem_seg``).
+
     Args:
         cfg: a config from :func:`centermask2.config.load_config`.
     """
-    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
+    if cfg.MODEL.META_ARCHITECTURE not in ("GeneralizedRCNN", "PanopticFPN"):
         raise InputError(
             f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} is not supported; "
-            "CenterMask configs use 'GeneralizedRCNN'"
+            "CenterMask configs use 'GeneralizedRCNN', Panoptic-CenterMask configs 'PanopticFPN'"
         )
     if cfg.MODEL.PROPOSAL_GENERATOR.NAME != "FCOS":
         raise InputError(
@@ -218,7 +238,7 @@ def build_model(cfg: Any) -> CenterMask:
         )
     fcos = FCOS.from_config(cfg, in_channels=channels[fcos_in[0]])
     roi_heads = CenterROIHeads.from_config(cfg, strides, channels)
-    model = CenterMask(
+    parts: dict[str, Any] = dict(
         backbone=backbone,
         proposal_generator=fcos,
         roi_heads=roi_heads,
@@ -226,6 +246,12 @@ def build_model(cfg: Any) -> CenterMask:
         pixel_std=list(cfg.MODEL.PIXEL_STD),
         input_format=cfg.INPUT.FORMAT,
     )
+    if cfg.MODEL.META_ARCHITECTURE == "PanopticFPN":
+        from .panoptic_fpn import PanopticCenterMask  # local: it subclasses CenterMask
+
+        model: CenterMask = PanopticCenterMask.from_config(cfg, **parts)
+    else:
+        model = CenterMask(**parts)
     initialize_weights(model, prior_prob=float(cfg.MODEL.FCOS.PRIOR_PROB))
     model.eval()
     return model
