@@ -24,9 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..config import ConfigError
-from .backbone import Conv2d, ShapeSpec, c2_msra_fill, get_norm
-from .padding import ValidRegion, run_with_region
+from ..errors import ConfigError
+from .layers import Conv2d, ShapeSpec, ValidRegion, c2_msra_fill, get_norm, run_with_region
 
 __all__ = ["SemSegFPNHead", "BilinearUpsample2x"]
 
