@@ -27,19 +27,12 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError, MissingFileError
+from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError
 from ..evaluation import evaluate_coco, format_table, load_coco_results
-from ..evaluation.panoptic import (
-    PanopticAnnotations,
-    evaluate_panoptic,
-    read_panoptic_gt,
-    read_panoptic_results,
-)
-from ..evaluation.sem_seg import evaluate_sem_seg
+from ..evaluation.ground_truth import evaluate_panoptic_inputs, find_ground_truth, read_panoptic_inputs
 from ..fileio import atomic_write_json, ensure_writable_dir
 from .common import new_parser, parse_args, report_error, run_main, setup_logging
 
@@ -139,79 +132,6 @@ def _summary(metrics: dict[str, dict[str, Any]]) -> str:
             names = list(keys or metrics[task])
             tables.append(format_table(["task", *names], [[task, *(metrics[task][n] for n in names)]]))
     return "\n\n".join(tables) or "(no metrics)"
-
-
-@dataclass
-class _GroundTruth:
-    """The evaluation-only mode's ground-truth files (from the options, else from --dataset)."""
-
-    coco_json: str | None
-    panoptic_json: str | None
-    panoptic_root: str | None
-    sem_seg_root: str | None
-    #: --sem-seg-root was given (a missing folder is then an error, not a skipped metric)
-    sem_seg_explicit: bool
-
-
-def _ground_truth(args: argparse.Namespace) -> _GroundTruth:
-    from ..data.catalog import resolve_panoptic_dataset
-
-    truth = _GroundTruth(args.coco_json, args.panoptic_json, args.panoptic_root, args.sem_seg_root,
-                         args.sem_seg_root is not None)
-    if args.dataset:
-        paths = resolve_panoptic_dataset(args.dataset)
-        if args.results and truth.coco_json is None:
-            if not paths.instances_json.is_file():
-                raise MissingFileError(f"dataset {args.dataset!r}: {str(paths.instances_json)!r} not found (bbox/segm "
-                                       "ground truth for --results); or give --coco-json")
-            truth.coco_json = str(paths.instances_json)
-        if truth.panoptic_json is None:
-            truth.panoptic_json, truth.panoptic_root = str(paths.panoptic_json), truth.panoptic_root or str(paths.panoptic_root)
-        truth.sem_seg_root = truth.sem_seg_root or str(paths.sem_seg_root)
-    if args.results and truth.coco_json is None:
-        raise InputError("--results needs --coco-json (the ground-truth annotations) or --dataset.")
-    if args.panoptic_results and truth.panoptic_json is None:
-        raise InputError("--panoptic-results needs --panoptic-json (the ground-truth panoptic annotations) or --dataset.")
-    return truth
-
-
-@dataclass
-class _PanopticInputs:
-    gt: PanopticAnnotations
-    predictions: PanopticAnnotations
-    #: (prediction folder, ground-truth folder) of the semantic evaluation, or None to skip it
-    sem_seg: tuple[Path, Path] | None
-
-
-def _read_panoptic_inputs(args: argparse.Namespace, truth: _GroundTruth) -> _PanopticInputs:
-    """Read and check the panoptic files (and find the semantic ones) before any scoring."""
-    gt = read_panoptic_gt(truth.panoptic_json, truth.panoptic_root)
-    predictions = read_panoptic_results(args.panoptic_results)
-    pred_dir = Path(args.panoptic_results).parent / "sem_seg_results"
-    sem_seg = None
-    if not pred_dir.is_dir():
-        logger.info("No sem_seg_results/ folder next to %s: sem_seg skipped", args.panoptic_results)
-    elif truth.sem_seg_root is None:
-        logger.info("sem_seg_results/ found but no --sem-seg-root (semantic ground truth): sem_seg skipped")
-    elif not Path(truth.sem_seg_root).is_dir():
-        if truth.sem_seg_explicit:
-            raise MissingFileError(f"--sem-seg-root {truth.sem_seg_root!r} not found; make it with "
-                                   "tools/prepare_panoptic_stuff.py")
-        logger.info("No semantic ground truth at %s (make it with tools/prepare_panoptic_stuff.py): sem_seg skipped",
-                    truth.sem_seg_root)
-    else:
-        sem_seg = (pred_dir, Path(truth.sem_seg_root))
-    return _PanopticInputs(gt, predictions, sem_seg)
-
-
-def _evaluate_panoptic(inputs: _PanopticInputs) -> dict[str, dict[str, Any]]:
-    """panoptic_seg (and sem_seg) metrics; a PNG that disagrees with its JSON raises InputError (exit 2)."""
-    metrics = evaluate_panoptic(inputs.predictions, inputs.gt)
-    if inputs.sem_seg is not None:
-        images = inputs.gt.images.values()
-        metrics.update(evaluate_sem_seg(inputs.sem_seg[0], inputs.sem_seg[1], [im.file_name for im in images],
-                                        image_sizes={im.file_name: im.size for im in images}))
-    return metrics
 
 
 def _category_ids(args: argparse.Namespace) -> list[int]:
@@ -318,16 +238,21 @@ def _main(argv: Sequence[str] | None) -> int:
                          "(--outputs/--info/--model).")
     if args.panoptic_results is None and (args.panoptic_json or args.panoptic_root or args.sem_seg_root):
         raise InputError("--panoptic-json/--panoptic-root/--sem-seg-root need --panoptic-results (the predictions).")
-    try:
-        truth = _ground_truth(args)
-    except InputError:
+    truth = find_ground_truth(args.coco_json, args.panoptic_json, args.panoptic_root, args.sem_seg_root, args.dataset,
+                              need_coco=args.results is not None)
+    missing = [need for need, given in (("--results needs --coco-json (the ground-truth annotations) or --dataset.",
+                                         args.results is None or truth.coco_json),
+                                        ("--panoptic-results needs --panoptic-json (the ground-truth panoptic "
+                                         "annotations) or --dataset.", args.panoptic_results is None or truth.panoptic_json))
+               if not given]
+    if missing:
         parser.print_usage(sys.stderr)
-        raise
+        raise InputError(missing[0])
 
     if args.output_dir:
         ensure_writable_dir(args.output_dir, "--output-dir")
     # panoptic inputs are checked before any scoring; their errors exit with 2 (bad input files)
-    panoptic = _read_panoptic_inputs(args, truth) if args.panoptic_results else None
+    panoptic = read_panoptic_inputs(args.panoptic_results, truth) if args.panoptic_results else None
     metrics: dict[str, dict[str, Any]] = {}
     results = None
     if args.results:
@@ -337,7 +262,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return report_error(exc, EXIT_ITEMS_FAILED)
         logger.info("Loaded %d detections from %s", len(results), args.results)
     if panoptic is not None:
-        metrics.update(_evaluate_panoptic(panoptic))
+        metrics.update(evaluate_panoptic_inputs(panoptic))
     if results is not None:
         try:
             metrics.update(evaluate_coco(results, truth.coco_json))

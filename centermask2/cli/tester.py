@@ -79,9 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         default=None,
-        help="a registered dataset instead of --images/--coco-json: coco_2017_val or coco_2017_train, found under "
+        help="a registered dataset instead of --images/--coco-json: coco_2017_val or coco_2017_train (or, for a "
+        "panoptic model, coco_2017_val_panoptic with its panoptic and semantic ground truth), found under "
         "$DETECTRON2_DATASETS (default ./datasets) as detectron2 lays it out",
     )
+    p.add_argument("--panoptic-json", metavar="FILE", default=None,
+                   help="[panoptic] COCO panoptic ground truth: score the panoptic results (PQ, SQ, RQ)")
+    p.add_argument("--panoptic-root", metavar="DIR", default=None,
+                   help="[panoptic] its PNG folder (default: the folder next to --panoptic-json named by its stem)")
+    p.add_argument("--sem-seg-root", metavar="DIR", default=None,
+                   help="[panoptic] semantic ground truth PNGs (things 0, stuff 1-53, void 255; "
+                   "tools/prepare_panoptic_stuff.py makes them): score sem_seg (mIoU, fwIoU, mACC, pACC)")
     p.add_argument(
         "--output-dir", "--output", dest="output_dir", required=True,
         help="where results and metrics are written (with --bins: the folder of raw output bins)",
@@ -179,7 +187,8 @@ def _run_bins(args: argparse.Namespace) -> int:
         raise InputError("--bins needs --model model.onnx, the model the bins were made for")
     unused = [name for name, value in (
         ("--images", args.images), ("--coco-json", args.coco_json), ("--dataset", args.dataset),
-        ("--config-file", args.config_file),
+        ("--panoptic-json", args.panoptic_json), ("--panoptic-root", args.panoptic_root),
+        ("--sem-seg-root", args.sem_seg_root), ("--config-file", args.config_file),
         ("--pad-to", args.pad_to), ("--static-padding", args.static_padding), ("--batch-size", args.batch_size),
     ) if value is not None] + (["KEY VALUE overrides"] if args.opts else [])
     if unused:
@@ -230,20 +239,33 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.index_base:
         raise InputError("--index-base is for --bins")
 
-    from ..data.catalog import list_images, resolve_dataset
+    from ..data.catalog import PANOPTIC_DATASETS, list_images, resolve_dataset
     from ..data.categories import category_mapping
     from ..engine.loop import run_to_folder
     from ..engine.sources import open_model
     from ..evaluation import evaluate_coco
-    from ..fileio import ensure_writable_dir
+    from ..evaluation.ground_truth import evaluate_panoptic_inputs, find_ground_truth, read_panoptic_inputs
+    from ..evaluation.panoptic import PANOPTIC_RESULTS_NAME
+    from ..fileio import atomic_write_json, ensure_writable_dir
 
+    truth = find_ground_truth(args.coco_json, args.panoptic_json, args.panoptic_root, args.sem_seg_root,
+                              args.dataset if args.dataset in PANOPTIC_DATASETS else None, need_coco=True)
     if args.dataset:
-        args.images, args.coco_json = resolve_dataset(args.dataset)
+        if args.dataset in PANOPTIC_DATASETS:
+            from ..data.catalog import resolve_panoptic_dataset
+
+            args.images = str(resolve_panoptic_dataset(args.dataset).images)
+        else:
+            args.images, truth.coco_json = resolve_dataset(args.dataset)
+    args.coco_json = truth.coco_json
     ensure_writable_dir(args.output_dir, "--output-dir")
     records = list_images(args.images, args.coco_json)
     executor = make_executor(args)
     model, runtime, options = _open_args(args)
     source = open_model(model, runtime, **options)
+    if truth.panoptic_json and source.panoptic is None:
+        raise InputError(f"{source.label} is an instance model: --panoptic-json / --sem-seg-root / a panoptic --dataset "
+                         "score a panoptic model's results (configs/centermask/panoptic_centermask_*.yaml)")
     ids = source.category_ids
     if args.coco_json:
         ids, _names = category_mapping(args.coco_json, len(source.category_ids))
@@ -251,14 +273,19 @@ def _main(argv: Sequence[str] | None) -> int:
     logger.info("Running %s on %d image(s) from %s", source.label, len(records), args.images)
     with executor:
         results, summary, results_path = run_to_folder(
-            source, records, args.output_dir, ids, resume=args.resume, progress=not args.no_progress, executor=executor
+            source, records, args.output_dir, ids, resume=args.resume, progress=not args.no_progress,
+            executor=executor, panoptic_base=truth.panoptic_json,
         )
     logger.info("Inference: %s", summary.format())
     logger.info("Results: %s", results_path)
-    if args.coco_json:
+    if args.coco_json or truth.panoptic_json:
         if summary.failed:
             logger.warning("%d image(s) could not be read; they count as having no detections", len(summary.failed))
-        evaluate_coco(results, args.coco_json, output_dir=args.output_dir)
+        metrics = evaluate_coco(results, args.coco_json) if args.coco_json else {}
+        if truth.panoptic_json:
+            panoptic = read_panoptic_inputs(Path(args.output_dir) / PANOPTIC_RESULTS_NAME, truth)
+            metrics.update(evaluate_panoptic_inputs(panoptic))
+        atomic_write_json(metrics, Path(args.output_dir) / "metrics.json")
         logger.info("Metrics: %s", Path(args.output_dir) / "metrics.json")
     if summary.failed:
         logger.error("%d image(s) could not be read and were skipped:\n%s", len(summary.failed),

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..contract import INPUT_DTYPES, INPUT_NAMES, OUTPUT_NAMES, PADDING_MODES, ModelMetadata
+from ..contract import INPUT_DTYPES, INPUT_NAMES, PADDING_MODES, ModelMetadata
 from ..errors import InputError, MissingDependencyError
 from ..fileio import atomic_write_bytes
 from ..modeling import CenterMask
@@ -103,12 +103,13 @@ class OnnxExportModule(nn.Module):
             image_sizes (Tensor[B, 2] int64): valid (h, w) of each image.
 
         Returns:
-            the tensors of :data:`OUTPUT_NAMES`, in that order.
+            the tensors of the model's ``output_names`` (:data:`OUTPUT_NAMES`, then ``sem_seg`` for
+            a panoptic model), in that order.
         """
         out = self.model(
             self.model.normalize(images, image_sizes), image_sizes, ignore_padding=self.ignore_padding, full_masks=True
         )
-        return tuple(out[name] for name in OUTPUT_NAMES)
+        return tuple(out[name] for name in self.model.output_names)
 
 
 #: first opset with ``DeformConv``
@@ -166,7 +167,7 @@ def build_metadata(
         batch_size=None if settings.dynamic else int(settings.batch_size),
         input_dtype=settings.input_dtype,
         max_detections=model.max_detections,
-        output_names=list(OUTPUT_NAMES),
+        output_names=list(model.output_names),
         version=__version__,
         padding=settings.padding,
     )
@@ -262,7 +263,7 @@ def export_onnx(
             dynamo=True,
             opset_version=max(settings.opset, NATIVE_OPSET),
             input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(model.output_names),
             dynamic_shapes=dynamic_shapes,
             custom_translation_table=translation_table(),
             external_data=False,
