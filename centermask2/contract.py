@@ -244,6 +244,24 @@ class PanopticSettings:
     size_divisibility: int
 
     @classmethod
+    def defaults(cls) -> PanopticSettings:
+        """detectron2's defaults, those of every official Panoptic-CenterMask config."""
+        return cls(overlap_thresh=0.5, stuff_area_limit=4096, instances_confidence_thresh=0.5, common_stride=4,
+                   size_divisibility=32)
+
+    @classmethod
+    def from_model(cls, model_path: str | os.PathLike) -> PanopticSettings | None:
+        """The settings an exported model's metadata gives (None for an instance model)."""
+        import yaml
+
+        meta = read_metadata(model_path)
+        try:
+            cfg = yaml.safe_load(meta.config_yaml) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"{os.fspath(model_path)!r}: its config metadata is not YAML ({exc}); re-export it") from exc
+        return cls.from_config(cfg if isinstance(cfg, dict) else {}, meta.size_divisibility)
+
+    @classmethod
     def from_config(cls, cfg: Mapping[str, Any], size_divisibility: int) -> PanopticSettings | None:
         """The settings of a resolved config (a :class:`~centermask2.config.CfgNode` or the dict of an
         exported model's config YAML); None for an instance-only model."""

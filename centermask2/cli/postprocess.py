@@ -30,9 +30,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..contract import SEM_SEG_OUTPUT, PanopticSettings
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError
 from ..evaluation import evaluate_coco, format_table, load_coco_results
 from ..evaluation.ground_truth import evaluate_panoptic_inputs, find_ground_truth, read_panoptic_inputs
+from ..evaluation.panoptic import PANOPTIC_RESULTS_NAME, write_panoptic_json
 from ..fileio import atomic_write_json, ensure_writable_dir
 from .common import new_parser, parse_args, report_error, run_main, setup_logging
 
@@ -171,6 +173,13 @@ def _run_bins(args: argparse.Namespace) -> int:
     info = BinInfo.load(args.info)
     manifest = resolve_manifest(args.outputs, args.model, args.index_base)
     ids = _category_ids(args)
+    panoptic = _panoptic_settings(args, manifest)
+    truth = find_ground_truth(args.coco_json, args.panoptic_json, args.panoptic_root, args.sem_seg_root, args.dataset,
+                              need_coco=bool(args.dataset))
+    args.coco_json = truth.coco_json
+    if truth.panoptic_json and panoptic is None:
+        raise InputError("--panoptic-json / --sem-seg-root / --dataset score a panoptic model's outputs, and these "
+                         f"outputs have no {SEM_SEG_OUTPUT!r}")
     problems = find_output_problems(args.outputs, info, manifest)
     if args.coco_json:
         problems += images_without_bins(info, args.coco_json)
@@ -194,20 +203,45 @@ def _run_bins(args: argparse.Namespace) -> int:
 
     try:
         results, summary = postprocess_bins(args.outputs, info, manifest, ids, skip=skip,
-                                            progress=not args.no_progress)
+                                            progress=not args.no_progress, panoptic=panoptic, output_dir=out_dir)
         logger.info("Post-processing: %s", summary.format())
         atomic_write_json(results, out_dir / "coco_instances_results.json")
+        if panoptic is not None:
+            write_panoptic_json(out_dir / PANOPTIC_RESULTS_NAME, summary.panoptic, base=truth.panoptic_json)
+        metrics: dict[str, Any] = {}
+        t0 = time.perf_counter()
         if args.coco_json:
-            t0 = time.perf_counter()
-            metrics = evaluate_coco(results, args.coco_json, output_dir=out_dir)
-            logger.info("Evaluation: %.1f s", time.perf_counter() - t0)
+            metrics.update(evaluate_coco(results, args.coco_json))
     except CenterMask2Error as exc:  # a corrupt output bin found while reading: the run failed
         return report_error(exc, EXIT_ITEMS_FAILED)
+    if truth.panoptic_json:  # bad ground truth is a bad input file (exit 2)
+        metrics.update(evaluate_panoptic_inputs(read_panoptic_inputs(out_dir / PANOPTIC_RESULTS_NAME, truth)))
     logger.info("Results: %s", out_dir / "coco_instances_results.json")
-    if args.coco_json:
+    if metrics:
+        logger.info("Evaluation: %.1f s", time.perf_counter() - t0)
+        atomic_write_json(metrics, out_dir / "metrics.json")
         logger.info("Metrics: %s", out_dir / "metrics.json")
         print(_summary(metrics))
     return EXIT_OK
+
+
+def _panoptic_settings(args: argparse.Namespace, manifest: Any) -> PanopticSettings | None:
+    """A panoptic model's post-processing settings: from --model, else from the model the manifest
+    names when it is there, else detectron2's defaults (those of every official config); None
+    when the outputs have no ``sem_seg``."""
+    import os
+
+    if SEM_SEG_OUTPUT not in {o.name for o in manifest.outputs}:
+        return None
+    for model in (args.model, manifest.model):
+        if model and os.path.isfile(model):
+            settings = PanopticSettings.from_model(model)
+            if settings is not None:
+                return settings
+    settings = PanopticSettings.defaults()
+    logger.info("Panoptic post-processing with detectron2's default settings (%s); pass --model to use the model's",
+                settings)
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,11 +257,11 @@ def _main(argv: Sequence[str] | None) -> int:
     panoptic_options = [o for o, v in (("--panoptic-json", args.panoptic_json), ("--panoptic-root", args.panoptic_root),
                                        ("--sem-seg-root", args.sem_seg_root), ("--dataset", args.dataset)) if v]
     if args.results is None and args.panoptic_results is None:
-        if panoptic_options:
-            raise InputError(f"{', '.join(panoptic_options)} belong(s) to the evaluation-only mode: give --results "
-                             "and/or --panoptic-results.")
         if args.outputs or args.info:
             return _run_bins(args)
+        if panoptic_options:
+            raise InputError(f"{', '.join(panoptic_options)} score panoptic results: give --panoptic-results (evaluation "
+                             "only) or --outputs/--info (.bin mode).")
         parser.print_usage(sys.stderr)
         raise InputError(
             "give --results R.json --coco-json ANN.json and/or --panoptic-results P.json --panoptic-json GT.json "

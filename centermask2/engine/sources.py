@@ -27,17 +27,6 @@ __all__ = ["RUNTIMES", "ModelSource", "SourceRecipe", "open_model", "torch_model
 logger = logging.getLogger(__name__)
 
 
-def _config_dict(config_yaml: str) -> dict[str, Any]:
-    """An exported model's resolved config as plain data."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(config_yaml) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"the model's config metadata is not YAML ({exc}); re-export the model") from exc
-    return data if isinstance(data, dict) else {}
-
-
 def _config_digest(config_yaml: str) -> str:
     """Digest of a resolved config, all keys but ``MODEL.WEIGHTS`` (the file's content is the
     identity's ``model``, so a moved checkpoint is the same run)."""
@@ -216,7 +205,7 @@ def _open_onnx(
         config_yaml=meta.config_yaml,
         padding=meta.padding,
         runtime=runtime_id,
-        panoptic=PanopticSettings.from_config(_config_dict(meta.config_yaml), meta.size_divisibility),
+        panoptic=PanopticSettings.from_model(model_path),
     )
 
 

@@ -18,14 +18,14 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..contract import model_output_specs
+from ..contract import SEM_SEG_OUTPUT, PanopticSettings, model_output_specs
 from ..data.categories import load_coco_dict
 from ..errors import InputError, ItemError, MissingFileError
 from ..evaluation.coco import instances_to_coco_json
@@ -235,12 +235,15 @@ class BinPostprocessSummary(StageSummary):
 
     Attributes:
         num_detections: COCO records written.
-        read_s, postprocess_s: totals for reading bins and post-processing (+ COCO conversion).
+        read_s, postprocess_s: totals for reading bins and post-processing (+ COCO conversion, + a
+            panoptic model's segments and PNGs).
+        panoptic: a panoptic model's annotation per image, in image order.
     """
 
     num_detections: int = 0
     read_s: float = 0.0
     postprocess_s: float = 0.0
+    panoptic: list[dict[str, Any]] = field(default_factory=list)
 
     def format(self) -> str:
         """One line: images, seconds, images/s and per-image times."""
@@ -261,8 +264,12 @@ def postprocess_bins(
     skip: Sequence[str] = (),
     mask_threshold: float = 0.5,
     progress: bool = True,
+    panoptic: PanopticSettings | None = None,
+    output_dir: str | os.PathLike | None = None,
 ) -> tuple[list[dict[str, Any]], BinPostprocessSummary]:
-    """Turn the raw output bins of ``info``'s images into COCO result records.
+    """Turn the raw output bins of ``info``'s images into COCO result records; for a panoptic model
+    (a ``sem_seg`` output and ``panoptic`` settings) also each image's panoptic segments, their PNGs
+    written into ``output_dir`` (:func:`~centermask2.evaluation.panoptic.write_panoptic_image`).
 
     Args:
         outputs_dir: the ``RAW`` folder.
@@ -272,9 +279,10 @@ def postprocess_bins(
         skip: stems to leave out (e.g. those :func:`find_output_problems` reported).
         mask_threshold: binarization threshold of the pasted masks (0.5 upstream).
         progress: tqdm progress bar.
+        panoptic, output_dir: a panoptic model's settings and where its PNGs go.
 
     Returns:
-        (COCO result dicts in image order, summary).
+        (COCO result dicts in image order, summary; its ``panoptic`` the panoptic annotations).
 
     Raises:
         MissingFileError / ItemError: an output bin of an image not in ``skip`` is missing,
@@ -282,6 +290,11 @@ def postprocess_bins(
     """
     from tqdm import tqdm
 
+    from ..engine.loop import panoptic_image
+    from ..evaluation.panoptic import write_panoptic_image
+
+    if panoptic is not None and SEM_SEG_OUTPUT not in {o.name for o in manifest.outputs}:
+        raise InputError(f"panoptic post-processing needs the {SEM_SEG_OUTPUT!r} output, which the output layout lacks")
     skipped = set(skip)
     summary = BinPostprocessSummary(failed=[(im.stem, "output bins missing or unusable") for im in info.images
                                             if im.stem in skipped])
@@ -296,6 +309,11 @@ def postprocess_bins(
         det = decode_image_outputs(raw, im, mask_threshold=mask_threshold, source=f"{im.stem} ({base}, ...)")
         records = instances_to_coco_json(det, im.image_id, contiguous_to_dataset_id)
         results.extend(records)
+        if panoptic is not None:
+            seg, segments, labels = panoptic_image(det, raw[SEM_SEG_OUTPUT][0], (im.resized_height, im.resized_width),
+                                                   (im.height, im.width), panoptic)
+            summary.panoptic.append(write_panoptic_image(output_dir or ".", im.image_id, im.file_name, seg, segments,
+                                                         labels))
         summary.read_s += t1 - t0
         summary.postprocess_s += time.perf_counter() - t1
         summary.num_images += 1
