@@ -41,8 +41,8 @@ logger = logging.getLogger(__name__)
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 #: module names (regular expression, searched in each layer's module path) kept in float32 by
 #: default: the FCOS predictors (class logits, box offsets, centerness), the mask predictor and
-#: the MaskIoU output
-DEFAULT_KEEP_FP32 = r"(cls_logits|bbox_pred|ctrness|mask_head\.predictor|maskiou_head\.maskiou)$"
+#: the MaskIoU output and the semantic head's predictor (panoptic models)
+DEFAULT_KEEP_FP32 = r"(cls_logits|bbox_pred|ctrness|mask_head\.predictor|maskiou_head\.maskiou|sem_seg_head\.predictor)$"
 #: operators whose weights and inputs are quantized
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm")
 
