@@ -43,7 +43,7 @@ from ..data.panoptic_categories import PanopticCategories, coco_panoptic_separat
 from ..errors import InputError, MissingFileError
 from ..fileio import atomic_write_bytes, atomic_write_json, path_inside, read_json
 from .coco import format_table
-from .sem_seg import sem_seg_labels, write_sem_seg_png
+from .sem_seg import open_png, sem_seg_labels, write_sem_seg_png
 
 __all__ = [
     "OFFSET",
@@ -154,13 +154,7 @@ def read_panoptic_png(
     """
     path = Path(path)
     tail = f"; {hint}" if hint else ""
-    try:
-        image = Image.open(path)
-    except FileNotFoundError:
-        raise MissingFileError(f"{what} {str(path)!r} not found{tail}") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"cannot read {what} {str(path)!r}: {exc}{tail}") from None
-    with image:
+    with open_png(path, what, hint) as image:
         if image.format != "PNG":
             raise InputError(
                 f"{what} {str(path)!r} is {image.format or 'not a known image format'}, not PNG: segment ids need a "

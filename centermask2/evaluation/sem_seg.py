@@ -81,6 +81,22 @@ def write_sem_seg_png(labels: np.ndarray, path: str | os.PathLike) -> None:
         atomic_write_bytes(buf.getvalue(), path)
 
 
+def open_png(path: Path, what: str, hint: str = "") -> Image.Image:
+    """Open (not decode) a PNG an evaluation reads.
+
+    Raises:
+        MissingFileError: no such file; InputError: not an image PIL can open (the message names
+            ``what``, the file and ``hint``).
+    """
+    tail = f"; {hint}" if hint else ""
+    try:
+        return Image.open(path)
+    except FileNotFoundError as exc:
+        raise MissingFileError(f"{what} {str(path)!r} not found{tail}") from exc
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot read {what} {str(path)!r}: {exc}{tail}") from exc
+
+
 def read_sem_seg_png(
     path: str | os.PathLike,
     num_classes: int,
@@ -109,13 +125,7 @@ def read_sem_seg_png(
     """
     path = Path(path)
     tail = f"; {hint}" if hint else ""
-    try:
-        image = Image.open(path)
-    except FileNotFoundError:
-        raise MissingFileError(f"{what} {str(path)!r} not found{tail}") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"cannot read {what} {str(path)!r}: {exc}{tail}") from None
-    with image:
+    with open_png(path, what, hint) as image:
         width, height = image.size
         if image.format != "PNG" or image.mode not in ("L", "P"):
             raise InputError(

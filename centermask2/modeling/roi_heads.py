@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError, UnsupportedError
-from .layers import Conv2d, ValidRegion, get_norm
+from .layers import ValidRegion, conv3x3_norm_relu
 from .losses import ROITrainSettings, mask_and_maskiou_losses, mask_targets, maskiou_loss, match_and_sample
 from .ops.registry import multilevel_roi_align, multilevel_roi_align_reference, requires_autograd
 
@@ -201,16 +201,7 @@ class SpatialAttentionMaskHead(nn.Module):
         super().__init__()
         self.num_conv = num_conv
         for k in range(num_conv):
-            conv = Conv2d(
-                in_channels if k == 0 else conv_dim,
-                conv_dim,
-                kernel_size=3,
-                stride=1,
-                padding=1,
-                bias=not norm,
-                norm=get_norm(norm, conv_dim),
-                activation=F.relu,
-            )
+            conv = conv3x3_norm_relu(in_channels if k == 0 else conv_dim, conv_dim, norm)
             self.add_module(f"mask_fcn{k + 1}", conv)
         self.spatialAtt = SpatialAttention()
         self.deconv = nn.ConvTranspose2d(conv_dim if num_conv > 0 else in_channels, conv_dim, 2, stride=2, padding=0)
@@ -236,14 +227,8 @@ class MaskIoUHead(nn.Module):
         super().__init__()
         self.num_conv = num_conv
         for k in range(num_conv):
-            conv = Conv2d(
-                in_channels + 1 if k == 0 else conv_dim,
-                conv_dim,
-                kernel_size=3,
-                stride=2 if k + 1 == num_conv else 1,
-                padding=1,
-                activation=F.relu,
-            )
+            conv = conv3x3_norm_relu(in_channels + 1 if k == 0 else conv_dim, conv_dim,
+                                     stride=2 if k + 1 == num_conv else 1)
             self.add_module(f"maskiou_fcn{k + 1}", conv)
         out_res = resolution // 2
         self.maskiou_fc1 = nn.Linear(conv_dim * out_res * out_res, 1024)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from .layers import Conv2d, ShapeSpec, ValidRegion, c2_msra_fill, get_norm, run_with_region
+from .layers import Conv2d, ShapeSpec, ValidRegion, c2_msra_fill, conv3x3_norm_relu, run_with_region
 
 __all__ = ["SemSegFPNHead", "BilinearUpsample2x"]
 
@@ -120,16 +120,7 @@ class SemSegFPNHead(nn.Module):
             stages: list[nn.Module] = []
             num_stages = max(1, int(math.log2(spec.stride) - math.log2(self.common_stride)))
             for k in range(num_stages):
-                conv = Conv2d(
-                    spec.channels if k == 0 else conv_dims,
-                    conv_dims,
-                    kernel_size=3,
-                    stride=1,
-                    padding=1,
-                    bias=not norm,
-                    norm=get_norm(norm, conv_dims),
-                    activation=F.relu,
-                )
+                conv = conv3x3_norm_relu(spec.channels if k == 0 else conv_dims, conv_dims, norm)
                 c2_msra_fill(conv)
                 stages.append(conv)
                 if spec.stride != self.common_stride:

@@ -22,6 +22,7 @@ from .blocks import (
     ShapeSpec,
     c2_msra_fill,
     c2_xavier_fill,
+    conv3x3_norm_relu,
     freeze_module,
     get_norm,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "ShapeSpec",
     "ValidRegion",
     "c2_msra_fill",
+    "conv3x3_norm_relu",
     "c2_xavier_fill",
     "freeze_module",
     "get_norm",

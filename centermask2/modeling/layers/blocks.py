@@ -27,6 +27,7 @@ __all__ = [
     "Conv2d",
     "DeformConv2d",
     "get_norm",
+    "conv3x3_norm_relu",
     "freeze_module",
     "c2_xavier_fill",
     "c2_msra_fill",
@@ -175,6 +176,13 @@ def get_norm(norm: str | Callable[[int], nn.Module] | None, out_channels: int) -
         f"unknown normalization {norm!r}; use one of {', '.join(repr(n) for n in SUPPORTED_NORMS)} "
         "(e.g. MODEL.VOVNET.NORM FrozenBN)"
     )
+
+
+def conv3x3_norm_relu(in_channels: int, out_channels: int, norm: str = "", stride: int = 1) -> Conv2d:
+    """The heads' stacked layer: a 3x3 convolution (padding 1), a norm when ``norm`` names one (the
+    convolution then has no bias), ReLU; as detectron2's mask, MaskIoU and semantic heads build it."""
+    return Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=not norm,
+                  norm=get_norm(norm, out_channels), activation=F.relu)
 
 
 def freeze_module(module: nn.Module) -> nn.Module:
