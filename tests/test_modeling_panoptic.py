@@ -395,6 +395,24 @@ def test_sem_seg_argmax_equals_argmax_of_the_logits(upstream_logits):
     assert int((sem_seg_argmax(logits, IMAGE1_HW, ORIG1_HW) == 7).sum()) == 0
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_sem_seg_argmax_skips_only_classes_that_cannot_win(seed):
+    """Logits with exact and near ties (small integers, plus ~1e-6 noise) and a dominant class with
+    spots of others: the labels are always those of the full resize."""
+    g = torch.Generator().manual_seed(seed)
+    ties = torch.randint(0, 4, (20, 25, 38), generator=g).float()
+    near = ties + 1e-6 * torch.randn(ties.shape, generator=g)
+    spots = torch.randn(20, 25, 38, generator=g) - 10
+    spots[4] += 20
+    spots[11, 3:5, 7:9] += 40  # a class that wins only around a few cells
+    spots[12, 20, 30] += 40  # and one that wins around a single cell
+    for logits in (ties, near, spots):
+        for hw, orig in (((97, 150), (61, 90)), ((100, 152), (250, 333)), ((65, 120), (65, 120))):
+            want = sem_seg_postprocess(logits, hw, orig).argmax(0)
+            assert torch.equal(sem_seg_argmax(logits, hw, orig), want)
+    assert set(torch.unique(sem_seg_argmax(spots, (100, 152), (250, 333))).tolist()) == {4, 11, 12}
+
+
 # ---------------------------------------------------------------------------------------- combine
 
 
