@@ -39,6 +39,17 @@ OFFICIAL_CONFIGS = [
     "centermask_lite_V_39_eSE_FPN_ms_4x.yaml",
     "centermask_lite_Mv2_FPN_ms_4x.yaml",
 ]
+# Panoptic-CenterMask (MODEL.META_ARCHITECTURE: PanopticFPN); tested in test_modeling_panoptic.py
+PANOPTIC_CONFIGS = [
+    "Base-Panoptic-ResNet-FPN.yaml",
+    "Base-Panoptic-VoVNet-FPN.yaml",
+    "panoptic_centermask_R_50_FPN_ms_3x.yaml",
+    "panoptic_centermask_R_101_FPN_ms_3x.yaml",
+    "panoptic_centermask_X_101_FPN_ms_3x.yaml",
+    "panoptic_centermask_V_39_eSE_FPN_ms_3x.yaml",
+    "panoptic_centermask_V_57_eSE_FPN_ms_3x.yaml",
+    "panoptic_centermask_V_99_eSE_FPN_ms_3x.yaml",
+]
 
 
 def write(path: Path, text: str) -> Path:
@@ -49,7 +60,7 @@ def write(path: Path, text: str) -> Path:
 
 # ---- official configs -------------------------------------------------------------------
 def test_official_config_set_is_complete() -> None:
-    assert sorted(p.name for p in CONFIG_DIR.glob("*.yaml")) == sorted(OFFICIAL_CONFIGS)
+    assert sorted(p.name for p in CONFIG_DIR.glob("*.yaml")) == sorted(OFFICIAL_CONFIGS + PANOPTIC_CONFIGS)
 
 
 @pytest.mark.parametrize("name", OFFICIAL_CONFIGS)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from centermask2.checkpoint import load_weights
 from centermask2.config import load_config
 from centermask2.contract import OUTPUT_NAMES, PANOPTIC_OUTPUT_NAMES
 from centermask2.data import load_and_resize, pad_batch
@@ -31,7 +32,15 @@ from centermask2.modeling.panoptic import (
 )
 from centermask2.modeling.postprocessing import detector_postprocess
 from centermask2.modeling.semantic_seg import BilinearUpsample2x, SemSegFPNHead
-from golden import CASES, CONFIGS, assert_results_match, case_info, golden_model_and_spec
+from golden import (
+    CASES,
+    CONFIGS,
+    assert_results_match,
+    case_info,
+    golden_model_and_spec,
+    recipe_arrays,
+    write_checkpoint,
+)
 
 CASE = "panoptic_V_39"
 ROOT = CASES[CASE]
@@ -78,6 +87,19 @@ def test_model_kind_and_output_names():
     assert list(model.state_dict())[-1] == "sem_seg_head.predictor.bias"
     with pytest.raises(UnsupportedError, match="PanopticFPN"):
         model.training_losses(None, None, [])
+
+
+@pytest.mark.parametrize("fmt", ["pth", "pkl"])
+def test_checkpoints_load(tmp_path, fmt):
+    """The golden weights as a detectron2 .pth and a model-zoo .pkl load completely, semantic head included."""
+    path = write_checkpoint(CASE, tmp_path / f"panoptic model.{fmt}", fmt)
+    model = build_model(load_config(CONFIGS / case_info(CASE)["config"], ["MODEL.DEVICE", "cpu"]))
+    report = load_weights(model, path)
+    assert report.is_complete and report.unexpected == [] and report.shape_mismatch == []
+    want = recipe_arrays(CASE)
+    assert set(want) == set(model.state_dict())
+    for key in ("sem_seg_head.p5.4.norm.bias", "sem_seg_head.predictor.weight", "backbone.fpn_lateral2.weight"):
+        assert np.array_equal(model.state_dict()[key].numpy(), want[key]), key
 
 
 def test_head_structure_follows_the_strides():
@@ -393,6 +415,24 @@ def test_sem_seg_argmax_equals_argmax_of_the_logits(upstream_logits):
         got = sem_seg_argmax(logits, hw, orig)
         assert got.dtype == torch.int64 and torch.equal(got, want)
     assert int((sem_seg_argmax(logits, IMAGE1_HW, ORIG1_HW) == 7).sum()) == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sem_seg_argmax_skips_only_classes_that_cannot_win(seed):
+    """Logits with exact and near ties (small integers, plus ~1e-6 noise) and a dominant class with
+    spots of others: the labels are always those of the full resize."""
+    g = torch.Generator().manual_seed(seed)
+    ties = torch.randint(0, 4, (20, 25, 38), generator=g).float()
+    near = ties + 1e-6 * torch.randn(ties.shape, generator=g)
+    spots = torch.randn(20, 25, 38, generator=g) - 10
+    spots[4] += 20
+    spots[11, 3:5, 7:9] += 40  # a class that wins only around a few cells
+    spots[12, 20, 30] += 40  # and one that wins around a single cell
+    for logits in (ties, near, spots):
+        for hw, orig in (((97, 150), (61, 90)), ((100, 152), (250, 333)), ((65, 120), (65, 120))):
+            want = sem_seg_postprocess(logits, hw, orig).argmax(0)
+            assert torch.equal(sem_seg_argmax(logits, hw, orig), want)
+    assert set(torch.unique(sem_seg_argmax(spots, (100, 152), (250, 333))).tolist()) == {4, 11, 12}
 
 
 # ---------------------------------------------------------------------------------------- combine

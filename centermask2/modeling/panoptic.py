@@ -85,11 +85,11 @@ def _cropped_logits(logits: Tensor, image_size: tuple[int, int], size_divisibili
     """The logits of the image's own padded input: its size rounded up to ``size_divisibility``
     (upstream's single-image tensor), or all of them when None / 0."""
     if not size_divisibility:
-        return logits
+        return logits.contiguous()
     d = int(size_divisibility)
     rows, cols = (math.ceil(int(v) / d) * d // stride for v in image_size)
     if (rows, cols) == tuple(logits.shape[1:]):
-        return logits
+        return logits.contiguous()
     # contiguous, as upstream's own tensor of this size
     return logits[:, :rows, :cols].contiguous()
 
@@ -252,6 +252,9 @@ def combine_semantic_and_instance_outputs(
     labels = _as_numpy(semantic)
     if labels.ndim != 2:
         raise InputError(f"semantic labels must be [H, W], got shape {labels.shape}")
+    missing = {"scores", "classes", "masks"} - set(instances)
+    if missing:
+        raise InputError(f"instances lack {sorted(missing)}; pass detector_postprocess's result of a mask model")
     scores = _as_numpy(instances["scores"]).astype(np.float32, copy=False).reshape(-1)
     classes = _as_numpy(instances["classes"]).reshape(-1)
     masks = _as_numpy(instances["masks"])

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..config import ConfigError
 from ..contract import PANOPTIC_OUTPUT_NAMES, SEM_SEG_OUTPUT
 from ..errors import UnsupportedError
 from .meta_arch import CenterMask
@@ -43,7 +44,7 @@ class PanopticCenterMask(CenterMask):
         super().__init__(**parts)
         missing = [f for f in sem_seg_head.in_features if f not in self.backbone.out_feature_strides]
         if missing:
-            raise UnsupportedError(f"the semantic head reads {missing}, which the backbone does not produce")
+            raise ConfigError(f"the semantic head reads {missing}, which the backbone does not produce")
         self.sem_seg_head = sem_seg_head
         self.combine = combine or CombineSettings()
 
