@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError
+from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError
 from .common import (
     PROVIDER_CHOICES,
     add_overrides,
@@ -133,10 +133,16 @@ def _open_source(kind: str, value: str, args: argparse.Namespace, images: list, 
         source = _Source(_results_label(path), load_coco_results(value), {})
         if args.no_stuff:
             return source
-        if panoptic_json is None and (path.parent / PANOPTIC_NAME).is_file():
+        found = panoptic_json is None and (path.parent / PANOPTIC_NAME).is_file()
+        if found:
             panoptic_json = str(path.parent / PANOPTIC_NAME)
         if panoptic_json is not None:
-            source.panoptic, source.categories = _open_panoptic(panoptic_json)
+            try:
+                source.panoptic, source.categories = _open_panoptic(panoptic_json)
+            except CenterMask2Error as exc:
+                if not found:
+                    raise
+                raise type(exc)(f"{exc} (found next to {str(path)!r}; --no-stuff draws the instances only)") from None
             logger.info("%s: stuff from %s", source.label, panoptic_json)
         return source
     if kind == "onnx":
@@ -190,7 +196,6 @@ def _draw_all(args: argparse.Namespace, stack: ExitStack) -> int:
     from ..data.catalog import list_images
     from ..data.categories import COCO_CATEGORIES, load_coco_categories
     from ..data.transforms import read_image
-    from ..errors import CenterMask2Error
     from ..evaluation.matching import summarize_match
     from ..fileio import ensure_writable_dir
     from ..visualization import draw_instances, filter_records, side_by_side

@@ -86,7 +86,7 @@ class StuffLabel:
 
 def _text_box(text: str, point: tuple[int, int], h: int, w: int, scale: float, thickness: int):
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-    pad = thickness + 1
+    pad = thickness + 2
     x0 = min(max(point[0] - tw // 2, pad), max(w - tw - pad, 0))
     y_base = min(max(point[1] + th // 2, th + pad), max(h - base - pad, th))
     box = (max(x0 - pad, 0), max(y_base - th - pad, 0), min(x0 + tw + pad, w), min(y_base + base + pad, h))
@@ -153,8 +153,9 @@ def draw_stuff(
         cid = lookup[int(sid)]
         text = stuff_display_name(names.get(cid, str(cid)))
         org, box = _text_box(text, point, h, w, scale, thickness)
-        # white text with a dark outline: readable on any fill
-        cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+        # white text on a darkened box: readable on any fill, the region still shows through
+        x0, y0, x1, y1 = box
+        out[y0:y1, x0:x1] = (out[y0:y1, x0:x1].astype(np.float32) * 0.4 + 0.5).astype(np.uint8)
         cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
         written.append(StuffLabel(cid, text, point, box))
     return out, written
