@@ -121,18 +121,22 @@ def draw_instances(
     return out
 
 
-def _titled(image: np.ndarray, title: str) -> np.ndarray:
+def _titled(image: np.ndarray, title: str, bar_height: int | None = None) -> np.ndarray:
     h, w = image.shape[:2]
     scale = max(0.5, min(h, w) / 700.0)
     thickness = max(1, int(round(scale * 1.5)))
     tw, th, base = _text_size(scale, thickness, title)
-    bar = np.full((th + base + 12, w, 3), 255, np.uint8)
+    bar = np.full((max(th + base + 12, bar_height or 0), w, 3), 255, np.uint8)
     cv2.putText(bar, title, (6, th + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness, cv2.LINE_AA)
     return np.vstack([bar, image])
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, left_title: str, right_title: str) -> np.ndarray:
-    """Two drawings of the same image next to each other, each with a title bar."""
+    """Two drawings of the same image next to each other, each with a title bar (both bars as
+    high as the taller one: a title's height depends on its letters' descenders)."""
     a, b = _titled(left, left_title), _titled(right, right_title)
+    if a.shape[0] != b.shape[0]:
+        bar = max(a.shape[0] - left.shape[0], b.shape[0] - right.shape[0])
+        a, b = _titled(left, left_title, bar), _titled(right, right_title, bar)
     gap = np.full((a.shape[0], 8, 3), 255, np.uint8)
     return np.hstack([a, gap, b])
