@@ -21,8 +21,7 @@ from centermask2.errors import UnsupportedError
 from centermask2.evaluation import instances_to_coco_json
 from centermask2.evaluation.matching import match_boxes
 from centermask2.modeling import CenterMask, PanopticCenterMask, build_model
-from centermask2.modeling.backbone import ShapeSpec
-from centermask2.modeling.padding import ValidRegion
+from centermask2.modeling.layers import ShapeSpec, ValidRegion
 from centermask2.modeling.panoptic import (
     CombineSettings,
     combine_semantic_and_instance_outputs,
