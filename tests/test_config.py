@@ -391,7 +391,7 @@ def test_merge_from_list_odd_items() -> None:
 
 def test_failed_merge_changes_nothing() -> None:
     cfg = get_cfg()
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="'INPUT.MIN_SIZE_TEST' .* expects int .*; got 'big'"):
         cfg.merge_from_list(["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "big"])
     assert cfg.MODEL.DEVICE == "cuda"
 

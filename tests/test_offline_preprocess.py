@@ -220,8 +220,9 @@ def test_bad_arguments_fail_before_any_work(tmp_path, caplog, args, message):
     assert not out.exists()
 
 
-def test_argparse_errors_return_2(tmp_path):
+def test_argparse_errors_return_2(tmp_path, capsys):
     assert script.main(["--images", str(tmp_path)]) == 2  # --output missing
+    assert "error: the following arguments are required: --output" in capsys.readouterr().err
     assert script.main(["--help"]) == 0
 
 
