@@ -5,12 +5,10 @@ The checkpoints are stored as recipes (see :mod:`centermask2.checkpoint.recipe`)
 
 from __future__ import annotations
 
-import atexit
+import importlib.util
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,16 @@ CASES = {
     "panoptic_V_39": DATA / "golden_panoptic_V_39",
 }
 CONFIGS = Path(__file__).parent.parent / "configs" / "centermask"
+
+
+#: the repository root (scripts are run from it)
+ROOT = Path(__file__).resolve().parent.parent
+#: the small golden case most tests run on
+LITE = "lite_V_19_slim_dw"
+#: upstream Panoptic-CenterMask's files for the panoptic and semantic evaluation tests
+PANOPTIC = DATA / "golden_panoptic_V_39"
+#: recorded state-dict key/shape listings of the official configs
+STATE_DICTS = DATA / "state_dicts"
 
 
 def case_info(case: str) -> dict:
@@ -85,34 +93,22 @@ def assert_results_match(expected: list[dict], actual: list[dict]) -> dict:
     return r
 
 
-_EXPORTS: dict[tuple, Path] = {}
-
-
-def exported_model(case: str, **settings) -> Path:
-    """The case's model exported with these :class:`ExportSettings` (plus ``simplify``), once per
-    test session: the export and the pipeline tests share the same files (read-only)."""
-    import numpy as np
-    import torch
-
-    from centermask2.config import load_config
+def export_case(case: str, path: Path, *, simplify: bool = False, **settings) -> Path:
+    """Export the case's model with its golden weights to ``path``, with these
+    :class:`~centermask2.export.ExportSettings` (``opset`` defaults to the model's own default:
+    19 for _dcn_ models) and COCO's class names. Tests get their exports from the session fixture
+    ``exported_model`` (tests/conftest.py), which calls this once per set of settings."""
     from centermask2.data.categories import coco_class_names, coco_contiguous_to_dataset_id
     from centermask2.export import ExportSettings, default_opset, export_onnx
-    from centermask2.modeling import build_model
 
     cfg = load_config(CONFIGS / case_info(case)["config"], ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
-    settings.setdefault("opset", default_opset(model))
-    simplify = settings.pop("simplify", False)
-    key = (case, simplify, tuple(sorted(settings.items())))
-    if key not in _EXPORTS:
-        model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in recipe_arrays(case).items()})
-        folder = Path(tempfile.mkdtemp(prefix="centermask2 exports "))  # a path with a space
-        atexit.register(shutil.rmtree, folder, True)
-        path = folder / f"{case}_{len(_EXPORTS)}.onnx"
-        export_onnx(model, cfg, path, ExportSettings(**settings), class_names=coco_class_names(),
-                    category_ids=coco_contiguous_to_dataset_id(), simplify=simplify)
-        _EXPORTS[key] = path
-    return _EXPORTS[key]
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in recipe_arrays(case).items()})
+    if settings.get("opset") is None:
+        settings["opset"] = default_opset(model)
+    export_onnx(model, cfg, path, ExportSettings(**settings), class_names=coco_class_names(),
+                category_ids=coco_contiguous_to_dataset_id(), simplify=simplify)
+    return path
 
 
 # --- training goldens: tests/data/train_golden/<case>/ (see its README) ---
@@ -188,8 +184,13 @@ def golden_model_and_spec(case: str, **overrides):
     return info, model, spec
 
 
-#: the repository root (scripts are run from it)
-ROOT = Path(__file__).resolve().parent.parent
+def root_script(name: str):
+    """A script of the repository root (``postprocess_bin_outputs.py``), loaded from its file as a module,
+    so that the tests run what users run without the root being on sys.path."""
+    spec = importlib.util.spec_from_file_location(Path(name).stem, ROOT / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_script(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:

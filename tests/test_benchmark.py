@@ -2,7 +2,6 @@
 rounds, warm-up, medians, the table and the header; the runtime rows of one model; the command
 lines of tools/benchmark.py and tools/make_shapes_dataset.py (no model is run)."""
 
-import importlib.util
 import json
 
 import pytest
@@ -18,7 +17,7 @@ from centermask2.benchmark import (
 )
 from centermask2.cpu import cpu_description
 from centermask2.errors import InputError
-from golden import ROOT
+from golden import root_script
 
 
 class FakeClock:
@@ -29,13 +28,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_measure_interleaves_rounds_and_drops_the_warmup():
@@ -125,7 +117,7 @@ def test_runtime_targets_one_row_per_runtime_and_precision():
 ])
 def test_benchmark_command_refuses_incomplete_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _tool("benchmark").main(argv)
+        root_script("tools/benchmark.py").main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -133,7 +125,7 @@ def test_benchmark_command_refuses_incomplete_arguments(argv, message, capsys):
 def test_shapes_command_writes_the_package_generator_dataset(tmp_path):
     from centermask2.data.shapes import make_split
 
-    assert _tool("make_shapes_dataset").main(["--output-dir", str(tmp_path / "cli"), "--train", "0", "--val", "1",
+    assert root_script("tools/make_shapes_dataset.py").main(["--output-dir", str(tmp_path / "cli"), "--train", "0", "--val", "1",
                                                "--no-progress"]) == 0
     make_split(tmp_path / "lib", "val", 1, progress=False)
     a, b = (json.loads((tmp_path / d / "val" / "annotations.json").read_text()) for d in ("cli", "lib"))

@@ -28,8 +28,8 @@ def test_hw_type():
 
 def test_positive_int():
     assert positive_int("3") == 3
-    for bad in ("0", "-1", "two"):
-        with pytest.raises(argparse.ArgumentTypeError):
+    for bad, message in (("0", "must be >= 1, got 0"), ("-1", "must be >= 1, got -1"), ("two", "'two' is not an integer")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
             positive_int(bad)
 
 
@@ -62,9 +62,9 @@ def test_errors_map_to_exit_codes(exc, code, caplog):
 
 def test_bugs_keep_their_traceback():
     """A KeyError from a bug is not turned into 'bad input' (exit 2)."""
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="oops"):
         run_main(_raiser(KeyError("oops")), [])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a plain ValueError is a bug"):
         run_main(_raiser(ValueError("a plain ValueError is a bug, not a user error")), [])
 
 

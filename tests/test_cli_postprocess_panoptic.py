@@ -13,20 +13,19 @@ import pytest
 from PIL import Image
 
 from centermask2.cli.postprocess import main
+from golden import PANOPTIC, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-CASE = ROOT / "tests" / "data" / "golden_panoptic_V_39"
 TOL = 1e-4
 
 
 def _args(out: Path, **override: Path) -> list[str]:
     files = {
-        "--results": CASE / "coco_instances_results.json",
-        "--coco-json": CASE / "annotations_gt.json",
-        "--panoptic-results": CASE / "panoptic_results.json",
-        "--panoptic-json": CASE / "annotations_panoptic_gt.json",
-        "--panoptic-root": CASE / "panoptic_gt",
-        "--sem-seg-root": CASE / "sem_seg_gt",
+        "--results": PANOPTIC / "coco_instances_results.json",
+        "--coco-json": PANOPTIC / "annotations_gt.json",
+        "--panoptic-results": PANOPTIC / "panoptic_results.json",
+        "--panoptic-json": PANOPTIC / "annotations_panoptic_gt.json",
+        "--panoptic-root": PANOPTIC / "panoptic_gt",
+        "--sem-seg-root": PANOPTIC / "sem_seg_gt",
         "--output-dir": out,
     }
     files.update({f"--{k.replace('_', '-')}": v for k, v in override.items()})
@@ -40,7 +39,7 @@ def _close(actual, expected) -> bool:
 
 
 def _assert_like_golden(metrics: dict, tasks: tuple[str, ...]) -> None:
-    golden = json.loads((CASE / "metrics_gt.json").read_text())
+    golden = json.loads((PANOPTIC / "metrics_gt.json").read_text())
     for task in tasks:
         for key, value in golden[task].items():
             if task in ("bbox", "segm"):
@@ -71,16 +70,16 @@ def test_dataset_layout_and_no_semantic_predictions(tmp_path, monkeypatch, caplo
     caplog.set_level("INFO")
     coco = tmp_path / "datasets" / "coco"
     (coco / "annotations").mkdir(parents=True)
-    shutil.copy(CASE / "annotations_gt.json", coco / "annotations" / "instances_val2017.json")
-    shutil.copy(CASE / "annotations_panoptic_gt.json", coco / "annotations" / "panoptic_val2017.json")
-    shutil.copytree(CASE / "panoptic_gt", coco / "panoptic_val2017")
-    shutil.copytree(CASE / "sem_seg_gt", coco / "panoptic_stuff_val2017")
+    shutil.copy(PANOPTIC / "annotations_gt.json", coco / "annotations" / "instances_val2017.json")
+    shutil.copy(PANOPTIC / "annotations_panoptic_gt.json", coco / "annotations" / "panoptic_val2017.json")
+    shutil.copytree(PANOPTIC / "panoptic_gt", coco / "panoptic_val2017")
+    shutil.copytree(PANOPTIC / "sem_seg_gt", coco / "panoptic_stuff_val2017")
     preds = tmp_path / "predictions"  # without sem_seg_results/
-    shutil.copytree(CASE / "panoptic_results", preds / "panoptic_results")
-    shutil.copy(CASE / "panoptic_results.json", preds)
+    shutil.copytree(PANOPTIC / "panoptic_results", preds / "panoptic_results")
+    shutil.copy(PANOPTIC / "panoptic_results.json", preds)
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
     out = tmp_path / "out"
-    args = ["--results", str(CASE / "coco_instances_results.json"), "--panoptic-results",
+    args = ["--results", str(PANOPTIC / "coco_instances_results.json"), "--panoptic-results",
             str(preds / "panoptic_results.json"), "--dataset", "coco_2017_val_panoptic", "--output-dir", str(out)]
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -88,7 +87,7 @@ def test_dataset_layout_and_no_semantic_predictions(tmp_path, monkeypatch, caplo
     assert "No sem_seg_results/ folder next to" in caplog.text
     _assert_like_golden(metrics, ("panoptic_seg", "bbox", "segm"))
     # with semantic predictions next to the results, the dataset's panoptic_stuff folder is used
-    shutil.copytree(CASE / "sem_seg_results", preds / "sem_seg_results")
+    shutil.copytree(PANOPTIC / "sem_seg_results", preds / "sem_seg_results")
     assert main(args) == 0
     _assert_like_golden(json.loads((out / "metrics.json").read_text()), ("sem_seg",))
 
@@ -101,7 +100,7 @@ def _said(capsys, caplog) -> str:
 
 def test_bad_inputs_exit_2_with_a_named_error(tmp_path, capsys, caplog):
     gt_root = tmp_path / "panoptic_gt"
-    shutil.copytree(CASE / "panoptic_gt", gt_root)
+    shutil.copytree(PANOPTIC / "panoptic_gt", gt_root)
     Image.open(gt_root / "000000000001.png").crop((0, 0, 700, 500)).save(gt_root / "000000000001.png")
     assert main(_args(tmp_path / "out", panoptic_root=gt_root)) == 2
     said = _said(capsys, caplog)
@@ -118,12 +117,12 @@ def test_bad_inputs_exit_2_with_a_named_error(tmp_path, capsys, caplog):
     assert main(_args(tmp_path / "out", panoptic_json=None)) == 2
     assert "--panoptic-json" in _said(capsys, caplog)
 
-    assert main(["--panoptic-json", str(CASE / "annotations_panoptic_gt.json"), "--output-dir", str(tmp_path)]) == 2
+    assert main(["--panoptic-json", str(PANOPTIC / "annotations_panoptic_gt.json"), "--output-dir", str(tmp_path)]) == 2
     assert "--panoptic-results" in _said(capsys, caplog)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DETECTRON2_DATASETS", str(tmp_path / "empty"))
-        assert main(["--panoptic-results", str(CASE / "panoptic_results.json"), "--dataset",
+        assert main(["--panoptic-results", str(PANOPTIC / "panoptic_results.json"), "--dataset",
                      "coco_2017_val_panoptic"]) == 2
         assert "DETECTRON2_DATASETS" in _said(capsys, caplog)
 

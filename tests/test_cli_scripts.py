@@ -4,11 +4,11 @@ import importlib
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from golden import ROOT
+
 #: script -> the module in centermask2/cli that holds its code
 SCRIPTS = {
     "tester.py": "tester",

@@ -3,14 +3,10 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from golden import CASES, CONFIGS, assert_results_match, case_info, write_checkpoint
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from golden import CASES, CONFIGS, LITE, ROOT, assert_results_match, case_info, write_checkpoint
 
 #: AP50 / AP75 may move more than AP: a mask whose IoU with its ground truth sits at the threshold
 #: flips with one pixel. Measured 0.22 segm AP50 (AP 0.02) on the Lite 1344x1344 include case on an
@@ -29,10 +25,10 @@ def _ap_close(got: dict, want: dict, tol: float) -> None:
 @pytest.mark.parametrize(
     "case,fmt,pad",
     [
-        ("lite_V_19_slim_dw", "pth", None),
-        ("lite_V_19_slim_dw", "pkl", None),
-        ("lite_V_19_slim_dw", "pth", "1344x1344"),  # padding ignored: upstream's default results
-        ("lite_V_19_slim_dw", "pth", "1344x1344 include"),  # --static-padding include: the _pad1344 ones
+        (LITE, "pth", None),
+        (LITE, "pkl", None),
+        (LITE, "pth", "1344x1344"),  # padding ignored: upstream's default results
+        (LITE, "pth", "1344x1344 include"),  # --static-padding include: the _pad1344 ones
         ("V_39", "pth", None),
         pytest.param("V_39", "pkl", None, marks=pytest.mark.slow),
         pytest.param("V_39", "pth", "1344x1344", marks=pytest.mark.slow),
@@ -66,7 +62,7 @@ def test_tester_matches_upstream(tmp_path, case, fmt, pad):
 
 
 def test_tester_folder_without_annotations(tmp_path):
-    case = "lite_V_19_slim_dw"
+    case = LITE
     ckpt = write_checkpoint(case, tmp_path / "ckpt.pth")
     import centermask2.cli.tester as tester
 
@@ -92,7 +88,7 @@ def test_tester_folder_without_annotations(tmp_path):
 def test_tester_errors_are_clear(tmp_path, caplog, extra, message):
     import centermask2.cli.tester as tester
 
-    case = "lite_V_19_slim_dw"
+    case = LITE
     rc = tester.main([
         "--config-file", str(CONFIGS / case_info(case)["config"]), "--images", str(CASES[case] / "images"),
         "--output-dir", str(tmp_path / "out"), "--no-progress", *extra,
@@ -108,8 +104,8 @@ def test_dataset_root_like_detectron2(tmp_path, monkeypatch):
 
     root = tmp_path / "data sets"
     (root / "coco" / "annotations").mkdir(parents=True)
-    shutil.copytree(CASES["lite_V_19_slim_dw"] / "images", root / "coco" / "val2017")
-    shutil.copy(CASES["lite_V_19_slim_dw"] / "annotations_gt.json", root / "coco" / "annotations" / "instances_val2017.json")
+    shutil.copytree(CASES[LITE] / "images", root / "coco" / "val2017")
+    shutil.copy(CASES[LITE] / "annotations_gt.json", root / "coco" / "annotations" / "instances_val2017.json")
     monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
     images, ann = resolve_dataset("coco_2017_val")
     assert images == str(root / "coco" / "val2017") and ann.endswith("instances_val2017.json")
@@ -120,8 +116,8 @@ def test_dataset_root_like_detectron2(tmp_path, monkeypatch):
 
     import centermask2.cli.tester as tester
 
-    ckpt = write_checkpoint("lite_V_19_slim_dw", tmp_path / "ckpt.pth")
-    rc = tester.main(["--config-file", str(CONFIGS / case_info("lite_V_19_slim_dw")["config"]), "--dataset",
+    ckpt = write_checkpoint(LITE, tmp_path / "ckpt.pth")
+    rc = tester.main(["--config-file", str(CONFIGS / case_info(LITE)["config"]), "--dataset",
                       "coco_2017_val", "--output-dir", str(tmp_path / "out"), "--no-progress", "MODEL.WEIGHTS", str(ckpt)])
     assert rc == 0
     assert (tmp_path / "out" / "metrics.json").exists()
@@ -132,7 +128,7 @@ def test_unreadable_image_is_named_and_the_rest_is_run(tmp_path, caplog):
 
     import centermask2.cli.tester as tester
 
-    case = "lite_V_19_slim_dw"
+    case = LITE
     images = tmp_path / "imgs"
     images.mkdir()
     shutil.copy(CASES[case] / "images" / "000000000002.png", images / "000000000002.png")
@@ -155,7 +151,7 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
     import signal
     import time
 
-    case = "lite_V_19_slim_dw"
+    case = LITE
     images = tmp_path / "imgs"
     images.mkdir()
     for i in range(10):
@@ -206,7 +202,7 @@ def test_resume_refuses_another_model_config_or_image_list(tmp_path, monkeypatch
     import centermask2.cli.tester as tester
     import centermask2.engine.loop as loop
 
-    case = "lite_V_19_slim_dw"
+    case = LITE
     ckpt = write_checkpoint(case, tmp_path / "a.pth")
     other = write_checkpoint(case, tmp_path / "b.pth")
     with open(other, "ab") as f:  # same tensors, other bytes: another file
@@ -241,7 +237,7 @@ def test_static_padding_is_for_the_torch_backend(tmp_path, caplog):
     """An ONNX model carries its padding mode; asking for one is refused by name."""
     import centermask2.cli.tester as tester
 
-    case = "lite_V_19_slim_dw"
+    case = LITE
     rc = tester.main([
         "--backend", "onnx", "--model", str(tmp_path / "m.onnx"), "--images", str(CASES[case] / "images"),
         "--output-dir", str(tmp_path / "out"), "--no-progress", "--static-padding", "include",

@@ -11,7 +11,7 @@ from pycocotools import mask as mask_util
 import centermask2.cli.visualizer as visualizer
 from centermask2.evaluation.matching import summarize_match as match_detections
 from centermask2.visualization import draw_instances, instance_colors
-from golden import CASES
+from golden import CASES, LITE
 
 
 def _record(mask: np.ndarray, bbox, cat=1, score=0.9):
@@ -87,6 +87,7 @@ def test_script_results_and_side_by_side(tmp_path, caplog):
     assert f"{len(records)} vs {len(records)} detections, {len(records)} matched" in caplog.text
 
 
-def test_script_needs_exactly_one_source(tmp_path):
-    case = CASES["lite_V_19_slim_dw"]
+def test_script_needs_exactly_one_source(tmp_path, caplog):
+    case = CASES[LITE]
     assert visualizer.main(["--images", str(case / "images"), "--output-dir", str(tmp_path)]) == 2
+    assert "error: give exactly one source: --results R.json, --model m.onnx or --config-file CFG" in caplog.text

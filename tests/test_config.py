@@ -17,8 +17,7 @@ from centermask2.config import (
     load_config,
     load_yaml_with_base,
 )
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "centermask"
+from golden import CONFIGS
 
 OFFICIAL_CONFIGS = [
     "Base-CenterMask-VoVNet.yaml",
@@ -60,12 +59,12 @@ def write(path: Path, text: str) -> Path:
 
 # ---- official configs -------------------------------------------------------------------
 def test_official_config_set_is_complete() -> None:
-    assert sorted(p.name for p in CONFIG_DIR.glob("*.yaml")) == sorted(OFFICIAL_CONFIGS + PANOPTIC_CONFIGS)
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(OFFICIAL_CONFIGS + PANOPTIC_CONFIGS)
 
 
 @pytest.mark.parametrize("name", OFFICIAL_CONFIGS)
 def test_every_official_config_loads(name: str) -> None:
-    cfg = load_config(CONFIG_DIR / name)
+    cfg = load_config(CONFIGS / name)
     assert cfg.is_frozen()
     assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
     assert cfg.MODEL.PROPOSAL_GENERATOR.NAME == "FCOS"
@@ -88,7 +87,7 @@ def test_every_official_config_loads(name: str) -> None:
 
 
 def test_vovnet_v39_values() -> None:
-    cfg = load_config(CONFIG_DIR / "centermask_V_39_eSE_FPN_ms_3x.yaml")
+    cfg = load_config(CONFIGS / "centermask_V_39_eSE_FPN_ms_3x.yaml")
     assert cfg.MODEL.BACKBONE.NAME == "build_fcos_vovnet_fpn_backbone"
     assert cfg.MODEL.BACKBONE.FREEZE_AT == 0
     assert cfg.MODEL.VOVNET.CONV_BODY == "V-39-eSE"
@@ -118,7 +117,7 @@ def test_vovnet_v39_values() -> None:
     ],
 )
 def test_lite_values(name: str, body: str) -> None:
-    cfg = load_config(CONFIG_DIR / name)
+    cfg = load_config(CONFIGS / name)
     assert cfg.MODEL.VOVNET.CONV_BODY == body
     assert cfg.MODEL.FPN.OUT_CHANNELS == 128
     assert cfg.INPUT.MIN_SIZE_TEST == 600 and cfg.INPUT.MAX_SIZE_TEST == 1000
@@ -130,7 +129,7 @@ def test_lite_values(name: str, body: str) -> None:
 
 
 def test_mobilenet_lite_values() -> None:
-    cfg = load_config(CONFIG_DIR / "centermask_lite_Mv2_FPN_ms_4x.yaml")
+    cfg = load_config(CONFIGS / "centermask_lite_Mv2_FPN_ms_4x.yaml")
     assert cfg.MODEL.BACKBONE.NAME == "build_fcos_mobilenetv2_fpn_backbone"
     assert cfg.MODEL.BACKBONE.FREEZE_AT == 0
     assert cfg.MODEL.RESNETS.OUT_FEATURES == ["res3", "res4", "res5"]
@@ -142,7 +141,7 @@ def test_mobilenet_lite_values() -> None:
 
 @pytest.mark.parametrize("name, depth", [("centermask_R_50_FPN_ms_3x.yaml", 50), ("centermask_R_101_FPN_ms_3x.yaml", 101)])
 def test_resnet_values(name: str, depth: int) -> None:
-    cfg = load_config(CONFIG_DIR / name)
+    cfg = load_config(CONFIGS / name)
     assert cfg.MODEL.BACKBONE.NAME == "build_fcos_resnet_fpn_backbone"
     assert cfg.MODEL.BACKBONE.FREEZE_AT == 2
     assert cfg.MODEL.RESNETS.DEPTH == depth
@@ -153,7 +152,7 @@ def test_resnet_values(name: str, depth: int) -> None:
 
 
 def test_resnext_values() -> None:
-    cfg = load_config(CONFIG_DIR / "centermask_X_101_FPN_ms_3x.yaml")
+    cfg = load_config(CONFIGS / "centermask_X_101_FPN_ms_3x.yaml")
     assert cfg.MODEL.PIXEL_STD == [57.375, 57.120, 58.395]
     assert all(isinstance(v, float) for v in cfg.MODEL.PIXEL_STD)
     assert cfg.MODEL.RESNETS.NUM_GROUPS == 32
@@ -164,7 +163,7 @@ def test_resnext_values() -> None:
 
 @pytest.mark.parametrize("depth", [39, 57, 99])
 def test_dcn_stage_flags_parse_as_tuple_of_bools(depth: int) -> None:
-    cfg = load_config(CONFIG_DIR / f"centermask_V_{depth}_eSE_dcn_FPN_ms_3x.yaml")
+    cfg = load_config(CONFIGS / f"centermask_V_{depth}_eSE_dcn_FPN_ms_3x.yaml")
     flags = cfg.MODEL.VOVNET.STAGE_WITH_DCN
     assert isinstance(flags, tuple) and flags == (False, True, True, True)
     assert all(type(f) is bool for f in flags)
@@ -225,7 +224,7 @@ def test_base_chain_resolves_relative_to_including_file(tmp_path: Path, monkeypa
 
 
 def test_base_can_be_absolute_official_file(tmp_path: Path) -> None:
-    official = CONFIG_DIR / "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x.yaml"
+    official = CONFIGS / "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x.yaml"
     user = write(tmp_path / "with space" / "user.yaml", f'_BASE_: "{official}"\nMODEL:\n  FCOS:\n    NUM_CLASSES: 3\n')
     cfg = load_config(user)
     assert cfg.MODEL.VOVNET.CONV_BODY == "V-19-slim-dw-eSE"
@@ -356,7 +355,7 @@ def test_unsupported_version(tmp_path: Path) -> None:
 # ---- command-line overrides -------------------------------------------------------------------
 def test_merge_from_list_parses_and_checks_values() -> None:
     cfg = load_config(
-        CONFIG_DIR / "centermask_V_39_eSE_FPN_ms_3x.yaml",
+        CONFIGS / "centermask_V_39_eSE_FPN_ms_3x.yaml",
         [
             "MODEL.WEIGHTS", "ckpt.pth",
             "MODEL.DEVICE", "cpu",
@@ -403,7 +402,7 @@ def test_merge_from_list_odd_items() -> None:
 
 def test_failed_merge_changes_nothing() -> None:
     cfg = get_cfg()
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="'INPUT.MIN_SIZE_TEST' .* expects int .*; got 'big'"):
         cfg.merge_from_list(["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "big"])
     assert cfg.MODEL.DEVICE == "cuda"
 
@@ -417,7 +416,7 @@ def test_merge_updates_sections_in_place() -> None:
 
 # ---- freezing, copies, dump ---------------------------------------------------------------------
 def test_frozen_config_refuses_changes() -> None:
-    cfg = load_config(CONFIG_DIR / "centermask_V_39_eSE_FPN_ms_3x.yaml")
+    cfg = load_config(CONFIGS / "centermask_V_39_eSE_FPN_ms_3x.yaml")
     with pytest.raises(AttributeError, match="frozen"):
         cfg.MODEL.DEVICE = "cpu"
     with pytest.raises(AttributeError, match="frozen"):
@@ -438,7 +437,7 @@ def test_frozen_config_refuses_changes() -> None:
 
 
 def test_dump_round_trip(tmp_path: Path) -> None:
-    cfg = load_config(CONFIG_DIR / "centermask_V_39_eSE_dcn_FPN_ms_3x.yaml", ["MODEL.DEVICE", "cpu"])
+    cfg = load_config(CONFIGS / "centermask_V_39_eSE_dcn_FPN_ms_3x.yaml", ["MODEL.DEVICE", "cpu"])
     text = cfg.dump()
     assert yaml.safe_load(text)["MODEL"]["VOVNET"]["STAGE_WITH_DCN"] == [False, True, True, True]
     reloaded = load_config(write(tmp_path / "dumped.yaml", text))
@@ -447,7 +446,7 @@ def test_dump_round_trip(tmp_path: Path) -> None:
 
 
 def test_to_dict_copy_and_pickle() -> None:
-    cfg = load_config(CONFIG_DIR / "centermask_lite_V_19_eSE_FPN_ms_4x.yaml")
+    cfg = load_config(CONFIGS / "centermask_lite_V_19_eSE_FPN_ms_4x.yaml")
     plain = cfg.to_dict()
     assert type(plain) is dict and type(plain["MODEL"]) is dict and type(plain["MODEL"]["FCOS"]) is dict
     assert plain == cfg

@@ -1,15 +1,13 @@
 """COCO panoptic categories and detectron2's coco_panoptic_separated class layout."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from centermask2.data.categories import COCO_CATEGORIES
 from centermask2.data.panoptic_categories import COCO_PANOPTIC_CATEGORIES, coco_panoptic_separated
 from centermask2.errors import InputError
-
-CASE = Path(__file__).resolve().parent / "data" / "golden_panoptic_V_39"
+from golden import PANOPTIC
 
 
 def test_layout_matches_detectron2():
@@ -19,9 +17,9 @@ def test_layout_matches_detectron2():
     assert meta.stuff_dataset_ids[:3] == (0, 92, 93) and meta.stuff_dataset_ids[-1] == 200
     assert len(meta.stuff_classes) == meta.num_stuff_classes == 54
     # the semantic names and order are those of detectron2's SemSegEvaluator keys
-    golden = json.loads((CASE / "metrics_gt.json").read_text())["sem_seg"]
+    golden = json.loads((PANOPTIC / "metrics_gt.json").read_text())["sem_seg"]
     assert [k[len("IoU-"):] for k in golden if k.startswith("IoU-")] == list(meta.stuff_classes)
-    gt = json.loads((CASE / "annotations_panoptic_gt.json").read_text())["categories"]
+    gt = json.loads((PANOPTIC / "annotations_panoptic_gt.json").read_text())["categories"]
     assert [(c["id"], c["name"], bool(c["isthing"])) for c in gt] == list(COCO_PANOPTIC_CATEGORIES)
     assert [{k: c[k] for k in ("id", "name", "isthing")} for c in gt] == meta.categories_json()
 

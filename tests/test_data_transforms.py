@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +10,15 @@ import torch
 from PIL import Image, ImageOps
 
 from centermask2.data import get_resize_shape, preprocess_batch, read_image, resize_image
+from golden import CASES, LITE, case_info
 
-DATA = Path(__file__).parent / "data"
-GOLDEN_CASES = ["golden_V_39", "golden_lite_V_19_slim_dw"]
+GOLDEN_CASES = ["V_39", LITE]
 
 
 def _golden_images() -> list[tuple[str, str]]:
     out = []
     for case in GOLDEN_CASES:
-        info = json.loads((DATA / case / "case.json").read_text())
+        info = case_info(case)
         out += [(case, name) for name in sorted(info["num_detections"])]
     return out
 
@@ -59,11 +58,11 @@ def test_get_resize_shape_rejects_bad_sizes():
 
 @pytest.mark.parametrize("case, name", _golden_images())
 def test_read_and_resize_bit_exact_with_golden_input(case, name):
-    info = json.loads((DATA / case / "case.json").read_text())
-    img = read_image(DATA / case / "images" / name)
+    info = case_info(case)
+    img = read_image(CASES[case] / "images" / name)
     new_h, new_w = get_resize_shape(*img.shape[:2], info["min_size_test"], info["max_size_test"])
     resized = resize_image(img, new_h, new_w)
-    golden = np.load(DATA / case / "raw_outputs.npz")[f"{int(Path(name).stem)}_input"]
+    golden = np.load(CASES[case] / "raw_outputs.npz")[f"{int(Path(name).stem)}_input"]
     assert resized.dtype == np.uint8
     assert resized.transpose(2, 0, 1).shape == golden.shape
     np.testing.assert_array_equal(resized.transpose(2, 0, 1), golden)

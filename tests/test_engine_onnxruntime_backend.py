@@ -34,7 +34,7 @@ def test_metadata_that_contradicts_the_graph_is_refused(tmp_path):
 
 
 def test_files_that_are_not_models(tmp_path):
-    with pytest.raises(MissingFileError):
+    with pytest.raises(MissingFileError, match="ONNX model not found: .*none.onnx"):
         OnnxRuntimeBackend(tmp_path / "none.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(InputError, match="junk.onnx"):

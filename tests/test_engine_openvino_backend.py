@@ -7,9 +7,7 @@ import pytest
 
 from centermask2.cli import tester
 from centermask2.errors import InputError, MissingDependencyError
-from golden import CASES, check_golden_folder, exported_model, postprocess_golden, preprocess_bins
-
-LITE = "lite_V_19_slim_dw"
+from golden import CASES, LITE, check_golden_folder, postprocess_golden, preprocess_bins
 
 
 @pytest.fixture(autouse=True)
@@ -42,20 +40,20 @@ def test_runtime_flags_are_checked(tmp_path, caplog, extra, message):
     assert message in caplog.text
 
 
-def test_bad_device_and_precision_are_named():
+def test_bad_device_and_precision_are_named(lite_dynamic):
     from centermask2.engine.openvino_backend import OpenVINOBackend
 
-    model = exported_model(LITE, dynamic=True)
+    model = lite_dynamic
     with pytest.raises(InputError, match="device must be one of"):
         OpenVINOBackend(model, device="TPU")
     with pytest.raises(InputError, match="precision must be one of"):
         OpenVINOBackend(model, precision="int4")
 
 
-def test_dynamic_model_matches_upstream(tmp_path):
+def test_dynamic_model_matches_upstream(tmp_path, lite_dynamic):
     """Image mode, batches of 2 images of different sizes, against upstream's default padding."""
     case = CASES[LITE]
-    model = exported_model(LITE, dynamic=True)
+    model = lite_dynamic
     out = tmp_path / "out"
     assert tester.main(["--backend", "openvino", "--model", str(model), "--images", str(case / "images"),
                         "--coco-json", str(case / "annotations_gt.json"), "--output-dir", str(out),
@@ -65,7 +63,7 @@ def test_dynamic_model_matches_upstream(tmp_path):
 
 @pytest.mark.parametrize("name", [LITE, pytest.param("V_39", marks=pytest.mark.slow),
                                   pytest.param("V_39_dcn", marks=pytest.mark.slow)])
-def test_static_model_bins_match_upstream(tmp_path, name):
+def test_static_model_bins_match_upstream(tmp_path, exported_model, name):
     """The .bin pipeline with OpenVINO as the engine (static 1344x1344 uint8 model; V-39-DCN's
     deformable convolutions as ONNX DeformConv, read by OpenVINO's own frontend)."""
     case = CASES[name]
@@ -79,7 +77,7 @@ def test_static_model_bins_match_upstream(tmp_path, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["V_39", "V_39_dcn"])
-def test_v39_dynamic_models_match_upstream(tmp_path, name):
+def test_v39_dynamic_models_match_upstream(tmp_path, exported_model, name):
     """Image mode on the other golden cases (the Lite case runs by default, above)."""
     case = CASES[name]
     model = exported_model(name, dynamic=True)
@@ -90,13 +88,13 @@ def test_v39_dynamic_models_match_upstream(tmp_path, name):
     check_golden_folder(out, name)
 
 
-def test_precision_hint_is_reported(tmp_path):
+def test_precision_hint_is_reported(tmp_path, lite_dynamic):
     """bf16 is asked for: it takes effect where the CPU has AVX-512 BF16 or AMX; elsewhere
     OpenVINO keeps fp32 and the backend says so. fp32 stays fp32 (OpenVINO's own default on such
     CPUs would be bf16)."""
     from centermask2.engine.openvino_backend import OpenVINOBackend
 
-    model = exported_model(LITE, dynamic=True)
+    model = lite_dynamic
     backend = OpenVINOBackend(model, precision="bf16")
     from centermask2.cpu import cpu_flags
 

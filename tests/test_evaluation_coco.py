@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import subprocess
@@ -21,16 +20,12 @@ from centermask2.evaluation import (
     load_coco_categories,
     load_coco_results,
 )
+from golden import CASES, LITE, ROOT, root_script
 
-ROOT = Path(__file__).resolve().parents[1]
-# Load the script from its file so the tests do not depend on the repository root being on sys.path.
-_SPEC = importlib.util.spec_from_file_location("postprocess_bin_outputs", ROOT / "postprocess_bin_outputs.py")
-postprocess_bin_outputs = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(postprocess_bin_outputs)
-DATA = ROOT / "tests" / "data"
+postprocess_bin_outputs = root_script("postprocess_bin_outputs.py")
 VARIANTS = [
     (case, suffix)
-    for case in ("golden_V_39", "golden_lite_V_19_slim_dw", "golden_V_39_dcn")
+    for case in ("V_39", LITE, "V_39_dcn")
     for suffix in ("", "_pad1344")
 ]
 
@@ -45,16 +40,16 @@ def _assert_metrics_close(actual: dict, expected: dict, tol: float = 0.01) -> No
 
 @pytest.mark.parametrize("case, suffix", VARIANTS)
 def test_evaluate_reproduces_golden_metrics(case, suffix):
-    results = json.loads((DATA / case / f"coco_instances_results{suffix}.json").read_text())
+    results = json.loads((CASES[case] / f"coco_instances_results{suffix}.json").read_text())
     before = copy.deepcopy(results)
-    metrics = evaluate_coco(results, DATA / case / f"annotations_gt{suffix}.json")
-    expected = json.loads((DATA / case / f"metrics_gt{suffix}.json").read_text())
+    metrics = evaluate_coco(results, CASES[case] / f"annotations_gt{suffix}.json")
+    expected = json.loads((CASES[case] / f"metrics_gt{suffix}.json").read_text())
     _assert_metrics_close(metrics, expected)
     assert results == before  # the caller's results are not modified
 
 
 def test_evaluate_writes_outputs_atomically(tmp_path):
-    case = DATA / "golden_lite_V_19_slim_dw"
+    case = CASES[LITE]
     results = load_coco_results(case / "coco_instances_results.json")
     out = tmp_path / "out dir"
     metrics = evaluate_coco(results, case / "annotations_gt.json", output_dir=out)
@@ -163,7 +158,7 @@ def test_instances_to_coco_json_round_trip():
 def test_load_coco_categories_sorts_ids(tmp_path):
     ids, names = load_coco_categories(_tiny_dataset(tmp_path))
     assert ids == [2, 5] and names == ["dog", "cat"]
-    ids, names = load_coco_categories(DATA / "golden_V_39" / "annotations.json")
+    ids, names = load_coco_categories(CASES["V_39"] / "annotations.json")
     assert len(ids) == 80 and ids[:3] == [1, 2, 3] and names[0] == "person"
     with pytest.raises(FileNotFoundError, match="nope.json"):
         load_coco_categories(tmp_path / "nope.json")
@@ -173,7 +168,7 @@ def test_load_coco_results_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.json"):
         load_coco_results(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="annotation file, not a results list"):
-        load_coco_results(DATA / "golden_V_39" / "annotations_gt.json")
+        load_coco_results(CASES["V_39"] / "annotations_gt.json")
     bad = tmp_path / "bad.json"
     bad.write_text('{"a": 1}')
     with pytest.raises(ValueError, match="JSON list"):
@@ -187,7 +182,7 @@ def test_load_coco_results_errors(tmp_path):
 
 
 def test_script_main_evaluates(tmp_path, capsys):
-    case = DATA / "golden_V_39"
+    case = CASES["V_39"]
     out = tmp_path / "eval out"
     rc = postprocess_bin_outputs.main(
         ["--results", str(case / "coco_instances_results.json"),
@@ -206,7 +201,7 @@ def test_script_main_errors(tmp_path, capsys, caplog):
         caplog.clear()
         return text
 
-    case = DATA / "golden_V_39"
+    case = CASES["V_39"]
     assert postprocess_bin_outputs.main(
         ["--results", str(tmp_path / "none.json"), "--coco-json", str(case / "annotations_gt.json")]
     ) == 1
@@ -222,7 +217,7 @@ def test_script_main_errors(tmp_path, capsys, caplog):
 
 
 def test_script_subprocess(tmp_path):
-    case = DATA / "golden_lite_V_19_slim_dw"
+    case = CASES[LITE]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "postprocess_bin_outputs.py"),
          "--results", str(case / "coco_instances_results_pad1344.json"),
@@ -238,7 +233,7 @@ def test_script_subprocess(tmp_path):
 
 
 def test_box_only_ground_truth_scores_bbox_and_skips_segm(tmp_path, caplog):
-    case = DATA / "golden_V_39"
+    case = CASES["V_39"]
     gt = json.loads((case / "annotations_gt.json").read_text())
     for ann in gt["annotations"]:
         ann.pop("segmentation", None)
@@ -263,7 +258,7 @@ def test_box_only_ground_truth_scores_bbox_and_skips_segm(tmp_path, caplog):
     ],
 )
 def test_malformed_result_values_are_refused_by_entry(tmp_path, change, message):
-    case = DATA / "golden_V_39"
+    case = CASES["V_39"]
     results = json.loads((case / "coco_instances_results.json").read_text())
     results[3].update(change)
     (tmp_path / "r.json").write_text(json.dumps(results))

@@ -25,18 +25,18 @@ from centermask2.evaluation.panoptic import (
     read_panoptic_results,
     rgb2id,
 )
+from golden import PANOPTIC
 
-CASE = Path(__file__).resolve().parent / "data" / "golden_panoptic_V_39"
 TOL = 1e-4
 
 
 def _golden_metrics() -> dict:
-    return json.loads((CASE / "metrics_gt.json").read_text())
+    return json.loads((PANOPTIC / "metrics_gt.json").read_text())
 
 
 def _golden_eval(**kwargs) -> dict:
-    return evaluate_panoptic(CASE / "panoptic_results.json", CASE / "annotations_panoptic_gt.json",
-                             CASE / "panoptic_gt", **kwargs)
+    return evaluate_panoptic(PANOPTIC / "panoptic_results.json", PANOPTIC / "annotations_panoptic_gt.json",
+                             PANOPTIC / "panoptic_gt", **kwargs)
 
 
 # ---------------------------------------------------------------- id coding
@@ -74,10 +74,10 @@ def test_pq_reproduces_upstream_metrics():
 
 
 def test_pq_reproduces_panopticapi_per_class():
-    gt = read_panoptic_gt(CASE / "annotations_panoptic_gt.json", CASE / "panoptic_gt")
-    results = read_panoptic_results(CASE / "panoptic_results.json")
+    gt = read_panoptic_gt(PANOPTIC / "annotations_panoptic_gt.json", PANOPTIC / "panoptic_gt")
+    results = read_panoptic_results(PANOPTIC / "panoptic_results.json")
     summary = compute_pq(gt, results).summary()
-    expected = json.loads((CASE / "pq_per_class.json").read_text())
+    expected = json.loads((PANOPTIC / "pq_per_class.json").read_text())
     for group in ("All", "Things", "Stuff"):
         assert summary[group]["n"] == expected[group]["n"], group
         for key in ("pq", "sq", "rq"):
@@ -93,7 +93,7 @@ def test_per_class_metrics_and_table(caplog):
     caplog.set_level("INFO")
     metrics = _golden_eval()
     per_class = metrics["panoptic_seg_per_class"]
-    expected = json.loads((CASE / "pq_per_class.json").read_text())["per_class"]
+    expected = json.loads((PANOPTIC / "pq_per_class.json").read_text())["per_class"]
     assert per_class["cow"]["PQ"] == pytest.approx(100 * expected["21"]["pq"], abs=TOL)
     assert per_class["broccoli"] == {"PQ": 100.0, "SQ": 100.0, "RQ": 100.0}
     assert "person" not in per_class  # no ground truth and no prediction: not a category of this evaluation
@@ -264,9 +264,9 @@ def test_pq_matches_a_literal_reference_on_random_cases(tmp_path):
 
 def _hostile_copy(tmp_path: Path) -> tuple[Path, Path]:
     gt_root = tmp_path / "panoptic_gt"
-    shutil.copytree(CASE / "panoptic_gt", gt_root)
+    shutil.copytree(PANOPTIC / "panoptic_gt", gt_root)
     gt_json = tmp_path / "annotations_panoptic_gt.json"
-    shutil.copy(CASE / "annotations_panoptic_gt.json", gt_json)
+    shutil.copy(PANOPTIC / "annotations_panoptic_gt.json", gt_json)
     return gt_json, gt_root
 
 
@@ -276,7 +276,7 @@ def _edit_json(path: Path, edit) -> None:
     path.write_text(json.dumps(data))
 
 
-def _evaluate(gt_json: Path, gt_root: Path, results: Path = CASE / "panoptic_results.json") -> dict:
+def _evaluate(gt_json: Path, gt_root: Path, results: Path = PANOPTIC / "panoptic_results.json") -> dict:
     return evaluate_panoptic(results, gt_json, gt_root)
 
 
@@ -342,9 +342,9 @@ def test_ground_truth_json_refused(tmp_path, change, message):
 
 
 def _results_copy(tmp_path: Path) -> Path:
-    shutil.copytree(CASE / "panoptic_results", tmp_path / "pred" / "panoptic_results")
+    shutil.copytree(PANOPTIC / "panoptic_results", tmp_path / "pred" / "panoptic_results")
     path = tmp_path / "pred" / "panoptic_results.json"
-    shutil.copy(CASE / "panoptic_results.json", path)
+    shutil.copy(PANOPTIC / "panoptic_results.json", path)
     return path
 
 
@@ -352,28 +352,28 @@ def test_results_json_segment_absent_from_png(tmp_path):
     results = _results_copy(tmp_path)
     _edit_json(results, lambda d: d["annotations"][1]["segments_info"].append({"id": 4000, "category_id": 92}))
     with pytest.raises(InputError, match=r"image 2.* segment id\(s\) \[4000\] .* not in its PNG"):
-        _evaluate(CASE / "annotations_panoptic_gt.json", CASE / "panoptic_gt", results)
+        _evaluate(PANOPTIC / "annotations_panoptic_gt.json", PANOPTIC / "panoptic_gt", results)
 
 
 def test_results_png_id_not_in_json(tmp_path):
     results = _results_copy(tmp_path)
     _edit_json(results, lambda d: d["annotations"][1]["segments_info"].pop(0))
     with pytest.raises(InputError, match=r"segment id\(s\) \[1\] .* not listed"):
-        _evaluate(CASE / "annotations_panoptic_gt.json", CASE / "panoptic_gt", results)
+        _evaluate(PANOPTIC / "annotations_panoptic_gt.json", PANOPTIC / "panoptic_gt", results)
 
 
 def test_results_unknown_category_and_missing_image(tmp_path):
     results = _results_copy(tmp_path)
     _edit_json(results, lambda d: d["annotations"][1]["segments_info"][0].update(category_id=12))
     with pytest.raises(InputError, match=r"image 2, segment 0: category_id 12 is not one of the 133 categories"):
-        _evaluate(CASE / "annotations_panoptic_gt.json", CASE / "panoptic_gt", results)
+        _evaluate(PANOPTIC / "annotations_panoptic_gt.json", PANOPTIC / "panoptic_gt", results)
     _edit_json(results, lambda d: d.pop("categories"))  # then it is checked against the ground truth's
     with pytest.raises(InputError, match=r"image 2 has category_id 12 which is not a category of the ground truth"):
-        _evaluate(CASE / "annotations_panoptic_gt.json", CASE / "panoptic_gt", results)
+        _evaluate(PANOPTIC / "annotations_panoptic_gt.json", PANOPTIC / "panoptic_gt", results)
     results = _results_copy(tmp_path / "again")
     _edit_json(results, lambda d: d["annotations"].pop(1))
     with pytest.raises(InputError, match=r"no prediction for image id\(s\) 2"):
-        _evaluate(CASE / "annotations_panoptic_gt.json", CASE / "panoptic_gt", results)
+        _evaluate(PANOPTIC / "annotations_panoptic_gt.json", PANOPTIC / "panoptic_gt", results)
 
 
 def test_results_png_of_another_size(tmp_path):
@@ -381,7 +381,7 @@ def test_results_png_of_another_size(tmp_path):
     png = results.parent / "panoptic_results" / "000000000001.png"
     Image.open(png).resize((741, 501)).save(png)
     with pytest.raises(InputError, match=r"000000000001\.png.* is 741x501 .* 741x500"):
-        _evaluate(CASE / "annotations_panoptic_gt.json", CASE / "panoptic_gt", results)
+        _evaluate(PANOPTIC / "annotations_panoptic_gt.json", PANOPTIC / "panoptic_gt", results)
 
 
 def test_png_that_is_not_rgb(tmp_path):
@@ -409,11 +409,11 @@ def _contiguous_segments(segments_info: list[dict]) -> list[dict]:
 
 
 def test_writer_round_trip(tmp_path):
-    golden = json.loads((CASE / "panoptic_results.json").read_text())
+    golden = json.loads((PANOPTIC / "panoptic_results.json").read_text())
     writer = PanopticResultsWriter(tmp_path / "out dir")
     for ann in golden["annotations"]:
-        ids = rgb2id(np.asarray(Image.open(CASE / "panoptic_results" / ann["file_name"])))
-        sem = np.asarray(Image.open(CASE / "sem_seg_results" / ann["file_name"]))
+        ids = rgb2id(np.asarray(Image.open(PANOPTIC / "panoptic_results" / ann["file_name"])))
+        sem = np.asarray(Image.open(PANOPTIC / "sem_seg_results" / ann["file_name"]))
         written = writer.add(ann["image_id"], f"images/{Path(ann['file_name']).stem}.jpg", ids,
                              _contiguous_segments(ann["segments_info"]), sem_seg=sem)
         assert written == ann
@@ -421,12 +421,12 @@ def test_writer_round_trip(tmp_path):
                                                         ids.shape), ids)
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out dir" / "sem_seg_results" /
                                                             ann["file_name"])), sem)
-    path = writer.finish(base=CASE / "annotations_panoptic_gt.json")
+    path = writer.finish(base=PANOPTIC / "annotations_panoptic_gt.json")
     assert path == tmp_path / "out dir" / "panoptic_results.json"
     assert json.loads(path.read_text()) == golden  # key by key, as COCOPanopticEvaluator writes it
     assert not [p for p in (tmp_path / "out dir").rglob(".*")]  # no temp files left
     # what it wrote evaluates like upstream's own files
-    metrics = evaluate_panoptic(path, CASE / "annotations_panoptic_gt.json", CASE / "panoptic_gt")
+    metrics = evaluate_panoptic(path, PANOPTIC / "annotations_panoptic_gt.json", PANOPTIC / "panoptic_gt")
     assert metrics["panoptic_seg"] == pytest.approx(_golden_metrics()["panoptic_seg"], abs=TOL)
 
 

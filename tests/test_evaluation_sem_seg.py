@@ -22,15 +22,14 @@ from centermask2.evaluation.sem_seg import (
     read_sem_seg_png,
     sem_seg_metrics,
 )
+from golden import PANOPTIC, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-CASE = ROOT / "tests" / "data" / "golden_panoptic_V_39"
 NAMES = ["000000000001.png", "000000000002.png"]
 TOL = 1e-4
 
 
 def _assert_like_golden(metrics: dict) -> None:
-    expected = json.loads((CASE / "metrics_gt.json").read_text())["sem_seg"]
+    expected = json.loads((PANOPTIC / "metrics_gt.json").read_text())["sem_seg"]
     assert list(metrics) == list(expected)  # every key, in detectron2's order
     for key, value in expected.items():
         if value is None:
@@ -41,7 +40,7 @@ def _assert_like_golden(metrics: dict) -> None:
 
 def test_reproduces_upstream_sem_seg_metrics(caplog):
     caplog.set_level("INFO")
-    metrics = evaluate_sem_seg(CASE / "sem_seg_results", CASE / "sem_seg_gt", NAMES)
+    metrics = evaluate_sem_seg(PANOPTIC / "sem_seg_results", PANOPTIC / "sem_seg_gt", NAMES)
     _assert_like_golden(metrics["sem_seg"])
     assert "mIoU" in caplog.text and "69.504" in caplog.text
 
@@ -49,11 +48,11 @@ def test_reproduces_upstream_sem_seg_metrics(caplog):
 def test_in_memory_scores_give_the_same_metrics():
     scores = {}
     for name in NAMES:
-        labels = np.asarray(Image.open(CASE / "sem_seg_results" / name))
+        labels = np.asarray(Image.open(PANOPTIC / "sem_seg_results" / name))
         one_hot = np.zeros((54, *labels.shape), np.float32)
         np.put_along_axis(one_hot, labels[None].astype(np.int64), 1.0, axis=0)
         scores[name] = one_hot
-    _assert_like_golden(evaluate_sem_seg(scores, CASE / "sem_seg_gt", NAMES)["sem_seg"])
+    _assert_like_golden(evaluate_sem_seg(scores, PANOPTIC / "sem_seg_gt", NAMES)["sem_seg"])
 
 
 def test_metrics_by_hand():
@@ -89,7 +88,7 @@ def test_evaluator_accumulates_images():
 
 def _gt_copy(tmp_path: Path) -> Path:
     root = tmp_path / "sem_seg_gt"
-    shutil.copytree(CASE / "sem_seg_gt", root)
+    shutil.copytree(PANOPTIC / "sem_seg_gt", root)
     return root
 
 
@@ -97,16 +96,16 @@ def test_ground_truth_missing(tmp_path):
     root = _gt_copy(tmp_path)
     (root / NAMES[1]).unlink()
     with pytest.raises(MissingFileError, match=r"1 of 2 semantic ground truth PNG\(s\) not found, e\.g\. .*000000000002"):
-        evaluate_sem_seg(CASE / "sem_seg_results", root, NAMES)
+        evaluate_sem_seg(PANOPTIC / "sem_seg_results", root, NAMES)
 
 
 def test_ground_truth_of_the_wrong_size(tmp_path):
     root = _gt_copy(tmp_path)
     Image.open(root / NAMES[0]).crop((0, 0, 700, 500)).save(root / NAMES[0])
     with pytest.raises(InputError, match=r"000000000001\.png.* is 741x500 \(width x height\) but its ground truth is 700x500"):
-        evaluate_sem_seg(CASE / "sem_seg_results", root, NAMES)
+        evaluate_sem_seg(PANOPTIC / "sem_seg_results", root, NAMES)
     with pytest.raises(InputError, match=r"000000000001\.png.* is 700x500 .* but the image is 741x500"):
-        evaluate_sem_seg(CASE / "sem_seg_results", root, NAMES, image_sizes={NAMES[0]: (500, 741)})
+        evaluate_sem_seg(PANOPTIC / "sem_seg_results", root, NAMES, image_sizes={NAMES[0]: (500, 741)})
 
 
 def test_ground_truth_label_out_of_range(tmp_path):
@@ -115,7 +114,7 @@ def test_ground_truth_label_out_of_range(tmp_path):
     labels[3, 4] = 60
     Image.fromarray(labels).save(root / NAMES[1])
     with pytest.raises(InputError, match=r"000000000002\.png.* label\(s\) \[60\] outside 0\.\.53 and 255 \(void\)"):
-        evaluate_sem_seg(CASE / "sem_seg_results", root, NAMES)
+        evaluate_sem_seg(PANOPTIC / "sem_seg_results", root, NAMES)
 
 
 def test_ground_truth_not_a_label_png(tmp_path):
@@ -127,12 +126,12 @@ def test_ground_truth_not_a_label_png(tmp_path):
 
 def test_prediction_with_void_is_refused(tmp_path):
     preds = tmp_path / "pred"
-    shutil.copytree(CASE / "sem_seg_results", preds)
+    shutil.copytree(PANOPTIC / "sem_seg_results", preds)
     labels = np.asarray(Image.open(preds / NAMES[0])).copy()
     labels[0, 0] = 255
     Image.fromarray(labels).save(preds / NAMES[0])
     with pytest.raises(InputError, match=r"semantic prediction PNG .* label\(s\) \[255\] outside 0\.\.53;"):
-        evaluate_sem_seg(preds, CASE / "sem_seg_gt", NAMES)
+        evaluate_sem_seg(preds, PANOPTIC / "sem_seg_gt", NAMES)
 
 
 # ---------------------------------------------------------------- panoptic_stuff ground truth
@@ -147,47 +146,47 @@ def test_panoptic_to_semantic():
 
 def test_prepare_reproduces_upstream_panoptic_stuff(tmp_path):
     out = tmp_path / "panoptic stuff"
-    summary = prepare_panoptic_stuff(CASE / "annotations_panoptic_gt.json", CASE / "panoptic_gt", out, progress=False)
+    summary = prepare_panoptic_stuff(PANOPTIC / "annotations_panoptic_gt.json", PANOPTIC / "panoptic_gt", out, progress=False)
     assert summary.ok and summary.num_images == 2 and summary.num_resumed == 0
     for name in NAMES:
         written = Image.open(out / name)
         assert written.mode == "L"
-        np.testing.assert_array_equal(np.asarray(written), np.asarray(Image.open(CASE / "sem_seg_gt" / name)))
+        np.testing.assert_array_equal(np.asarray(written), np.asarray(Image.open(PANOPTIC / "sem_seg_gt" / name)))
     # resumable: finished files are kept, a missing one is made again
     (out / NAMES[1]).unlink()
     before = (out / NAMES[0]).stat().st_mtime_ns
-    summary = prepare_panoptic_stuff(CASE / "annotations_panoptic_gt.json", CASE / "panoptic_gt", out,
+    summary = prepare_panoptic_stuff(PANOPTIC / "annotations_panoptic_gt.json", PANOPTIC / "panoptic_gt", out,
                                      resume=True, progress=False)
     assert (summary.num_images, summary.num_resumed) == (1, 1)
     assert (out / NAMES[0]).stat().st_mtime_ns == before
     np.testing.assert_array_equal(np.asarray(Image.open(out / NAMES[1])),
-                                  np.asarray(Image.open(CASE / "sem_seg_gt" / NAMES[1])))
+                                  np.asarray(Image.open(PANOPTIC / "sem_seg_gt" / NAMES[1])))
 
 
 def test_prepare_names_bad_images_and_goes_on(tmp_path):
     gt_root = tmp_path / "panoptic_gt"
-    shutil.copytree(CASE / "panoptic_gt", gt_root)
+    shutil.copytree(PANOPTIC / "panoptic_gt", gt_root)
     Image.open(gt_root / NAMES[0]).crop((0, 0, 10, 10)).save(gt_root / NAMES[0])
-    summary = prepare_panoptic_stuff(CASE / "annotations_panoptic_gt.json", gt_root, tmp_path / "out", progress=False)
+    summary = prepare_panoptic_stuff(PANOPTIC / "annotations_panoptic_gt.json", gt_root, tmp_path / "out", progress=False)
     assert summary.num_images == 1 and [f for f, _ in summary.failed] == [NAMES[0]]
     assert "is 10x10" in summary.failed[0][1]
     assert (tmp_path / "out" / NAMES[1]).is_file() and not (tmp_path / "out" / NAMES[0]).exists()
 
 
 def test_prepare_refuses_categories_it_cannot_map(tmp_path):
-    data = json.loads((CASE / "annotations_panoptic_gt.json").read_text())
+    data = json.loads((PANOPTIC / "annotations_panoptic_gt.json").read_text())
     data["categories"].append({"id": 300, "name": "new", "isthing": 0})
     data["annotations"][0]["segments_info"][0]["category_id"] = 300
     path = tmp_path / "gt.json"
     path.write_text(json.dumps(data))
     with pytest.raises(InputError, match=r"uses category 300, which is not a COCO panoptic category"):
-        prepare_panoptic_stuff(path, CASE / "panoptic_gt", tmp_path / "out", progress=False)
+        prepare_panoptic_stuff(path, PANOPTIC / "panoptic_gt", tmp_path / "out", progress=False)
 
 
 def test_prepare_script(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "tools" / "prepare_panoptic_stuff.py"), "--panoptic-json",
-           str(CASE / "annotations_panoptic_gt.json"), "--panoptic-root", str(CASE / "panoptic_gt"),
+           str(PANOPTIC / "annotations_panoptic_gt.json"), "--panoptic-root", str(PANOPTIC / "panoptic_gt"),
            "--output-dir", str(out), "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -23,9 +23,10 @@ from centermask2.modeling import OUTPUT_NAMES, build_model
 from golden import (
     CASES,
     CONFIGS,
+    LITE,
+    ROOT,
     assert_results_match,
     case_info,
-    exported_model,
     postprocess_golden,
     preprocess_bins,
     recipe_arrays,
@@ -33,9 +34,6 @@ from golden import (
     script_ok,
     write_checkpoint,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-LITE = "lite_V_19_slim_dw"
 
 
 def _model(case):
@@ -45,39 +43,27 @@ def _model(case):
     return cfg, model
 
 
-def _export(tmp_path_factory, name, case=LITE, **settings):
-    return exported_model(case, **settings)
-
-
 @pytest.fixture(scope="module")
 def lite_model():
     return _model(LITE)[1]
 
 
-@pytest.fixture(scope="module")
-def lite_dynamic(tmp_path_factory):
-    return _export(tmp_path_factory, "lite_dynamic", input_size=(640, 960), dynamic=True)
+# lite_dynamic and lite_static: tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def lite_static(tmp_path_factory):
-    return _export(tmp_path_factory, "lite_static", input_size=(1344, 1344))
+def lite_static_b2(exported_model):
+    return exported_model(LITE, input_size=(1344, 1344), batch_size=2)
 
 
 @pytest.fixture(scope="module")
-def lite_static_b2(tmp_path_factory):
-    return _export(tmp_path_factory, "lite_static_b2", input_size=(1344, 1344), batch_size=2)
+def lite_static_include(exported_model):
+    return exported_model(LITE, input_size=(1344, 1344), padding="include")
 
 
 @pytest.fixture(scope="module")
-def lite_static_include(tmp_path_factory):
-    return _export(tmp_path_factory, "lite_static_include", input_size=(1344, 1344), padding="include")
-
-
-@pytest.fixture(scope="module")
-def lite_static_f32_opset16_simplified(tmp_path_factory):
-    return _export(tmp_path_factory, "lite_f32", input_size=(1344, 1344), input_dtype="float32", opset=16,
-                   simplify=True)
+def lite_static_f32_opset16_simplified(exported_model):
+    return exported_model(LITE, input_size=(1344, 1344), input_dtype="float32", opset=16, simplify=True)
 
 
 def _images(case, spec):

@@ -27,7 +27,7 @@ def test_read_json_names_the_file_and_the_problem(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="expected a JSON dict, found list"):
         read_json(tmp_path / "list.json", expect=dict)
-    with pytest.raises(MissingFileError):
+    with pytest.raises(MissingFileError, match="JSON file not found"):
         read_json(tmp_path)  # a folder is not a file
     atomic_write_json({"a": [1]}, tmp_path / "ok.json")
     assert read_json(tmp_path / "ok.json", expect=dict) == {"a": [1]}
@@ -35,10 +35,10 @@ def test_read_json_names_the_file_and_the_problem(tmp_path):
 
 def test_errors_keep_their_builtin_bases(tmp_path):
     """Callers that catch ValueError / FileNotFoundError keep working."""
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
         read_json(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"bad\.json' is not a valid JSON file"):
         read_json(tmp_path / "bad.json")
 
 

@@ -18,10 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from golden import CONFIGS, case_info, write_checkpoint
-
-ROOT = Path(__file__).resolve().parent.parent
-LITE = "lite_V_19_slim_dw"
+from golden import CONFIGS, LITE, ROOT, case_info, write_checkpoint
 
 
 def _png_bomb(path: Path) -> None:
@@ -81,8 +78,10 @@ def hostile(tmp_path_factory):
     raw.mkdir()
     (raw / "manifest.json").write_text(json.dumps({"outputs": [
         {"index": 0, "name": "boxes", "dtype": "object", "shape": [1, 50, 4]}], "index_base": 0}))
-    files.update(images=images, bins=bins, raw=raw)
     ckpt = write_checkpoint(LITE, work / "lite.pth")
+    files.update(images=images, bins=bins, raw=raw, work=work, out=work / "out", ckpt=ckpt,
+                 torch=["--config-file", CONFIGS / case_info(LITE)["config"]],
+                 weights=["MODEL.WEIGHTS", ckpt, "MODEL.DEVICE", "cpu"])
     return work, files, ckpt
 
 
@@ -95,44 +94,69 @@ def _listing(folder: Path) -> dict[str, tuple[int, float]]:
     return out
 
 
-def _cases(work, f, ckpt):
-    lite_cfg = str(CONFIGS / case_info(LITE)["config"])
-    torch_src = ["--config-file", lite_cfg]
-    weights = ["MODEL.WEIGHTS", str(ckpt), "MODEL.DEVICE", "cpu"]
-    out = str(work / "out")
-    # (script, arguments, allowed exit codes)
-    cases = []
-    for key in ("escape", "absolute", "dup_ids", "wrong_types", "not_json", "list"):
-        cases += [
-            ("tester.py", [*torch_src, "--images", f["images"], "--coco-json", f[key], "--output-dir", out, *weights],
-             {2}),
-            ("preprocess_inputs_to_bin.py", [*torch_src, "--input-size", "1344x1344", "--images", f["images"],
-                                             "--coco-json", f[key], "--output", out], {2}),
-            ("visualizer.py", ["--results", f["nan_results"], "--images", f["images"], "--coco-json", f[key],
-                               "--output-dir", out], {2}),
-        ]
-    cases += [
-        # every image but one unreadable: named and skipped, exit 1
-        ("tester.py", [*torch_src, "--images", f["images"], "--coco-json", f["all_bad_images"], "--output-dir", out,
-                       *weights], {1}),
-        ("preprocess_inputs_to_bin.py", [*torch_src, "--input-size", "1344x1344", "--images", f["images"],
-                                         "--output", out], {1}),
-        ("visualizer.py", ["--config-file", lite_cfg, "--images", f["images"], "--output-dir", out, *weights], {1}),
-        # untrusted bin folders and results
-        ("tester.py", ["--model", f["not_onnx"], "--bins", f["bins"], "--output", out], {2}),
-        ("postprocess_bin_outputs.py", ["--outputs", f["raw"], "--info", f["bins"], "--output-dir", out], {2}),
-        ("postprocess_bin_outputs.py", ["--results", f["nan_results"], "--coco-json", f["all_bad_images"]], {1}),
-        ("postprocess_bin_outputs.py", ["--results", f["list"], "--coco-json", f["not_json"]], {1}),
-        # configs and models
-        ("convert_model_into_onnx.py", ["--config-file", f["yaml_bomb"], "--output", str(work / "out" / "m.onnx"),
-                                        "MODEL.WEIGHTS", str(ckpt)], {2}),
-        ("tester.py", ["--backend", "onnx", "--model", f["not_onnx"], "--images", f["images"], "--output-dir", out],
-         {2}),
-        ("convert_model_into_onnx.py", ["--config-file", lite_cfg, "--output", str(work), "MODEL.WEIGHTS", str(ckpt)],
-         {2}),  # --output is a folder
+def _with_annotations(key: str) -> list:
+    """The three scripts that read a COCO annotation file, given the hostile one ``key``."""
+    what, message = ANNOTATIONS[key]
+    return [
+        pytest.param("tester.py", lambda f: [*f["torch"], "--images", f["images"], "--coco-json", f[key],
+                                             "--output-dir", f["out"], *f["weights"]], 2, message,
+                     id=f"tester-{what}"),
+        pytest.param("preprocess_inputs_to_bin.py", lambda f: [*f["torch"], "--input-size", "1344x1344", "--images",
+                                                               f["images"], "--coco-json", f[key], "--output", f["out"]],
+                     2, message, id=f"preprocess-{what}"),
+        pytest.param("visualizer.py", lambda f: ["--results", f["nan_results"], "--images", f["images"], "--coco-json",
+                                                 f[key], "--output-dir", f["out"]], 2, message,
+                     id=f"visualizer-{what}"),
     ]
-    return cases
 
+
+#: hostile annotation file -> (what it is, what the error says)
+ANNOTATIONS = {
+    "escape": ("annotations-file-name-climbs-out", "'../../secret.txt' points outside"),
+    "absolute": ("annotations-absolute-file-name", "must be a relative path inside"),
+    "dup_ids": ("annotations-duplicate-image-ids", "lists the image id(s) 1 more than once"),
+    "wrong_types": ("annotations-wrong-json-types", "is not a COCO annotation file (no 'images' list)"),
+    "not_json": ("annotations-not-json", "is not a valid COCO annotation file (not UTF-8 JSON"),
+    "list": ("annotations-a-json-list", "expected a JSON dict, found list"),
+}
+
+#: (script, its arguments given the hostile files, exit code, what it says); every image but one
+#: unreadable gives exit 1 with the images named, the rest exit 2 with a one-line ``error: ...``
+HOSTILE = [
+    *(param for key in ANNOTATIONS for param in _with_annotations(key)),
+    # every image but one unreadable (truncated, empty, decompression bomb): named and skipped, exit 1
+    pytest.param("tester.py", lambda f: [*f["torch"], "--images", f["images"], "--coco-json", f["all_bad_images"],
+                                         "--output-dir", f["out"], *f["weights"]], 1, "too large to decode safely",
+                 id="tester-unreadable-images"),
+    pytest.param("preprocess_inputs_to_bin.py", lambda f: [*f["torch"], "--input-size", "1344x1344", "--images",
+                                                           f["images"], "--output", f["out"]], 1,
+                 "too large to decode safely", id="preprocess-unreadable-images"),
+    pytest.param("visualizer.py", lambda f: [*f["torch"], "--images", f["images"], "--output-dir", f["out"],
+                                             *f["weights"]], 1,
+                 "3 image(s) could not be read: 000000000002.png, 000000000003.png, 000000000004.png",
+                 id="visualizer-unreadable-images"),
+    # untrusted bin folders and results
+    pytest.param("tester.py", lambda f: ["--model", f["not_onnx"], "--bins", f["bins"], "--output", f["out"]], 2,
+                 "is not an ONNX model", id="tester-bins-model-not-onnx"),
+    pytest.param("postprocess_bin_outputs.py", lambda f: ["--outputs", f["raw"], "--info", f["bins"], "--output-dir",
+                                                          f["out"]], 2,
+                 "stem '../../../escaped' is not a plain file name", id="postprocess-bin-info-climbs-out"),
+    pytest.param("postprocess_bin_outputs.py", lambda f: ["--results", f["nan_results"], "--coco-json",
+                                                          f["all_bad_images"]], 1,
+                 "'score' must be a finite number, got 'NaN'", id="postprocess-results-nan-score"),
+    pytest.param("postprocess_bin_outputs.py", lambda f: ["--results", f["list"], "--coco-json", f["not_json"]], 1,
+                 "is not a COCO detection", id="postprocess-results-not-detections"),
+    # configs and models
+    pytest.param("convert_model_into_onnx.py", lambda f: ["--config-file", f["yaml_bomb"], "--output",
+                                                          f["work"] / "out" / "m.onnx", "MODEL.WEIGHTS", f["ckpt"]], 2,
+                 "YAML aliases (*a0) are not supported", id="export-yaml-alias-bomb"),
+    pytest.param("tester.py", lambda f: ["--backend", "onnx", "--model", f["not_onnx"], "--images", f["images"],
+                                         "--output-dir", f["out"]], 2, "is not an ONNX model",
+                 id="tester-model-not-onnx"),
+    pytest.param("convert_model_into_onnx.py", lambda f: ["--config-file", f["torch"][1], "--output", f["work"],
+                                                          "MODEL.WEIGHTS", f["ckpt"]], 2,
+                 "is a folder; give a file path", id="export-output-is-a-folder"),
+]
 
 #: root script -> the module that holds its main (run in this process: an exception escaping main
 #: is what a user would see as a traceback)
@@ -140,39 +164,45 @@ MAINS = {"tester.py": "tester", "preprocess_inputs_to_bin.py": "preprocess", "vi
          "postprocess_bin_outputs.py": "postprocess", "convert_model_into_onnx.py": "export_onnx"}
 
 
-def test_hostile_files_never_crash_or_escape(hostile, caplog, capsys, monkeypatch):
+@pytest.mark.parametrize(("script", "arguments", "code", "message"), HOSTILE)
+def test_hostile_files_never_crash_or_escape(hostile, caplog, capsys, monkeypatch, script, arguments, code, message):
     import importlib
 
-    work, files, ckpt = hostile
+    work, files, _ = hostile
     monkeypatch.chdir(work)
-    cases = _cases(work, files, ckpt)
-    for script, args, codes in cases:
-        before = {k: v for k, v in _listing(work).items() if not k.startswith("out")}
-        caplog.clear()
-        main = importlib.import_module(f"centermask2.cli.{MAINS[script]}").main
-        where = f"{script} {' '.join(map(str, args))}"
-        rc = main([str(a) for a in args])  # raises (fails the test) where a user would see a traceback
-        said = caplog.text + capsys.readouterr().err
-        assert rc in codes, f"{where}: exit {rc}\n{said[-2000:]}"
-        assert rc != 2 or "error" in said.lower(), where  # exit 2 says what is wrong
-        after = {k: v for k, v in _listing(work).items() if not k.startswith("out")}
-        assert after == before, f"{where} wrote outside its output folder: {set(after) ^ set(before)}"
-        assert (work / "secret.txt").read_text() == "do not touch"
-    assert len(cases) >= 25
+    args = [str(a) for a in arguments(files)]
+    before = {k: v for k, v in _listing(work).items() if not k.startswith("out")}
+    main = importlib.import_module(f"centermask2.cli.{MAINS[script]}").main
+    rc = main(args)  # raises (fails the test) where a user would see a traceback
+    said = caplog.text + capsys.readouterr().err
+    assert rc == code, f"exit {rc}\n{said[-2000:]}"
+    assert message in said, said[-2000:]
+    assert rc != 2 or "error: " in said, said[-2000:]  # exit 2 says what is wrong, on one line
+    after = {k: v for k, v in _listing(work).items() if not k.startswith("out")}
+    assert after == before, f"wrote outside its output folder: {set(after) ^ set(before)}"
+    assert (work / "secret.txt").read_text() == "do not touch"
 
 
-def test_a_script_run_shows_no_traceback(hostile):
-    """The same through a real process, once per script family."""
-    work, files, ckpt = hostile
-    for script, args in (
-        ("preprocess_inputs_to_bin.py", ["--model", files["not_onnx"], "--images", files["images"],
-                                         "--coco-json", files["escape"], "--output", work / "out"]),
-        ("postprocess_bin_outputs.py", ["--outputs", files["raw"], "--info", files["bins"], "--output-dir",
-                                        work / "out"]),
-    ):
-        proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                              cwd=work, timeout=300)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr and "error: " in proc.stderr, proc.stderr
+def test_the_table_covers_every_script():
+    assert len(HOSTILE) >= 25
+    assert {p.values[0] for p in HOSTILE} == set(MAINS)
+
+
+@pytest.mark.parametrize(("script", "arguments", "message"), [
+    pytest.param("preprocess_inputs_to_bin.py", lambda f: ["--model", f["not_onnx"], "--images", f["images"],
+                                                           "--coco-json", f["escape"], "--output", f["out"]],
+                 "is not an ONNX model", id="preprocess-model-not-onnx"),
+    pytest.param("postprocess_bin_outputs.py", lambda f: ["--outputs", f["raw"], "--info", f["bins"], "--output-dir",
+                                                          f["out"]],
+                 "stem '../../../escaped' is not a plain file name", id="postprocess-bin-info-climbs-out"),
+])
+def test_a_script_run_shows_no_traceback(hostile, script, arguments, message):
+    """The same through a real process, once per script family: one ``error: ...`` line, no traceback."""
+    work, files, _ = hostile
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, arguments(files))], capture_output=True,
+                          text=True, cwd=work, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("error: ") == 1 and message in proc.stderr, proc.stderr
 
 
 def test_images_are_named_when_skipped(hostile, tmp_path):

@@ -20,15 +20,13 @@ from centermask2.modeling.backbone import (
 )
 from centermask2.modeling.backbone.vovnet import DeformConvUnit, ESEModule, Hsigmoid, OSAModule
 from centermask2.modeling.layers import FrozenBatchNorm2d
+from golden import CONFIGS, STATE_DICTS
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs" / "centermask"
-STATE_DICT_DIR = Path(__file__).resolve().parent / "data" / "state_dicts"
-STATE_DICT_FILES = sorted(STATE_DICT_DIR.glob("*.json"))
+STATE_DICT_FILES = sorted(STATE_DICTS.glob("*.json"))
 
 
 def _cfg(name: str, opts: tuple[str, ...] = ()):
-    return load_config(CONFIG_DIR / name, list(opts))
+    return load_config(CONFIGS / name, list(opts))
 
 
 def _listing(path: Path) -> tuple[str, list[tuple[str, tuple[int, ...], str]]]:

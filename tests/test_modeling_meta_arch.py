@@ -1,7 +1,6 @@
 """The whole network: state dicts of every official config, golden parity of raw outputs."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +10,12 @@ from centermask2.config import load_config
 from centermask2.data import load_and_resize, pad_batch
 from centermask2.evaluation.matching import match_boxes
 from centermask2.modeling import OUTPUT_NAMES, build_model
-from golden import CASES, CONFIGS, golden_model_and_spec
+from golden import CASES, CONFIGS, LITE, STATE_DICTS, golden_model_and_spec
 
-STATE_DICTS = sorted((Path(__file__).parent / "data" / "state_dicts").glob("*.json"))
+STATE_DICT_FILES = sorted(STATE_DICTS.glob("*.json"))
 
 
-@pytest.mark.parametrize("listing", STATE_DICTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("listing", STATE_DICT_FILES, ids=lambda p: p.stem)
 def test_state_dict_matches_upstream(listing):
     expected = json.loads(listing.read_text())
     model = build_model(load_config(CONFIGS / expected["config"]))
@@ -30,10 +29,10 @@ def test_state_dict_matches_upstream(listing):
 
 
 def test_state_dict_listing_covers_all_configs():
-    assert len(STATE_DICTS) == 20  # 14 instance + 6 panoptic configs
+    assert len(STATE_DICT_FILES) == 20  # 14 instance + 6 panoptic configs
 
 
-@pytest.mark.parametrize("case", ["lite_V_19_slim_dw", "V_39", "V_39_dcn"])
+@pytest.mark.parametrize("case", [LITE, "V_39", "V_39_dcn"])
 def test_raw_outputs_match_upstream(case):
     """Network outputs before post-processing equal upstream's on the golden images."""
     info, model, spec = golden_model_and_spec(case)
@@ -86,7 +85,7 @@ def _assert_same_detections(raw, i, out):
 
 def test_batch_of_two_equals_single_runs_at_same_padding():
     """Batching only pads; with the same padded size, batch rows equal single-image runs."""
-    case = "lite_V_19_slim_dw"
+    case = LITE
     info, model, spec = golden_model_and_spec(case, pad_to=(608, 928))
     ims = [load_and_resize(CASES[case] / "images" / n, spec)[0] for n in sorted(info["num_detections"])]
     with torch.inference_mode():
@@ -102,7 +101,7 @@ def test_batch_of_two_equals_single_runs_at_same_padding():
 
 
 def test_no_detections_gives_padding_rows():
-    case = "lite_V_19_slim_dw"
+    case = LITE
     _, model, spec = golden_model_and_spec(case)
     with torch.no_grad():
         model.proposal_generator.fcos_head.cls_logits.bias.fill_(-30.0)
@@ -115,7 +114,7 @@ def test_no_detections_gives_padding_rows():
 
 
 def test_normalize_zeroes_padding():
-    _, model, _ = golden_model_and_spec("lite_V_19_slim_dw")
+    _, model, _ = golden_model_and_spec(LITE)
     x = torch.full((2, 3, 32, 64), 200, dtype=torch.uint8)
     s = torch.tensor([[32, 64], [20, 30]])
     y = model.normalize(x, s)

@@ -12,7 +12,7 @@ from centermask2.errors import UnsupportedError
 from centermask2.evaluation.matching import match_boxes
 from centermask2.modeling import build_model
 from centermask2.modeling.layers import ValidRegion, run_layer
-from golden import CASES, CONFIGS, golden_model_and_spec
+from golden import CASES, CONFIGS, LITE, golden_model_and_spec
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 6, 7, 13, 25, 26])
@@ -88,7 +88,7 @@ def test_backbone_features_ignore_the_padding(config, opts):
 def test_padded_and_batched_runs_equal_single_unpadded_runs():
     """Golden Lite weights: two images of different sizes in one batch padded far beyond their
     sizes give each image exactly its own default-padding run (upstream's batching does not)."""
-    case = "lite_V_19_slim_dw"
+    case = LITE
     info, model, spec = golden_model_and_spec(case)
     ims = [load_and_resize(CASES[case] / "images" / n, spec)[0] for n in sorted(info["num_detections"])]
     assert ims[0].shape != ims[1].shape

@@ -11,9 +11,7 @@ import torch
 
 from centermask2.evaluation import instances_to_coco_json, load_coco_categories
 from centermask2.modeling.postprocessing import detector_postprocess, paste_masks_in_image
-
-DATA = Path(__file__).parent / "data"
-GOLDEN_CASES = ["golden_V_39", "golden_lite_V_19_slim_dw"]
+from golden import CASES, LITE
 
 
 def naive_paste_probs(mask: np.ndarray, box: np.ndarray, img_h: int, img_w: int) -> np.ndarray:
@@ -163,11 +161,11 @@ def test_detector_postprocess_variants():
         detector_postprocess(boxes, [0.5, 0.4], [0], None, None, (10, 10), (20, 30))
 
 
-@pytest.mark.parametrize("case", GOLDEN_CASES)
+@pytest.mark.parametrize("case", ["V_39", LITE])
 def test_raw_outputs_reproduce_golden_coco_results(case):
     """Golden raw outputs -> detector_postprocess -> instances_to_coco_json == upstream's JSON."""
-    raw = np.load(DATA / case / "raw_outputs.npz")
-    ann = json.loads((DATA / case / "annotations.json").read_text())
+    raw = np.load(CASES[case] / "raw_outputs.npz")
+    ann = json.loads((CASES[case] / "annotations.json").read_text())
     to_dataset_id, _ = load_coco_categories(ann)
     ours = []
     for image in ann["images"]:
@@ -177,7 +175,7 @@ def test_raw_outputs_reproduce_golden_coco_results(case):
             raw[f"{i}_mask_scores"], raw[f"{i}_input"].shape[1:], (image["height"], image["width"]),
         )
         ours += instances_to_coco_json(result, image["id"], to_dataset_id)
-    golden = json.loads((DATA / case / "coco_instances_results.json").read_text())
+    golden = json.loads((CASES[case] / "coco_instances_results.json").read_text())
     assert len(ours) == len(golden)
     # Same records, same key order, same float values, bit-exact RLE masks.
     assert json.dumps(ours) == json.dumps(golden)

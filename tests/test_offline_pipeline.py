@@ -5,7 +5,6 @@ default padding: the models ignore theirs), plus the failure paths: bad input bi
 bins, unwritable output folder, and a run killed with SIGKILL then resumed.
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -28,30 +27,23 @@ from centermask2.offline.postprocess import OutputProblem, format_problems, reso
 from golden import (
     CASES,
     CONFIGS,
+    LITE,
+    ROOT,
     assert_results_match,
     case_info,
-    exported_model,
     postprocess_golden,
     preprocess_bins,
+    root_script,
     run_bins,
     script_ok,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-LITE = "lite_V_19_slim_dw"
 SIZE = (1344, 1344)
 
-_SPEC = importlib.util.spec_from_file_location("postprocess_bin_outputs", ROOT / "postprocess_bin_outputs.py")
-postprocess_bin_outputs = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(postprocess_bin_outputs)
+postprocess_bin_outputs = root_script("postprocess_bin_outputs.py")
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _export(folder: Path, name: str, case: str = LITE, **settings) -> Path:
-    """A static 1344x1344 export, shared with the other tests of the session (read-only)."""
-    return exported_model(case, input_size=SIZE, **settings)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -71,18 +63,18 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lite_u8(work):
-    return _export(work, "lite_u8")
+def lite_u8(lite_static):
+    return lite_static
 
 
 @pytest.fixture(scope="module")
-def lite_f32(work):
-    return _export(work, "lite_f32", input_dtype="float32")
+def lite_f32(exported_model):
+    return exported_model(LITE, input_size=SIZE, input_dtype="float32")
 
 
 @pytest.fixture(scope="module")
-def lite_u8_b2(work):
-    return _export(work, "lite_u8_b2", batch_size=2)
+def lite_u8_b2(exported_model):
+    return exported_model(LITE, input_size=SIZE, batch_size=2)
 
 
 @pytest.fixture(scope="module")
@@ -372,9 +364,9 @@ def test_problem_list_is_capped():
 # uint8 static V-39 and V-39-DCN models run through the .bin pipeline in
 # test_export_onnx::test_v39_golden_through_the_scripts, on the export the script writes
 @pytest.mark.parametrize("case,dtype", [("V_39", "float32")])
-def test_v39_end_to_end(tmp_path, case, dtype):
+def test_v39_end_to_end(tmp_path, exported_model, case, dtype):
     root = CASES[case]
-    model = _export(tmp_path, f"{case}_{dtype}", case=case, input_dtype=dtype)
+    model = exported_model(case, input_size=SIZE, input_dtype=dtype)
     bins = preprocess_bins(tmp_path / "bins", root / "images", "--coco-json", root / "annotations_gt.json",
                        "--model", model)
     raw = tmp_path / "raw"

@@ -24,11 +24,9 @@ from centermask2.data.transforms import get_resize_shape, read_image, resize_ima
 from centermask2.engine.executors import PoolExecutor
 from centermask2.offline.layout import INFO_JSON, INFO_TXT, SIZES_DIR, BinInfo, read_array
 from centermask2.offline.preprocess import PreprocessSpec, preprocess_to_bins
-from golden import CASES, CONFIGS
+from golden import CASES, CONFIGS, LITE, ROOT, case_info
 
-ROOT = Path(__file__).resolve().parent.parent
-LITE = CASES["lite_V_19_slim_dw"]
-CONFIG = str(CONFIGS / "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x.yaml")  # MIN/MAX_SIZE_TEST 600/1000
+CONFIG = str(CONFIGS / case_info(LITE)["config"])  # MIN/MAX_SIZE_TEST 600/1000
 SIZE = "1344x1344"
 SIZES_SHAPE = (1, 2)
 
@@ -128,11 +126,11 @@ def small_images(tmp_path_factory):
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_golden_bins_equal_upstream_input(tmp_path, caplog, dtype):
     out = tmp_path / "bins"
-    rc, log = _run(caplog, _cfg_args(LITE / "images", out, "--coco-json", LITE / "annotations.json",
+    rc, log = _run(caplog, _cfg_args(CASES[LITE] / "images", out, "--coco-json", CASES[LITE] / "annotations.json",
                                      "--input-dtype", dtype))
     assert rc == 0, log
-    raw = np.load(LITE / "raw_outputs.npz")
-    ann = json.loads((LITE / "annotations.json").read_text())
+    raw = np.load(CASES[LITE] / "raw_outputs.npz")
+    ann = json.loads((CASES[LITE] / "annotations.json").read_text())
     info = BinInfo.load(out)
     assert (info.dtype, info.shape, info.input_format, info.min_size, info.max_size) == (
         dtype, [1, 3, 1344, 1344], "BGR", 600, 1000)
@@ -155,10 +153,10 @@ def test_golden_bins_equal_upstream_input(tmp_path, caplog, dtype):
 
 def test_model_metadata_drives_the_bins(tmp_path, caplog):
     by_config = tmp_path / "by_config"
-    assert _run(caplog, _cfg_args(LITE / "images", by_config))[0] == 0
+    assert _run(caplog, _cfg_args(CASES[LITE] / "images", by_config))[0] == 0
     model = _fake_onnx(tmp_path / "static.onnx")
     by_model = tmp_path / "by_model"
-    rc, log = _run(caplog, ["--model", model, "--images", LITE / "images", "--output", by_model, "--no-progress"])
+    rc, log = _run(caplog, ["--model", model, "--images", CASES[LITE] / "images", "--output", by_model, "--no-progress"])
     assert rc == 0, log
     a, b = _file_set(by_config), _file_set(by_model)
     assert a.keys() == b.keys()
@@ -167,21 +165,21 @@ def test_model_metadata_drives_the_bins(tmp_path, caplog):
 
     # the model's dtype and resize rule are used
     f32 = _fake_onnx(tmp_path / "f32.onnx", size="640x960", dtype="float32", min_size=320, max_size=640)
-    rc, log = _run(caplog, ["--model", f32, "--images", LITE / "images", "--output", tmp_path / "f32",
+    rc, log = _run(caplog, ["--model", f32, "--images", CASES[LITE] / "images", "--output", tmp_path / "f32",
                             "--no-progress"])
     assert rc == 0, log
     info = BinInfo.load(tmp_path / "f32")
     assert (info.dtype, info.shape, info.min_size, info.max_size) == ("float32", [1, 3, 640, 960], 320, 640)
     for im in info.images:
-        ref = _reference(LITE / "images" / im.file_name, 320, 640, (640, 960))
+        ref = _reference(CASES[LITE] / "images" / im.file_name, 320, 640, (640, 960))
         np.testing.assert_array_equal(_bin(tmp_path / "f32", im.stem, "float32", (640, 960)), ref.astype(np.float32))
 
     # a dynamic model needs --input-size (the padding size)
     dyn = _fake_onnx(tmp_path / "dynamic.onnx", dynamic=True)
-    rc, log = _run(caplog, ["--model", dyn, "--images", LITE / "images", "--output", tmp_path / "dyn", "--no-progress"])
+    rc, log = _run(caplog, ["--model", dyn, "--images", CASES[LITE] / "images", "--output", tmp_path / "dyn", "--no-progress"])
     assert rc == 2 and "dynamic model" in log and "--input-size" in log and "static" in log
     assert not (tmp_path / "dyn").exists()
-    rc, log = _run(caplog, ["--model", dyn, "--input-size", SIZE, "--images", LITE / "images",
+    rc, log = _run(caplog, ["--model", dyn, "--input-size", SIZE, "--images", CASES[LITE] / "images",
                             "--output", tmp_path / "dyn", "--no-progress"])
     assert rc == 0, log
     assert all(v == b[k] for k, v in _file_set(tmp_path / "dyn").items() if k != INFO_JSON)
@@ -198,7 +196,7 @@ def test_model_metadata_drives_the_bins(tmp_path, caplog):
 )
 def test_model_argument_conflicts(tmp_path, caplog, model_kwargs, extra, message):
     model = _fake_onnx(tmp_path / "m.onnx", **model_kwargs)
-    rc, log = _run(caplog, ["--model", model, "--images", LITE / "images", "--output", tmp_path / "out", *extra])
+    rc, log = _run(caplog, ["--model", model, "--images", CASES[LITE] / "images", "--output", tmp_path / "out", *extra])
     assert rc == 2 and message in log, log
     assert not (tmp_path / "out").exists()
 
@@ -217,13 +215,14 @@ def test_model_argument_conflicts(tmp_path, caplog, model_kwargs, extra, message
 )
 def test_bad_arguments_fail_before_any_work(tmp_path, caplog, args, message):
     out = tmp_path / "out"
-    rc, log = _run(caplog, ["--images", LITE / "images", "--output", out, "--no-progress", *args])
+    rc, log = _run(caplog, ["--images", CASES[LITE] / "images", "--output", out, "--no-progress", *args])
     assert rc == 2 and message in log, log
     assert not out.exists()
 
 
-def test_argparse_errors_return_2(tmp_path):
+def test_argparse_errors_return_2(tmp_path, capsys):
     assert script.main(["--images", str(tmp_path)]) == 2  # --output missing
+    assert "error: the following arguments are required: --output" in capsys.readouterr().err
     assert script.main(["--help"]) == 0
 
 
@@ -322,7 +321,7 @@ def test_output_not_writable(tmp_path, caplog):
     try:
         if os.access(out, os.W_OK):
             pytest.skip("running as a user who can write to a read-only folder (root)")
-        rc, log = _run(caplog, _cfg_args(LITE / "images", out))
+        rc, log = _run(caplog, _cfg_args(CASES[LITE] / "images", out))
         assert rc == 2 and str(out) in log and "not writable" in log
     finally:
         out.chmod(0o700)
@@ -330,9 +329,9 @@ def test_output_not_writable(tmp_path, caplog):
 
 def test_output_under_a_file(tmp_path, caplog):
     (tmp_path / "file").write_text("x")
-    rc, log = _run(caplog, _cfg_args(LITE / "images", tmp_path / "file" / "bins"))
+    rc, log = _run(caplog, _cfg_args(CASES[LITE] / "images", tmp_path / "file" / "bins"))
     assert rc == 2 and str(tmp_path / "file" / "bins") in log and "not writable" in log
-    rc, log = _run(caplog, _cfg_args(LITE / "images", tmp_path / "file"))
+    rc, log = _run(caplog, _cfg_args(CASES[LITE] / "images", tmp_path / "file"))
     assert rc == 2 and "not a folder" in log
 
 

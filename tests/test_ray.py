@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,8 @@ import torch
 from centermask2.cli import tester
 from centermask2.engine.sources import SourceRecipe
 from centermask2.errors import InputError, MissingDependencyError
-from golden import CASES, CONFIGS, case_info, exported_model, write_checkpoint
+from golden import CASES, CONFIGS, LITE, case_info, write_checkpoint
 
-LITE = "lite_V_19_slim_dw"
 RESULTS = "coco_instances_results.json"
 
 
@@ -54,6 +54,29 @@ def checkpoint(work) -> Path:
 
 
 @pytest.fixture(scope="module")
+def models(checkpoint, exported_model):
+    """The Lite case for each backend: its checkpoint, and (made on first use) its dynamic ONNX export."""
+    return _Models(checkpoint, exported_model)
+
+
+@dataclass(frozen=True)
+class _Models:
+    checkpoint: Path
+    exported_model: Callable[..., Path]
+
+    def args(self, backend: str) -> tuple[list[str], list[str]]:
+        """(options, trailing overrides) of tester.py for ``backend`` on the Lite case."""
+        if backend == "torch":
+            return (["--backend", "torch", "--config-file", str(CONFIGS / case_info(LITE)["config"])],
+                    ["MODEL.WEIGHTS", str(self.checkpoint), "MODEL.DEVICE", "cpu"])
+        return ["--backend", backend, "--model", str(self.onnx)], []
+
+    @property
+    def onnx(self) -> Path:
+        return self.exported_model(LITE, dynamic=True, input_size=(640, 960))  # the session's lite_dynamic
+
+
+@pytest.fixture(scope="module")
 def four_images(work) -> Path:
     """Four images (copies of the two golden ones), for killed and resumed runs."""
     folder = work / "four images"
@@ -64,17 +87,9 @@ def four_images(work) -> Path:
     return folder
 
 
-def _model_args(backend: str, checkpoint: Path) -> tuple[list[str], list[str]]:
-    """(options, trailing overrides) of tester.py for ``backend`` on the Lite case."""
-    if backend == "torch":
-        return (["--backend", "torch", "--config-file", str(CONFIGS / case_info(LITE)["config"])],
-                ["MODEL.WEIGHTS", str(checkpoint), "MODEL.DEVICE", "cpu"])
-    return ["--backend", backend, "--model", str(exported_model(LITE, dynamic=True))], []
-
-
-def _run(out: Path, backend: str, checkpoint: Path, *extra: str, images: Path | None = None,
+def _run(out: Path, backend: str, models: _Models, *extra: str, images: Path | None = None,
          annotations: bool = True) -> int:
-    options, overrides = _model_args(backend, checkpoint)
+    options, overrides = models.args(backend)
     data = ["--images", str(images or CASES[LITE] / "images")]
     if annotations:
         data += ["--coco-json", str(CASES[LITE] / "annotations_gt.json")]
@@ -83,13 +98,13 @@ def _run(out: Path, backend: str, checkpoint: Path, *extra: str, images: Path | 
 
 
 @pytest.mark.parametrize(("backend", "actors"), [("torch", 2), ("onnx", 1), ("openvino", 1)])
-def test_ray_results_are_byte_identical(cluster, work, checkpoint, backend, actors, caplog):
+def test_ray_results_are_byte_identical(cluster, work, models, backend, actors, caplog):
     """The golden case on Ray: the same results file, byte for byte, and the same metrics."""
     caplog.set_level(logging.INFO)
     single, on_ray = work / f"{backend} single", work / f"{backend} ray"
-    assert _run(single, backend, checkpoint) == 0
+    assert _run(single, backend, models) == 0
     caplog.clear()
-    assert _run(on_ray, backend, checkpoint, "--ray", "--ray-actors", str(actors)) == 0
+    assert _run(on_ray, backend, models, "--ray", "--ray-actors", str(actors)) == 0
     assert (on_ray / RESULTS).read_bytes() == (single / RESULTS).read_bytes()
     assert json.loads((on_ray / "metrics.json").read_text()) == json.loads((single / "metrics.json").read_text())
     assert f"Ray: {actors} actor(s) x 1 thread(s)" in caplog.text
@@ -128,7 +143,7 @@ class _CrashingRecipe(SourceRecipe):
         return source
 
 
-def test_killed_actor_is_replaced_and_its_images_redone(cluster, work):
+def test_killed_actor_is_replaced_and_its_images_redone(cluster, work, models, lite_dynamic):
     """The actor killed (SIGKILL) in the middle of its second batch is restarted and the batch redone:
     the results file is the single-process one, byte for byte."""
     import ray.cloudpickle
@@ -140,11 +155,11 @@ def test_killed_actor_is_replaced_and_its_images_redone(cluster, work):
 
     images = CASES[LITE] / "images"
     single = work / "kill single"
-    assert _run(single, "onnx", Path(), images=images, annotations=False) == 0
+    assert _run(single, "onnx", models, images=images, annotations=False) == 0
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import this test module
     marker = work / "killed once"
-    source = open_model(exported_model(LITE, dynamic=True), threads=1)
+    source = open_model(lite_dynamic, threads=1)
     source.recipe = _CrashingRecipe(source.recipe.model, source.recipe.runtime, source.recipe.options,
                                     marker=str(marker))
     with RayExecutor(actors=1) as executor:
@@ -172,36 +187,36 @@ def _stop_after(monkeypatch, images: int) -> None:
     monkeypatch.setattr(resume.PartialResults, "append", append_then_stop)
 
 
-def test_resume_on_ray_skips_finished_images(cluster, work, checkpoint, caplog):
+def test_resume_on_ray_skips_finished_images(cluster, work, models, caplog):
     """A run stopped after one image, resumed with --ray: the cluster runs only the other one, and the
     results are byte for byte those of an uninterrupted run (the identity is the same with and without Ray)."""
     single = work / "torch single"  # test_ray_results_are_byte_identical[torch]'s
     if not (single / RESULTS).is_file():
-        assert _run(single, "torch", checkpoint) == 0
+        assert _run(single, "torch", models) == 0
     out = work / "resume ray"
     with pytest.MonkeyPatch.context() as patch:
         _stop_after(patch, 1)
-        assert _run(out, "torch", checkpoint) == 130
+        assert _run(out, "torch", models) == 130
     caplog.set_level(logging.INFO)
-    assert _run(out, "torch", checkpoint, "--ray", "--ray-actors", "1", "--resume") == 0
+    assert _run(out, "torch", models, "--ray", "--ray-actors", "1", "--resume") == 0
     assert "Resuming: 1 of 2 image(s) already done" in caplog.text
     assert (out / RESULTS).read_bytes() == (single / RESULTS).read_bytes()
 
 
 @pytest.mark.slow
-def test_ray_driver_stopped_then_resumed_on_ray(cluster, work, checkpoint, four_images, caplog):
+def test_ray_driver_stopped_then_resumed_on_ray(cluster, work, models, four_images, caplog):
     """The Ray driver stops after two images (Ctrl-C): their records are persisted, and --resume on
     Ray runs only the other two."""
     single = work / "resume single"
-    assert _run(single, "torch", checkpoint, images=four_images, annotations=False) == 0
+    assert _run(single, "torch", models, images=four_images, annotations=False) == 0
     out = work / "resume ray 4"
     with pytest.MonkeyPatch.context() as patch:
         _stop_after(patch, 2)
-        assert _run(out, "torch", checkpoint, "--ray", "--ray-actors", "2", images=four_images,
+        assert _run(out, "torch", models, "--ray", "--ray-actors", "2", images=four_images,
                     annotations=False) == 130
     assert not (out / RESULTS).exists()
     caplog.set_level(logging.INFO)
-    assert _run(out, "torch", checkpoint, "--ray", "--ray-actors", "2", "--resume", images=four_images,
+    assert _run(out, "torch", models, "--ray", "--ray-actors", "2", "--resume", images=four_images,
                 annotations=False) == 0
     assert "Resuming: 2 of 4 image(s) already done" in caplog.text
     assert (out / RESULTS).read_bytes() == (single / RESULTS).read_bytes()
@@ -228,8 +243,8 @@ def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path, caplog):
         (["--ray", "--ray-actors", "3"], "needs 3 CPUs but the Ray cluster has 2"),
     ],
 )
-def test_ray_flags_are_checked(cluster, tmp_path, checkpoint, caplog, extra, message):
-    assert _run(tmp_path / "out", "torch", checkpoint, *extra) == 2
+def test_ray_flags_are_checked(cluster, tmp_path, models, caplog, extra, message):
+    assert _run(tmp_path / "out", "torch", models, *extra) == 2
     assert message in caplog.text
 
 
@@ -250,13 +265,13 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_bin_pipeline_on_ray_writes_the_same_files(cluster, work):
+def test_bin_pipeline_on_ray_writes_the_same_files(cluster, work, lite_static):
     """preprocess_inputs_to_bin.py --ray and tester.py --bins --ray: the same bins, info files, output
     bins and manifest as without Ray."""
     from centermask2.cli import preprocess
 
     root = CASES[LITE]
-    model = exported_model(LITE, input_size=(1344, 1344))  # shared with the offline pipeline tests
+    model = lite_static  # shared with the offline pipeline tests
     common = ["--images", str(root / "images"), "--coco-json", str(root / "annotations_gt.json"),
               "--model", str(model), "--no-progress"]
     assert preprocess.main([*common, "--output", str(work / "bins single")]) == 0

@@ -37,7 +37,7 @@ def _ap(folder: Path) -> dict[str, float]:
     return {task: metrics[task]["AP"] for task in ("bbox", "segm")}
 
 
-def test_every_path_gives_the_shipped_figures(held_out, tmp_path):
+def test_every_path_gives_the_shipped_figures(held_out, tmp_path, caplog):
     images, ann, calibration = held_out
     weights = str(MODEL_DIR / "model_final.pth")
     common = ["--images", str(images), "--coco-json", str(ann), "--no-progress"]
@@ -89,18 +89,26 @@ def test_every_path_gives_the_shipped_figures(held_out, tmp_path):
     assert int8.stat().st_size < static.stat().st_size / 2
     assert quantize.main(["--model", str(int8), "--calibration", str(calibration),
                           "--output", str(tmp_path / "again.onnx")]) == 2
+    assert "is already quantized; quantize the float32 export instead" in caplog.text
     assert tester.main(["--backend", "onnx", "--model", str(int8), *common, "--output-dir", str(tmp_path / "int8")]) == 0
     ap = _ap(tmp_path / "int8")
     for task in ("bbox", "segm"):
         assert abs(ap[task] - torch_ap[task]) <= INT8_AP_COST, (task, ap, torch_ap)
 
 
-def test_quantize_names_bad_arguments(tmp_path):
+def test_quantize_names_bad_arguments(tmp_path, caplog):
     model = tmp_path / "m.onnx"
     assert quantize.main(["--model", str(model), "--calibration", str(tmp_path), "--output", str(tmp_path / "o.onnx")]) == 2
+    assert f"error: --model not found: {str(model)!r}" in caplog.text
     model.write_bytes(b"not onnx")
+    caplog.clear()
     assert quantize.main(["--model", str(model), "--calibration", str(tmp_path / "none"),
                           "--output", str(tmp_path / "o.onnx")]) == 2
+    assert "error: images folder not found" in caplog.text and "none" in caplog.text
+    caplog.clear()
     assert quantize.main(["--model", str(model), "--calibration", str(tmp_path), "--keep-fp32", "(",
                           "--output", str(tmp_path / "o.onnx")]) == 2
+    assert "error: --keep-fp32 '(' is not a regular expression" in caplog.text
+    caplog.clear()
     assert quantize.main(["--model", str(model), "--calibration", str(tmp_path), "--output", str(model)]) == 2
+    assert "error: --output must differ from --model" in caplog.text

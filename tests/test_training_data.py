@@ -73,7 +73,7 @@ def test_crowd_and_unusable_annotations_are_dropped(tmp_path):
         load_training_annotations(tmp_path / "ann.json", tmp_path)
     ann["images"][0]["file_name"] = "../a.png"
     (tmp_path / "ann.json").write_text(json.dumps(ann))
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="file_name '../a.png' points outside"):
         load_training_annotations(tmp_path / "ann.json", tmp_path)
 
 

@@ -18,11 +18,10 @@ from centermask2.cli import train
 from centermask2.config import load_config
 from centermask2.engine.trainer import SolverSettings, build_optimizer, latest_checkpoint, lr_factor
 from centermask2.modeling import build_model
-from golden import CONFIGS
+from golden import CONFIGS, LITE, ROOT, case_info, root_script
 
-ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tools" / "sample"
-LITE = CONFIGS / "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x.yaml"
+LITE_CONFIG = CONFIGS / case_info(LITE)["config"]
 
 #: a run small enough for the suite: the two bundled images (RLE masks) at ~128 pixels
 TINY = [
@@ -34,18 +33,8 @@ TINY = [
 
 
 def _argv(out: Path, *extra: str) -> list[str]:
-    return ["--config-file", str(LITE), "--coco-json", str(SAMPLE / "annotations_gt.json"),
+    return ["--config-file", str(LITE_CONFIG), "--coco-json", str(SAMPLE / "annotations_gt.json"),
             "--images", str(SAMPLE / "images"), "--output-dir", str(out), "--no-progress", *extra, *TINY]
-
-
-def _tool(name: str):
-    """A module of tools/ (they are scripts, not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -65,17 +54,17 @@ def test_lr_schedule_is_warmup_multistep():
 
 
 def test_solver_reads_upstream_keys_and_refuses_bad_ones():
-    cfg = load_config(LITE, ["SOLVER.STEPS", "(100, 200)", "SOLVER.MAX_ITER", "150"])
+    cfg = load_config(LITE_CONFIG, ["SOLVER.STEPS", "(100, 200)", "SOLVER.MAX_ITER", "150"])
     s = SolverSettings.from_config(cfg)
     assert (s.ims_per_batch, s.base_lr, s.max_iter, s.steps) == (16, 0.01, 150, (100,))
     with pytest.raises(ValueError, match="STEPS must be increasing"):
         SolverSettings(steps=(5, 3))
     with pytest.raises(ValueError, match="WarmupMultiStepLR"):
-        SolverSettings.from_config(load_config(LITE, ["SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"]))
+        SolverSettings.from_config(load_config(LITE_CONFIG, ["SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"]))
 
 
 def test_optimizer_groups_follow_detectron2():
-    model = build_model(load_config(LITE, ["MODEL.VOVNET.NORM", "BN"]))
+    model = build_model(load_config(LITE_CONFIG, ["MODEL.VOVNET.NORM", "BN"]))
     s = SolverSettings(base_lr=0.01, weight_decay=1e-4, weight_decay_norm=0.0, bias_lr_factor=2.0, max_iter=1)
     opt = build_optimizer(model, s)
     by_param = {id(g["params"][0]): g for g in opt.param_groups}
@@ -90,7 +79,7 @@ def test_optimizer_groups_follow_detectron2():
 
 
 def test_initial_weights_follow_upstream():
-    model = build_model(load_config(LITE, []))
+    model = build_model(load_config(LITE_CONFIG, []))
     head = model.proposal_generator.fcos_head
     prior = torch.sigmoid(head.cls_logits.bias)
     assert torch.allclose(prior, torch.full_like(prior, 0.01))
@@ -140,15 +129,15 @@ def test_interrupted_training_resumes_to_the_same_run(tmp_path):
     # the final checkpoint is one our safe loader (and so tester.py) reads
     from centermask2.checkpoint import load_weights
 
-    model = build_model(load_config(LITE, []))
+    model = build_model(load_config(LITE_CONFIG, []))
     assert load_weights(model, whole / "model_final.pth").is_complete
     # and so is its stripped, float16 form
-    strip = _tool("strip_checkpoint")
+    strip = root_script("tools/strip_checkpoint.py")
     assert strip.main([str(whole / "model_final.pth"), str(tmp_path / "small.pth"), "--half"]) == 0
     small = torch.load(tmp_path / "small.pth", weights_only=True)
     assert set(small) == {"model", "iteration", "seed"} and small["iteration"] == 4
     assert (tmp_path / "small.pth").stat().st_size < 0.3 * (whole / "model_final.pth").stat().st_size
-    half = build_model(load_config(LITE, []))
+    half = build_model(load_config(LITE_CONFIG, []))
     assert load_weights(half, tmp_path / "small.pth").is_complete
     for (key, a), b in zip(model.state_dict().items(), half.state_dict().values()):
         assert a.dtype == b.dtype, key
@@ -161,10 +150,10 @@ def test_interrupted_training_resumes_to_the_same_run(tmp_path):
 def test_starting_weights_with_other_classes_and_backbone_only(tmp_path, caplog):
     """An official checkpoint fine-tuned to fewer classes keeps everything but the class-sized
     tensors; a backbone-only file lands in backbone.bottom_up."""
-    source = build_model(load_config(LITE, []))
+    source = build_model(load_config(LITE_CONFIG, []))
     full = tmp_path / "full.pth"
     torch.save({"model": source.state_dict()}, full)
-    target = build_model(load_config(LITE, ["MODEL.FCOS.NUM_CLASSES", "3", "MODEL.ROI_HEADS.NUM_CLASSES", "3"]))
+    target = build_model(load_config(LITE_CONFIG, ["MODEL.FCOS.NUM_CLASSES", "3", "MODEL.ROI_HEADS.NUM_CLASSES", "3"]))
     train.load_initial_weights(target, str(full))
     ts, ss = target.state_dict(), source.state_dict()
     assert torch.equal(ts["backbone.fpn_lateral3.weight"], ss["backbone.fpn_lateral3.weight"])
@@ -174,7 +163,7 @@ def test_starting_weights_with_other_classes_and_backbone_only(tmp_path, caplog)
     backbone = tmp_path / "backbone.pth"
     torch.save({k.removeprefix("backbone.bottom_up."): v for k, v in ss.items() if k.startswith("backbone.bottom_up.")},
                backbone)
-    fresh = build_model(load_config(LITE, []))
+    fresh = build_model(load_config(LITE_CONFIG, []))
     train.load_initial_weights(fresh, str(backbone))
     key = "backbone.bottom_up.stem.stem_1/conv.weight"
     assert torch.equal(fresh.state_dict()[key], ss[key])
@@ -195,7 +184,7 @@ def test_bad_settings_are_named(tmp_path, caplog, extra, message):
 
 def test_bad_arguments_are_named(tmp_path, caplog):
     out = tmp_path / "out"
-    assert train.main(["--config-file", str(LITE), "--output-dir", str(out)]) == 2
+    assert train.main(["--config-file", str(LITE_CONFIG), "--output-dir", str(out)]) == 2
     assert "--coco-json ANN.json --images DIR" in caplog.text
     assert train.main(_argv(out, "--eval-json", str(SAMPLE / "annotations_gt.json"))) == 2
     assert "--eval-json and --eval-images go together" in caplog.text

@@ -1,0 +1,59 @@
+"""Shared fixtures. The golden cases' data and plain helpers are in :mod:`golden`.
+
+ONNX exports of the golden cases are made once per test session, on first use, and shared
+(read-only) by every module that needs the same model: ask for ``exported_model`` and call it
+with the case and the :class:`~centermask2.export.ExportSettings` wanted (plus ``simplify``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from centermask2.export import ExportSettings
+from golden import LITE, export_case
+
+
+def _export_key(case: str, settings: dict) -> tuple:
+    """One key per distinct export: the settings left out are the defaults (``opset`` None: the
+    model's own default)."""
+    values = {f.name: f.default for f in fields(ExportSettings)}
+    values.update(opset=None, simplify=False)
+    unknown = set(settings) - set(values)
+    if unknown:
+        raise TypeError(f"not an export setting: {sorted(unknown)}")
+    values.update(settings)
+    values["input_size"] = tuple(values["input_size"])
+    return (case, *sorted(values.items()))
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory):
+    """``exported_model(case, **settings) -> Path``: the case's model with its golden weights exported
+    with these settings, once per test session (the file is shared: do not change it)."""
+    folder = tmp_path_factory.mktemp("centermask2 exports")  # a path with a space
+    made: dict[tuple, Path] = {}
+
+    def get(case: str, **settings) -> Path:
+        key = _export_key(case, settings)
+        if key not in made:
+            made[key] = export_case(case, folder / f"{case}_{len(made)}.onnx", **settings)
+        return made[key]
+
+    yield get
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def lite_dynamic(exported_model) -> Path:
+    """The Lite case, dynamic (exported with a 640x960 sample)."""
+    return exported_model(LITE, dynamic=True, input_size=(640, 960))
+
+
+@pytest.fixture(scope="session")
+def lite_static(exported_model) -> Path:
+    """The Lite case, static 1344x1344 uint8, batch 1 (padding ignored: upstream's default results)."""
+    return exported_model(LITE, input_size=(1344, 1344))
