@@ -55,6 +55,15 @@ __all__ = [
 # ---------------------------------------------------------------------------------------- timing
 
 
+def add_timing_arguments(parser: Any, *, runs: int = 5, warmup: int = 1, threads: int | None = 2) -> None:
+    """The options every benchmark script takes: ``--runs``, ``--warmup`` and (unless ``threads`` is
+    None) ``--threads``, with these defaults."""
+    parser.add_argument("--runs", type=int, default=runs, help=f"recorded rounds (default {runs})")
+    parser.add_argument("--warmup", type=int, default=warmup, help=f"rounds run first and not recorded (default {warmup})")
+    if threads is not None:
+        parser.add_argument("--threads", type=int, default=threads, help=f"CPU threads of every runtime (default {threads})")
+
+
 def measure(
     candidates: Mapping[str, Callable[[], Any]],
     runs: int = 5,
@@ -306,6 +315,32 @@ def open_target(target: Target) -> ModelSource:
     if target.runtime == "openvino" and used and used != target.options.get("precision"):
         target.precision += f" (ran {used})"
     return source
+
+
+def open_golden(case_dir: str | os.PathLike, configs_dir: str | os.PathLike, weights_dir: str | os.PathLike,
+                **options: Any) -> ModelSource:
+    """The PyTorch model of a golden case folder (``case.json`` + its weights recipe) on the CPU,
+    its checkpoint written into ``weights_dir``; ``options`` as :func:`~centermask2.engine.open_model`'s."""
+    import json
+    from pathlib import Path
+
+    from .checkpoint import write_checkpoint
+    from .engine.sources import open_model
+
+    case_dir = Path(case_dir)
+    config = Path(configs_dir) / json.loads((case_dir / "case.json").read_text())["config"]
+    weights = write_checkpoint(case_dir, Path(weights_dir) / f"{case_dir.name}.pth")
+    opts = ["MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu", *options.pop("opts", ())]
+    return open_model(config, "torch", opts=opts, **options)
+
+
+def backend_candidates(sources: Mapping[str, ModelSource], images: np.ndarray, sizes: np.ndarray) -> dict[str, Callable[[], Any]]:
+    """:func:`measure`'s candidates: one model call per source on the same input (fed in its dtype)."""
+    candidates = {}
+    for name, source in sources.items():
+        feed = model_inputs(source, images, sizes)
+        candidates[name] = lambda backend=source.backend, feed=feed: backend.run(feed)
+    return candidates
 
 
 def random_batch(height: int, width: int, batch: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

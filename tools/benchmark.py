@@ -31,6 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from centermask2.benchmark import add_timing_arguments  # noqa: E402 - after the path
+
 DEFAULT_SIZE = (800, 1216)
 
 
@@ -74,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", default=None, help="time on this image (resized, padded to --size), not random pixels")
     p.add_argument("--images", default=None, help="dataset images: adds AP columns (with --coco-json)")
     p.add_argument("--coco-json", default=None, help="the dataset's COCO annotations")
-    p.add_argument("--runs", type=int, default=5, help="recorded rounds (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="rounds run first and not recorded (default 1)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads of every runtime (default 2)")
+    add_timing_arguments(p)
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="ONNX Runtime's provider")
     p.add_argument("--device", default="cpu", help="PyTorch's MODEL.DEVICE (default cpu)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for the PyTorch row: KEY VALUE ...")

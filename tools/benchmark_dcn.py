@@ -15,37 +15,37 @@ Runtime the same way. It is a script that prints numbers, not a test.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from centermask2.benchmark import add_timing_arguments  # noqa: E402 - after the path
+
 CASES = ("V_39", "V_39_dcn")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="800x1216", help="padded input HxW (default 800x1216)")
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
+    add_timing_arguments(p)
     p.add_argument("--onnx", nargs=2, metavar=("PLAIN", "DCN"), help="exported dynamic models to time in ONNX Runtime")
     p.add_argument("--golden", default=str(ROOT / "tests" / "data"),
                    help="folder holding golden_V_39 and golden_V_39_dcn (default: the repository's tests/data)")
     args = p.parse_args(argv)
 
     from centermask2.benchmark import (
+        backend_candidates,
         header,
         measure,
-        model_inputs,
+        open_golden,
         random_batch,
         set_threads,
         summarize,
         timing_table,
     )
-    from centermask2.checkpoint import write_checkpoint
     from centermask2.data import parse_hw
     from centermask2.engine.sources import open_model
 
@@ -56,20 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for case in CASES:
             case_dir = Path(args.golden) / f"golden_{case}"
-            config = ROOT / "configs" / "centermask" / json.loads((case_dir / "case.json").read_text())["config"]
-            weights = write_checkpoint(case_dir, Path(tmp) / f"{case}.pth")
-            sources[f"torch {case}"] = open_model(config, "torch", threads=args.threads,
-                                                  opts=["MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu"])
+            sources[f"torch {case}"] = open_golden(case_dir, ROOT / "configs" / "centermask", tmp, threads=args.threads)
             if args.onnx:
                 path = args.onnx[CASES.index(case)]
                 sources[f"onnxruntime {case}"] = open_model(path, "onnxruntime", threads=args.threads)
-    candidates = {}
-    for case in CASES:  # plain, DCN, in turn, per round
-        for runtime in ("torch", "onnxruntime"):
-            name = f"{runtime} {case}"
-            if name in sources:
-                feed = model_inputs(sources[name], images, sizes)
-                candidates[name] = lambda backend=sources[name].backend, feed=feed: backend.run(feed)
+    order = [f"{runtime} {case}" for case in CASES for runtime in ("torch", "onnxruntime")]  # plain, DCN, per round
+    candidates = backend_candidates({name: sources[name] for name in order if name in sources}, images, sizes)
     times = measure(candidates, runs=args.runs, warmup=args.warmup)
     stats = summarize(times)
     print(header(threads=args.threads, runs=args.runs, warmup=args.warmup, input_shape=images.shape))

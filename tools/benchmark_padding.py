@@ -23,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from centermask2.benchmark import add_timing_arguments  # noqa: E402 - after the path
+
 MODES = ("ignore", "include")
 
 
@@ -30,24 +33,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--case", default="V_39", help="golden case, golden_<case> under --golden (default V_39)")
     p.add_argument("--size", default="1344x1344", help="padded input HxW (default 1344x1344)")
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
+    add_timing_arguments(p)
     p.add_argument("--onnx", nargs=2, metavar=("IGNORE", "INCLUDE"), help="static exports to time in ONNX Runtime")
     p.add_argument("--golden", default=str(ROOT / "tests" / "data"),
                    help="folder holding the golden cases (default: the repository's tests/data)")
     args = p.parse_args(argv)
 
     from centermask2.benchmark import (
+        backend_candidates,
         header,
         image_batch,
         measure,
-        model_inputs,
+        open_golden,
         set_threads,
         summarize,
         timing_table,
     )
-    from centermask2.checkpoint import write_checkpoint
     from centermask2.data import parse_hw
     from centermask2.engine.sources import open_model
 
@@ -55,13 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     size = parse_hw(args.size)
     case_dir = Path(args.golden) / f"golden_{args.case}"
     info = json.loads((case_dir / "case.json").read_text())
-    config = ROOT / "configs" / "centermask" / info["config"]
     sources = {}
     with tempfile.TemporaryDirectory() as tmp:
-        weights = write_checkpoint(case_dir, Path(tmp) / "model.pth")
         for mode in MODES:
-            sources[f"torch {mode}"] = open_model(config, "torch", threads=args.threads, padding=mode,
-                                                  opts=["MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu"])
+            sources[f"torch {mode}"] = open_golden(case_dir, ROOT / "configs" / "centermask", tmp,
+                                                   threads=args.threads, padding=mode)
     if args.onnx:
         for mode, path in zip(MODES, args.onnx):
             source = open_model(path, "onnxruntime", threads=args.threads)
@@ -70,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             sources[f"onnxruntime {mode}"] = source
     image_path = case_dir / "images" / sorted(info["num_detections"])[0]
     images, sizes = image_batch(image_path, sources["torch ignore"], size)
-    candidates = {}
-    for name, source in sources.items():
-        feed = model_inputs(source, images, sizes)
-        candidates[name] = lambda backend=source.backend, feed=feed: backend.run(feed)
-    times = measure(candidates, runs=args.runs, warmup=args.warmup)
+    times = measure(backend_candidates(sources, images, sizes), runs=args.runs, warmup=args.warmup)
     stats = summarize(times)
     print(header(threads=args.threads, runs=args.runs, warmup=args.warmup, input_shape=images.shape,
                  notes=[f"{args.case}: image {sizes[0, 0]}x{sizes[0, 1]} ({image_path.name}) padded to {size[0]}x{size[1]}"]))

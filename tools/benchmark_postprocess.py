@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from centermask2.benchmark import add_timing_arguments  # noqa: E402 - after the path
+
 
 def _write_case(case_dir: Path, repeat: int, work: Path):
     """RAW folder, BinInfo and annotation file of the case's images repeated ``repeat`` times."""
@@ -84,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case-dir", default=None,
                    help="the golden case's folder (default: the repository's tests/data/golden_<case>)")
     p.add_argument("--repeat", type=int, default=100, help="copies of the case's images (default 100)")
-    p.add_argument("--runs", type=int, default=1, help="recorded rounds (default 1)")
-    p.add_argument("--warmup", type=int, default=0, help="rounds run first and not recorded (default 0)")
+    add_timing_arguments(p, runs=1, warmup=0, threads=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 

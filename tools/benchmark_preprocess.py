@@ -21,6 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from centermask2.benchmark import add_timing_arguments  # noqa: E402 - after the path
+
 DEFAULT_CONFIG = ROOT / "configs/centermask/centermask_V_39_eSE_FPN_ms_3x.yaml"
 
 
@@ -52,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     p.add_argument("--input-size", default="1344x1344", metavar="HxW")
     p.add_argument("--config-file", default=str(DEFAULT_CONFIG), help="resize rule (default: V-39, 800/1333)")
-    p.add_argument("--runs", type=int, default=1, help="recorded rounds (default 1)")
-    p.add_argument("--warmup", type=int, default=0, help="rounds run first and not recorded (default 0)")
+    add_timing_arguments(p, runs=1, warmup=0, threads=None)
     args = p.parse_args(argv)
 
     from centermask2.benchmark import format_table, header, measure, summarize
