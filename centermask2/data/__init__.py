@@ -1,5 +1,8 @@
-"""Everything about inputs: which images (:mod:`.catalog`), which classes (:mod:`.categories`),
-how they become network input (:mod:`.spec`, :mod:`.transforms`)."""
+"""Everything about inputs: which images and datasets (:mod:`.catalog`), which classes
+(:mod:`.categories`; COCO panoptic's in :mod:`.panoptic_categories`), how they become network
+input (:mod:`.spec`, :mod:`.transforms`); training annotations and batches (:mod:`.training`),
+the generated shapes dataset (:mod:`.shapes`), semantic ground truth from panoptic annotations
+(:mod:`.panoptic_stuff`)."""
 
 from .catalog import DATASETS, IMAGE_EXTENSIONS, ImageRecord, list_images, resolve_dataset
 from .categories import category_mapping, load_coco_categories

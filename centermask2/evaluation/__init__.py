@@ -1,6 +1,7 @@
 """COCO-format results and evaluation (centermask2's COCOEvaluator, without detectron2), the
 detection-by-detection matcher every comparison uses (:mod:`.matching`), panoptic results and
-panoptic quality (:mod:`.panoptic`) and semantic segmentation metrics (:mod:`.sem_seg`)."""
+panoptic quality (:mod:`.panoptic`), semantic segmentation metrics (:mod:`.sem_seg`), and the
+ground truth a run is scored against, found once for every script (:mod:`.ground_truth`)."""
 
 from .coco import (
     evaluate_coco,
