@@ -168,3 +168,21 @@ def test_bin_pipeline_static_1344_uint8(tmp_path, exported_model):
     script_ok(run_script("postprocess_bin_outputs.py", "--outputs", raw, "--info", bins / "bin_info.json",
                          "--output-dir", out, *GT))
     check_panoptic_folder(out, metric_tol=0.5)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_ray_writes_the_same_files(tmp_path, dynamic_model):
+    """tester.py --ray on a panoptic model: the actors' tasks write the PNGs, the driver the JSON
+    files; every file is the single-process run's, byte for byte."""
+    runs = {}
+    for name, extra in (("single", []), ("ray", ["--ray", "--ray-actors", "1"])):
+        out = tmp_path / name
+        script_ok(run_script("tester.py", "--backend", "onnx", "--model", dynamic_model, "--images", ROOT / "images",
+                             "--output-dir", out, "--threads", "1", *extra, timeout=900))
+        runs[name] = _files(out)
+    assert sorted(runs["ray"]) == sorted(runs["single"])
+    assert "panoptic_results.json" in runs["ray"] and "sem_seg_results/000000000002.png" in runs["ray"]
+    assert runs["ray"] == runs["single"]
