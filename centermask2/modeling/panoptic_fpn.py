@@ -14,9 +14,8 @@ from typing import Any
 
 from torch import Tensor
 
-from ..config import ConfigError
 from ..contract import PANOPTIC_OUTPUT_NAMES, SEM_SEG_OUTPUT
-from ..errors import UnsupportedError
+from ..errors import ConfigError, UnsupportedError
 from .meta_arch import CenterMask
 from .panoptic import CombineSettings
 from .semantic_seg import SemSegFPNHead
