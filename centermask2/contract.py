@@ -75,6 +75,10 @@ _MAX_BATCH = 1024
 _MAX_DETECTIONS = 100_000
 
 
+class _NotJson(ValueError):
+    """A metadata value that should be JSON is not (standard, bounded) JSON."""
+
+
 def expected_nbytes(shape: Sequence[int], dtype: str | np.dtype) -> int:
     """Bytes of a C-order array of ``shape`` and ``dtype``."""
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
@@ -200,7 +204,7 @@ class ModelMetadata:
                     raise ValueError("not text")
                 return parse(text)
             except (ValueError, TypeError) as exc:
-                why = f"expected {expected}" if expected else str(exc)
+                why = f"expected {expected}" if expected and not isinstance(exc, _NotJson) else str(exc)
                 raise InputError(
                     f"{source}: metadata {_PREFIX + key!r} = {str(text)[:80]!r} is malformed ({why}); re-export the model"
                 ) from None
@@ -209,7 +213,7 @@ class ModelMetadata:
             try:
                 return parse_json_text(text, "the value", "JSON value")
             except InputError as exc:
-                raise ValueError(str(exc)) from None
+                raise _NotJson(str(exc)) from None
 
         def texts(text: str) -> list[str]:
             value = json_value(text)

@@ -297,9 +297,8 @@ def check_choice(value: Any, name: str, where: str, choices: tuple[Any, ...]) ->
     """``value`` if it is one of ``choices`` (compared with their types: ``"0"`` is not ``0``), else an
     ``InputError`` naming ``where``, ``name``, the choices and the value."""
     if not any(type(value) is type(c) and value == c for c in choices):
-        listed = " or ".join(str(c) for c in choices) if all(isinstance(c, int) for c in choices) else \
-            ", ".join(repr(c) for c in choices)
-        raise InputError(f"{where}: {name} must be {'one of ' if len(choices) > 2 else ''}{listed}, got {_shown(value)}")
+        listed = " or ".join(map(repr, choices)) if len(choices) == 2 else "one of " + ", ".join(map(repr, choices))
+        raise InputError(f"{where}: {name} must be {listed}, got {_shown(value)}")
     return value
 
 
