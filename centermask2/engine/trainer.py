@@ -308,20 +308,21 @@ class Trainer:
 
     def _truncate_metrics(self) -> None:
         """Drop ``metrics.jsonl`` lines of iterations after the checkpoint (they are redone)."""
-        import json
-
-        from ..fileio import atomic_write_bytes
+        from ..fileio import atomic_write_bytes, open_input_file, parse_json_text
 
         path = self.output_dir / "metrics.jsonl"
-        if not path.is_file():
+        if not os.path.lexists(path):
             return
+        with open_input_file(path, "metrics file", follow_links=False) as f:
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
         kept = []
-        for line in path.read_text().splitlines():
+        for line in lines:
             try:
-                if int(json.loads(line)["iteration"]) <= self.iteration:
-                    kept.append(line + "\n")
-            except (ValueError, KeyError, TypeError):
+                iteration = parse_json_text(line, "a line", "metrics line")["iteration"]
+            except (InputError, KeyError, TypeError):
                 continue  # a line cut short by the interruption
+            if type(iteration) is int and iteration <= self.iteration:
+                kept.append(line + "\n")
         atomic_write_bytes("".join(kept).encode(), path)
 
     # --- the loop ----------------------------------------------------------------------------
