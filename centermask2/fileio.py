@@ -412,13 +412,14 @@ def _lock(path: Path, option: str) -> None:
         _SESSIONS[-1].add(key)
 
 
-def ensure_writable_dir(folder: str | os.PathLike, option: str = "--output") -> Path:
+def ensure_writable_dir(folder: str | os.PathLike, option: str = "--output", *, exclusive: bool = True) -> Path:
     """Prepare the output folder ``folder``: create it (and parents) if needed, refuse it if it holds
     a symbolic link, check that a file can be written in it, and lock it for this process.
 
     The lock is held until the :func:`output_session` it was taken in ends (every script runs in one),
     or the process ends; a second process preparing the same folder meanwhile gets an error. Calling
-    it again for a folder this process holds is fine.
+    it again for a folder this process holds is fine. ``exclusive=False``: only create and check it
+    (the folder of one output file, which other files and runs may share: no link check, no lock).
 
     Raises:
         OutputError: it cannot be created or written (or is a file), it holds a symbolic link, or
@@ -427,8 +428,9 @@ def ensure_writable_dir(folder: str | os.PathLike, option: str = "--output") -> 
     path = Path(folder)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        _refuse_links(path, option)
-        _lock(path, option)
+        if exclusive:
+            _refuse_links(path, option)
+            _lock(path, option)
         fd, probe = tempfile.mkstemp(prefix=f".{_PROBE}.", suffix=".tmp", dir=path)
         os.close(fd)
         os.remove(probe)
@@ -499,5 +501,5 @@ def check_output_file(path: str | os.PathLike, option: str = "--output") -> Path
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"{option} {str(p)!r} is a folder; give a file path, e.g. {str(p / 'model.onnx')!r}")
-    ensure_writable_dir(p.parent if str(p.parent) else ".", option)
+    ensure_writable_dir(p.parent if str(p.parent) else ".", option, exclusive=False)  # a folder others may share
     return p

@@ -13,6 +13,7 @@ from centermask2.fileio import (
     check_choice,
     check_int,
     check_keys,
+    check_output_file,
     ensure_writable_dir,
     output_session,
     path_inside,
@@ -139,6 +140,8 @@ def test_output_folder_with_a_link_inside_is_refused(tmp_path):
     (out / "image_sizes").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(OutputError, match=r"holds a symbolic link 'image_sizes' \(to .*elsewhere'\).*--output"):
         ensure_writable_dir(out)
+    # the folder of one output file (an export's --output) is shared with other files: not refused
+    assert check_output_file(out / "model.onnx") == out / "model.onnx"
     (out / "image_sizes").unlink()
     assert ensure_writable_dir(out) == out
 
