@@ -171,7 +171,7 @@ def open_input_file(
         raise InputError(f"cannot read {what} {str(p)!r}: {exc.strerror or exc}{tail}") from None
     try:
         _check_stat(p, os.fstat(fd), what, tail, max_bytes)
-        if hasattr(os, "set_blocking"):
+        if getattr(os, "O_NONBLOCK", 0):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:

@@ -299,7 +299,7 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"cannot resume from {os.fspath(path)!r}: it does not fit this model and solver ({exc})"
                              ) from exc
         self.iteration = int(state["iteration"])

@@ -233,7 +233,7 @@ def prepare_bin_run(
         )
     if resume and os.path.lexists(out_dir / MANIFEST):
         old = Manifest.load(out_dir)
-        if old.model_digest is None or old.inputs_digest is None:
+        if old.inputs_digest is None or (old.model_digest is None and manifest.model_digest is not None):
             raise InputError(
                 f"cannot --resume in {str(out_dir)!r}: its {MANIFEST} does not say which model and bins its outputs "
                 "came from (no model_digest / inputs_digest: not written by tester.py --bins); resuming could mix "
