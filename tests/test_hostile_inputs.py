@@ -199,10 +199,10 @@ def hostile(tmp_path_factory):
         archive.writestr(zeros, b"\0" * 16)
     _declare(bomb, zeros, 1536 << 20)  # 1.5 GiB declared by a small file
     (work / "out_locked").mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom centermask2.fileio import ensure_writable_dir\n"
-         "ensure_writable_dir(sys.argv[1])\nprint('held', flush=True)\ntime.sleep(3600)", str(work / "out_locked")],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    holder = subprocess.Popen(  # another run holding out_locked until its stdin closes (also if this one dies)
+        [sys.executable, "-c", "import sys\nfrom centermask2.fileio import ensure_writable_dir\n"
+         "ensure_writable_dir(sys.argv[1])\nprint('held', flush=True)\nsys.stdin.read()", str(work / "out_locked")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert holder.stdout.readline().strip() == "held"
     train = ["--config-file", CONFIGS / case_info(LITE)["config"], "--coco-json", SAMPLE / "annotations_gt.json",
              "--images", SAMPLE / "images", "--no-progress"]
@@ -213,8 +213,8 @@ def hostile(tmp_path_factory):
                  torch=["--config-file", CONFIGS / case_info(LITE)["config"]],
                  weights=["MODEL.WEIGHTS", ckpt, "MODEL.DEVICE", "cpu"])
     yield work, files, ckpt
-    holder.kill()
-    holder.wait()
+    holder.stdin.close()
+    holder.wait(timeout=60)
 
 
 def _listing(folder: Path) -> dict[str, tuple[int, float]]:
