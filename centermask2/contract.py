@@ -19,15 +19,17 @@ This module imports neither torch nor the model: runtimes read a model's contrac
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError, MissingFileError
+from .errors import InputError
+from .fileio import check_input_file, parse_json_text
 
 __all__ = [
     "INPUT_NAMES",
@@ -66,6 +68,15 @@ PADDING_MODES = ("ignore", "include")
 DEFAULT_MASK_SIZE = 28
 
 _PREFIX = "centermask2."
+_DIGITS = re.compile(r"[0-9]{1,9}")
+#: bounds of the metadata's sizes: a side, a static batch, the detections per image (K)
+_MAX_SIDE = 1 << 16
+_MAX_BATCH = 1024
+_MAX_DETECTIONS = 100_000
+
+
+class _NotJson(ValueError):
+    """A metadata value that should be JSON is not (standard, bounded) JSON."""
 
 
 def expected_nbytes(shape: Sequence[int], dtype: str | np.dtype) -> int:
@@ -184,45 +195,98 @@ class ModelMetadata:
         if _PREFIX + "output_names" not in props:
             raise InputError(f"{source} has no centermask2 metadata; export it with convert_model_into_onnx.py")
 
-        def get(key: str, parse=str):  # noqa: ANN001 - a converter
+        def get(key: str, parse=str, expected: str = ""):  # noqa: ANN001 - a converter
             if _PREFIX + key not in props:
                 raise InputError(f"{source}: metadata key {_PREFIX + key!r} is missing; re-export the model")
+            text = props[_PREFIX + key]
             try:
-                return parse(props[_PREFIX + key])
+                if not isinstance(text, str):
+                    raise ValueError("not text")
+                return parse(text)
             except (ValueError, TypeError) as exc:
+                why = f"expected {expected}" if expected and not isinstance(exc, _NotJson) else str(exc)
                 raise InputError(
-                    f"{source}: metadata {_PREFIX + key!r} = {props[_PREFIX + key][:80]!r} is malformed ({exc}); "
-                    "re-export the model"
+                    f"{source}: metadata {_PREFIX + key!r} = {str(text)[:80]!r} is malformed ({why}); re-export the model"
                 ) from None
 
-        def padding_mode(text: str) -> str:
-            if text not in PADDING_MODES:
-                raise ValueError(f"expected one of {', '.join(PADDING_MODES)}")
-            return text
+        def json_value(text: str) -> Any:
+            try:
+                return parse_json_text(text, "the value", "JSON value")
+            except InputError as exc:
+                raise _NotJson(str(exc)) from None
+
+        def texts(text: str) -> list[str]:
+            value = json_value(text)
+            if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+                raise ValueError("a list of names")
+            return value
+
+        def integers(text: str) -> list[int]:
+            value = json_value(text)
+            if not (isinstance(value, list) and value and all(type(v) is int for v in value)):
+                raise ValueError("a list of integers")
+            return value
+
+        def three_numbers(text: str, positive: bool = False) -> list[float]:
+            value = json_value(text)
+            if not (isinstance(value, list) and len(value) == 3
+                    and all(type(v) in (int, float) and math.isfinite(v) and (v > 0 or not positive) for v in value)):
+                raise ValueError("three numbers")
+            return [float(v) for v in value]
+
+        def number(text: str, minimum: int, maximum: int) -> int:
+            if not _DIGITS.fullmatch(text) or not minimum <= int(text) <= maximum:
+                raise ValueError(f"an integer from {minimum} to {maximum}")
+            return int(text)
+
+        def choice(*choices: str):  # noqa: ANN202 - a converter
+            def parse(text: str) -> str:
+                if text not in choices:
+                    raise ValueError(f"one of {', '.join(choices)}")
+                return text
+
+            return parse
+
+        dynamic = get("input_mode", choice("static", "dynamic"), "static or dynamic") == "dynamic"
 
         def size(text: str) -> tuple[int, int] | None:
-            return tuple(int(v) for v in text.split("x")) if text else None  # type: ignore[return-value]
+            if dynamic and not text:
+                return None
+            parts = text.split("x")
+            if len(parts) != 2:
+                raise ValueError("HxW")
+            return number(parts[0], 1, _MAX_SIDE), number(parts[1], 1, _MAX_SIDE)
 
+        def batch(text: str) -> int | None:
+            return None if dynamic and not text else number(text, 1, _MAX_BATCH)
+
+        class_names = get("class_names", texts, "a JSON list of names")
+        category_ids = get("category_ids", integers, "a list of integers")
+        if len(category_ids) != len(class_names) or len(set(category_ids)) != len(category_ids):
+            raise InputError(f"{source}: metadata gives {len(class_names)} class names and {len(category_ids)} category "
+                             "ids, which must be as many and different; re-export the model")
         return cls(
             config_yaml=get("config"),
-            class_names=get("class_names", json.loads),
-            category_ids=get("category_ids", json.loads),
-            pixel_mean=get("pixel_mean", json.loads),
-            pixel_std=get("pixel_std", json.loads),
-            input_format=get("input_format"),
-            min_size=get("min_size_test", int),
-            max_size=get("max_size_test", int),
-            size_divisibility=get("size_divisibility", int),
-            dynamic=get("input_mode") == "dynamic",
-            input_size=get("input_size", size),
-            batch_size=get("batch_size", lambda t: int(t) if t else None),
-            input_dtype=get("input_dtype"),
-            max_detections=get("max_detections", int),
-            output_names=get("output_names", json.loads),
+            class_names=class_names,
+            category_ids=category_ids,
+            pixel_mean=get("pixel_mean", three_numbers, "a JSON list of three finite numbers"),
+            pixel_std=get("pixel_std", lambda t: three_numbers(t, positive=True),
+                          "a JSON list of three finite numbers > 0"),
+            input_format=get("input_format", choice("BGR", "RGB"), "BGR or RGB"),
+            min_size=get("min_size_test", lambda t: number(t, 0, _MAX_SIDE), f"an integer from 0 to {_MAX_SIDE}"),
+            max_size=get("max_size_test", lambda t: number(t, 1, _MAX_SIDE), f"an integer from 1 to {_MAX_SIDE}"),
+            size_divisibility=get("size_divisibility", lambda t: number(t, 0, 1024), "an integer from 0 to 1024"),
+            dynamic=dynamic,
+            input_size=get("input_size", size, "HxW, two positive integers" + ("" if dynamic else ", for a static model")),
+            batch_size=get("batch_size", batch, f"an integer from 1 to {_MAX_BATCH}"),
+            input_dtype=get("input_dtype", choice(*INPUT_DTYPES), " or ".join(INPUT_DTYPES)),
+            max_detections=get("max_detections", lambda t: number(t, 1, _MAX_DETECTIONS),
+                               f"an integer from 1 to {_MAX_DETECTIONS}"),
+            output_names=get("output_names", texts, "a JSON list of names"),
             version=get("version"),
             # older exports have no key and include the padding
-            padding=get("padding", padding_mode) if _PREFIX + "padding" in props else "include",
-            quantization=props.get(_PREFIX + "quantization", ""),
+            padding=get("padding", choice(*PADDING_MODES)) if _PREFIX + "padding" in props else "include",
+            quantization=get("quantization") if _PREFIX + "quantization" in props else "",
         )
 
 
@@ -252,13 +316,13 @@ class PanopticSettings:
     @classmethod
     def from_model(cls, model_path: str | os.PathLike) -> PanopticSettings | None:
         """The settings an exported model's metadata gives (None for an instance model)."""
-        import yaml
+        from .config.config import parse_yaml_text
 
         meta = read_metadata(model_path)
         try:
-            cfg = yaml.safe_load(meta.config_yaml) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"{os.fspath(model_path)!r}: its config metadata is not YAML ({exc}); re-export it") from exc
+            cfg = parse_yaml_text(meta.config_yaml, "the config metadata") or {}
+        except InputError as exc:
+            raise InputError(f"{os.fspath(model_path)!r}: {exc}; re-export it") from exc
         return cls.from_config(cfg if isinstance(cfg, dict) else {}, meta.size_divisibility)
 
     @classmethod
@@ -284,9 +348,7 @@ class PanopticSettings:
 def _load_proto(model_path: str | os.PathLike):  # noqa: ANN202 - onnx.ModelProto
     import onnx
 
-    path = Path(model_path)
-    if not path.is_file():
-        raise MissingFileError(f"ONNX model not found: {str(path)!r}")
+    path = check_input_file(model_path, "ONNX model")
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and friends

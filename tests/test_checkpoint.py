@@ -359,3 +359,21 @@ def test_zip_entries_declaring_far_more_than_the_model_are_refused_before_inflat
         load_weights(model, path)
     # without a model to size it against, the file is read as before
     assert set(load_state_dict_file(path)) == {"weight", "bias"}
+
+
+def test_named_pipes_and_files_larger_than_the_model_needs_are_refused(tmp_path: Path) -> None:
+    """A pipe as MODEL.WEIGHTS would wait forever; a file far larger than the model's weights is refused
+    from its size alone, whatever its format."""
+    from centermask2.checkpoint import checkpoint_size_limit, read_checkpoint
+
+    os.mkfifo(tmp_path / "pipe.pth")
+    with pytest.raises(ValueError, match=r"is not a regular file \(a named pipe\)"):
+        load_weights(TinyModel(), tmp_path / "pipe.pth")
+    model = TinyModel()
+    path = tmp_path / "big.pkl"
+    with open(path, "wb") as f:
+        f.truncate(checkpoint_size_limit(model) + 1)
+    with pytest.raises(ValueError, match="far more than the model's weights need"):
+        load_weights(model, path)
+    torch.save({"model": model.state_dict()}, tmp_path / "ok.pth")
+    assert set(read_checkpoint(tmp_path / "ok.pth", max_bytes=checkpoint_size_limit(model))) == {"model"}

@@ -468,3 +468,26 @@ def test_yaml_alias_bombs_are_refused_quickly(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"aliases \(\*a0\) are not supported"):
         load_config(path)
     assert time.perf_counter() - start < 1.0
+
+
+def test_pipes_deep_nesting_large_files_and_base_fan_out_are_refused(tmp_path: Path) -> None:
+    """What would hang (a pipe as _BASE_), end in a RecursionError (200,000 nested brackets), read a
+    huge file or read millions of bases is refused with the file's name."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.yaml")
+    (tmp_path / "uses_pipe.yaml").write_text("_BASE_: pipe.yaml\n")
+    with pytest.raises(ConfigError, match=r"pipe\.yaml' is not a regular file \(a named pipe\).*named by _BASE_"):
+        load_config(tmp_path / "uses_pipe.yaml")
+    (tmp_path / "deep.yaml").write_text("MODEL: " + "[" * 200_000 + "]" * 200_000 + "\n")
+    with pytest.raises(ConfigError, match="deep.yaml' as YAML: .*nested more than 100 levels deep"):
+        load_config(tmp_path / "deep.yaml")
+    with open(tmp_path / "huge.yaml", "wb") as f:
+        f.truncate(2 << 20)
+    with pytest.raises(ConfigError, match=r"huge\.yaml' is larger than a config file can be"):
+        load_config(tmp_path / "huge.yaml")
+    for level in range(8):  # each file names the next one's base ten times: 10^8 reads
+        (tmp_path / f"fan{level}.yaml").write_text("_BASE_: [" + ", ".join([f"fan{level + 1}.yaml"] * 10) + "]\n")
+    (tmp_path / "fan8.yaml").write_text("MODEL: {DEVICE: cpu}\n")
+    with pytest.raises(ConfigError, match="reads more than 64 files"):
+        load_config(tmp_path / "fan0.yaml")

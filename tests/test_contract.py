@@ -88,3 +88,38 @@ def test_padding_mode_round_trips_and_defaults_to_include_for_old_models():
     assert ModelMetadata.from_props(old).padding == "include"
     with pytest.raises(InputError, match="padding.*malformed.*ignore, include"):
         ModelMetadata.from_props({**ignore.to_props(), "centermask2.padding": "maybe"})
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("input_size", "640x960x3", "input_size' = '640x960x3' is malformed \\(expected HxW"),
+    ("input_size", "", "input_size' = '' is malformed \\(expected HxW"),
+    ("input_size", "1e3x960", "malformed"),
+    ("category_ids", '["3", "7"]', "category_ids' = '\\[\"3\", \"7\"\\]' is malformed \\(expected a list of integers"),
+    ("category_ids", "[3.5, 7]", "expected a list of integers"),
+    ("category_ids", "[3]", "2 class names and 1 category ids"),
+    ("class_names", "[1, 2]", "expected a JSON list of names"),
+    ("pixel_mean", "[1, 2, NaN]", "NaN is not a JSON number"),
+    ("pixel_mean", "[1, 2, 1e999]", "three finite numbers"),
+    ("pixel_mean", "[1, 2]", "three finite numbers"),
+    ("pixel_std", "[1, 0, 1]", "three finite numbers > 0"),
+    ("input_mode", "sideways", "expected static or dynamic"),
+    ("input_format", "BRG", "expected BGR or RGB"),
+    ("input_dtype", "int8", "expected uint8 or float32"),
+    ("min_size_test", "-800", "expected an integer from 0"),
+    ("max_size_test", " 1333", "expected an integer from 1"),
+    ("batch_size", "0", "expected an integer from 1 to 1024"),
+    ("max_detections", "1000000000", "expected an integer from 1 to 100000"),
+    ("output_names", '"boxes"', "expected a JSON list of names"),
+    ("output_names", "[" * 200 + "]" * 200, "nested more than 100 levels deep"),
+])
+def test_metadata_of_the_wrong_type_or_range_is_named(key, value, message):
+    with pytest.raises(InputError, match=message):
+        ModelMetadata.from_props({**META.to_props(), f"centermask2.{key}": value}, "'m.onnx'")
+
+
+def test_a_model_that_is_a_named_pipe_is_refused(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "m.onnx")
+    with pytest.raises(InputError, match="is not a regular file \\(a named pipe\\)"):
+        read_metadata(tmp_path / "m.onnx")

@@ -135,3 +135,25 @@ def test_executors_give_every_item_once_with_its_index():
     assert local == pooled == {i: i * i for i in items}
     with pytest.raises(InputError, match="--workers must be >= 1"):
         PoolExecutor(0)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"image_id": 1, "records": [{"image_id": 1}]}\n', "has no run identity on its first line"),
+    ('{"identity": {"model": "A"}}\n{"image_id": 1, "rec\n{"image_id": 2, "records": []}\n',
+     "line 2 is not a valid progress entry"),
+    ('{"identity": {"model": "A"}}\n{"image_id": 1, "records": [{"image_id": 2}]}\n',
+     "line 2 has 'records' that are not this image's"),
+    ('{"identity": {"model": "A"}}\n{"image_id": 1.5, "records": []}\n', "line 2 has no integer 'image_id'"),
+    ('{"identity": {"model": "A"}}\n{"image_id": 1, "records": [NaN]}\n', "NaN is not a JSON number"),
+])
+def test_progress_files_this_run_did_not_write_are_refused(tmp_path, content, message):
+    (tmp_path / PARTIAL_NAME).write_text(content)
+    with pytest.raises(InputError, match=message):
+        PartialResults(tmp_path / PARTIAL_NAME, identity={"model": "A"}).load()
+
+
+def test_a_progress_file_that_is_a_link_is_not_followed(tmp_path):
+    (tmp_path / "elsewhere.jsonl").write_text('{"identity": {"model": "A"}}\n')
+    (tmp_path / PARTIAL_NAME).symlink_to(tmp_path / "elsewhere.jsonl")
+    with pytest.raises(InputError, match="is a symbolic link"):
+        PartialResults(tmp_path / PARTIAL_NAME, identity={"model": "A"}).load()

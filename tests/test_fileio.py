@@ -1,18 +1,27 @@
-"""centermask2.fileio: atomic writes, named JSON errors, writable folders."""
+"""centermask2.fileio: atomic writes, bounded readers with named errors, output folders (links, locks)."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from centermask2.errors import InputError, MissingFileError, OutputError
 from centermask2.fileio import (
     atomic_write_json,
+    check_choice,
+    check_int,
+    check_keys,
+    check_output_file,
     ensure_writable_dir,
+    output_session,
     path_inside,
     plain_name,
     read_json,
     remove_stale_temp_files,
 )
+from golden import ROOT
 
 
 def test_read_json_names_the_file_and_the_problem(tmp_path):
@@ -74,3 +83,88 @@ def test_path_inside(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path.parent)
     with pytest.raises(InputError, match="points outside"):
         path_inside(tmp_path, "link/x.bin")
+
+
+# ---------------------------------------------------------------- issue 24: bounded readers, output folders
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"a": NaN}', "NaN is not a JSON number"),
+    ('[1, -Infinity]', "-Infinity is not a JSON number"),
+    ("[" * 200_000 + "]" * 200_000, "nested more than 100 levels deep"),
+    ('{"a": ' * 101 + "1" + "}" * 101, "nested more than 100 levels deep"),
+    ("[" + "9" * 5000 + "]", "not UTF-8 JSON"),
+])
+def test_read_json_refuses_what_json_is_not(tmp_path, text, message):
+    (tmp_path / "x.json").write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_json(tmp_path / "x.json", "manifest")
+
+
+def test_read_json_accepts_nesting_to_the_limit(tmp_path):
+    (tmp_path / "x.json").write_text("[" * 100 + "]" * 100)
+    assert read_json(tmp_path / "x.json") == json.loads("[" * 100 + "]" * 100)
+
+
+def test_read_json_refuses_large_files_and_pipes_before_reading(tmp_path):
+    (tmp_path / "big.json").write_text("[" + "1, " * 100 + "1]")
+    with pytest.raises(InputError, match=r"larger than a manifest can be \(303 bytes, at most 100\)"):
+        read_json(tmp_path / "big.json", "manifest", max_bytes=100)
+    os.mkfifo(tmp_path / "pipe.json")  # opening it for reading would wait for a writer forever
+    with pytest.raises(InputError, match=r"'.*pipe\.json' is not a regular file \(a named pipe\)"):
+        read_json(tmp_path / "pipe.json", "manifest")
+    with pytest.raises(InputError, match=r"is not a regular file \(a character device\)"):
+        read_json("/dev/zero")
+    (tmp_path / "link.json").symlink_to(tmp_path / "big.json")
+    assert len(read_json(tmp_path / "link.json")) == 101
+    with pytest.raises(InputError, match="is a symbolic link"):
+        read_json(tmp_path / "link.json", follow_links=False)
+
+
+def test_value_checks_name_the_file_the_key_and_the_value():
+    assert check_int(3, "'height'", "'f.json'", minimum=1) == 3
+    for value, message in ((1.5, "must be an integer, got 1.5"), (True, "must be an integer, got True"),
+                           ("3", "must be an integer, got '3'"), (0, "must be from 1 to 9, got 0")):
+        with pytest.raises(InputError, match=f"^'f.json': 'height' {message}$"):
+            check_int(value, "'height'", "'f.json'", minimum=1, maximum=9)
+    with pytest.raises(InputError, match="'index_base' must be 0 or 1, got '0'"):
+        check_choice("0", "'index_base'", "'m.json'", (0, 1))
+    with pytest.raises(InputError, match="lacks 'b' and has unknown key\\(s\\) 'c'"):
+        check_keys({"a": 1, "c": 2}, "'m.json'", {"a", "b"})
+
+
+def test_output_folder_with_a_link_inside_is_refused(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "image_sizes").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OutputError, match=r"holds a symbolic link 'image_sizes' \(to .*elsewhere'\).*--output"):
+        ensure_writable_dir(out)
+    # the folder of one output file (an export's --output) is shared with other files: not refused
+    assert check_output_file(out / "model.onnx") == out / "model.onnx"
+    (out / "image_sizes").unlink()
+    assert ensure_writable_dir(out) == out
+
+
+_HOLD = ("import sys\nfrom centermask2.fileio import ensure_writable_dir\nfrom centermask2.errors import OutputError\n"
+         "try:\n    ensure_writable_dir(sys.argv[1], '--output')\nexcept OutputError as e:\n    print(e)\nelse:\n"
+         "    print('ok')\n")
+
+
+def _other_process(folder) -> str:
+    return subprocess.run([sys.executable, "-c", _HOLD, str(folder)], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.strip()
+
+
+def test_a_second_run_into_a_folder_in_use_stops_until_the_first_ends(tmp_path):
+    out = tmp_path / "out"
+    with output_session():
+        ensure_writable_dir(out)
+        ensure_writable_dir(out)  # again in the same run: fine
+        assert "another run is using the output folder" in _other_process(out)
+        assert "--output" in _other_process(out)
+    assert _other_process(out) == "ok"  # released when the session (a script's main) ends
+    with output_session():
+        with output_session():
+            ensure_writable_dir(out)
+        assert _other_process(out) == "ok"  # an inner session (a stage function) releases what it took

@@ -1,24 +1,34 @@
 """Every script fed hostile files: no traceback, a documented exit code, nothing written outside
-the output folder.
+the output folder, no hang.
 
 The files are what users receive from elsewhere: truncated, zero-byte and decompression-bomb
 images, annotation files of the wrong JSON types, with duplicate ids or names that climb out of
 the images folder, bin folders whose ``bin_info.json`` / ``manifest.json`` name files outside
-them, a results file with NaN scores, a YAML alias bomb, an ONNX file that is not a model.
+them, a results file with NaN scores, a YAML alias bomb, an ONNX file that is not a model; JSON and
+YAML nested 200,000 deep, ``Infinity`` and fractional ids, files larger than their kind ever is,
+named pipes where a file should be, wrong types in ``bin_info.json`` / ``manifest.json`` / model
+metadata, a checkpoint that declares far more than the model, progress and ``last_checkpoint``
+files the run did not write, links inside an output folder and a folder another run is using.
 """
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
 import zlib
 from pathlib import Path
 
+import onnx
 import pytest
+from onnx import TensorProto, helper
 from PIL import Image
 
-from golden import CONFIGS, LITE, ROOT, case_info, write_checkpoint
+from centermask2.contract import ModelMetadata, default_output_specs
+from golden import CONFIGS, LITE, META, ROOT, case_info, write_checkpoint
+
+SAMPLE = ROOT / "tools" / "sample"
 
 
 def _png_bomb(path: Path) -> None:
@@ -28,6 +38,48 @@ def _png_bomb(path: Path) -> None:
     header = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
                      + chunk(b"IEND", b""))
+
+
+def _fifo(path: Path) -> Path:
+    """A named pipe: opening it for reading waits for a writer that never comes."""
+    os.mkfifo(path)
+    return path
+
+
+def _sparse(path: Path, size: int) -> Path:
+    """A file of ``size`` bytes (zeros) that takes no disk space."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def _declare(path: Path, entry: str, size: int) -> None:
+    """Make the zip ``path``'s central directory declare ``size`` uncompressed bytes for ``entry``."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        name_len = struct.unpack_from("<H", data, at + 28)[0]
+        if data[at + 46: at + 46 + name_len].decode() == entry:
+            struct.pack_into("<I", data, at + 24, size)
+            path.write_bytes(bytes(data))
+            return
+        at = data.find(b"PK\x01\x02", at + 4)
+    raise AssertionError(f"{entry} not in {path}")
+
+
+def _model_with(path: Path, **changes: str) -> Path:
+    """A one-node ONNX model whose metadata is a static 640x960 batch-1 model's, with ``changes``
+    (``input_size="640x960x3"`` sets ``centermask2.input_size``)."""
+    props = ModelMetadata(**{**META.__dict__, "batch_size": 1}).to_props()
+    props.update({f"centermask2.{k}": v for k, v in changes.items()})
+    inp = helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 3, 640, 960])
+    out = helper.make_tensor_value_info("boxes", TensorProto.UINT8, [1, 3, 640, 960])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["images"], ["boxes"])], "g", [inp], [out]))
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(model, str(path))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +118,20 @@ def hostile(tmp_path_factory):
         "yaml_bomb": ann("bomb.yaml", "\n".join(['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]'] + [
             f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]) + "\n"),
         "not_onnx": ann("model.onnx", "not a protobuf"),
+        "deep": ann("deep.json", '{"images": ' + "[" * 200_000 + "]" * 200_000 + ', "categories": []}'),
+        "infinity_id": ann("infinity_id.json", '{"images": [{"id": Infinity, "file_name": "000000000001.png"}], '
+                                               '"categories": [{"id": 1, "name": "person"}]}'),
+        "fractional_id": ann("fractional_id.json", {"images": [{"id": 1.5, "file_name": "000000000001.png"}],
+                                                    "categories": cats}),
+        "fifo_json": _fifo(root / "fifo.json"),
+        "fifo_onnx": _fifo(root / "fifo.onnx"),
+        "fifo_pth": _fifo(root / "fifo.pth"),
+        "fifo_yaml": _fifo(root / "fifo.yaml"),
+        "yaml_fifo_base": ann("fifo_base.yaml", "_BASE_: fifo.yaml\n"),
+        "yaml_deep": ann("deep.yaml", "MODEL: " + "[" * 200_000 + "]" * 200_000 + "\n"),
+        "yaml_huge": _sparse(root / "huge.yaml", 2 << 20),
+        "meta_three_part": _model_with(root / "three_part.onnx", input_size="640x960x3"),
+        "meta_strings": _model_with(root / "strings.onnx", category_ids='["3", "7"]'),
     }
     bins = root / "bins"
     (bins / "image_sizes").mkdir(parents=True)
@@ -78,11 +144,77 @@ def hostile(tmp_path_factory):
     raw.mkdir()
     (raw / "manifest.json").write_text(json.dumps({"outputs": [
         {"index": 0, "name": "boxes", "dtype": "object", "shape": [1, 50, 4]}], "index_base": 0}))
+
+    # well-formed bin_info.json and manifest.json, and variants with one thing wrong
+    good_image = {"image_id": 1, "file_name": "x.png", "stem": "x", "height": 4, "width": 4, "resized_height": 4,
+                  "resized_width": 4, "bin": "x.bin", "sizes_bin": "image_sizes/x.bin"}
+    good_info = {**info, "images": [good_image]}
+    good_manifest = {"outputs": [vars(o) for o in default_output_specs(50)], "index_base": 0, "model": None,
+                     "version": 1}
+
+    def folder(name, file_name, content):
+        (root / name).mkdir()
+        path = root / name / file_name
+        if isinstance(content, int):
+            _sparse(path, content)
+        elif content is None:
+            _fifo(path)
+        else:
+            path.write_text(json.dumps(content))
+        return root / name
+
+    files.update(
+        raw_good=folder("raw_good", "manifest.json", good_manifest),
+        bins_good=folder("bins_good", "bin_info.json", good_info),
+        bins_shape_text=folder("bins_shape_text", "bin_info.json", {**good_info, "shape": "1x3x256x256"}),
+        bins_size_text=folder("bins_size_text", "bin_info.json", {**good_info, "images": [{**good_image,
+                                                                                          "height": "480"}]}),
+        bins_huge=folder("bins_huge", "bin_info.json", 65 << 20),
+        bins_fifo=folder("bins_fifo", "bin_info.json", None),
+        raw_huge_dims=folder("raw_huge_dims", "manifest.json", {**good_manifest, "outputs": [
+            {"index": 0, "name": "boxes", "dtype": "float32", "shape": [1, 10**20, 4]}]}),
+        raw_index_base_text=folder("raw_index_base_text", "manifest.json", {**good_manifest, "index_base": "0"}),
+    )
+
+    # output folders: with a link inside, one another run holds, resume files this run did not write
+    (work / "elsewhere").mkdir()
+    (work / "out_link").mkdir()
+    (work / "out_link" / "image_sizes").symlink_to(work / "elsewhere")
+    (work / "out_partial").mkdir()
+    (work / "out_partial" / "coco_instances_results.partial.jsonl").write_text(json.dumps(
+        {"image_id": 1, "records": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 9, 9], "score": 0.99}]}) + "\n")
+    (work / "out_partial_link").mkdir()
+    (work / "out_partial_link" / "coco_instances_results.partial.jsonl").symlink_to(work / "secret.txt")
+    (work / "out_nosettings" / "image_sizes").mkdir(parents=True)
+    (work / "out_nosettings" / "000000000001.bin").write_bytes(b"\0" * (3 * 1344 * 1344))
+    (work / "out_nosettings" / "image_sizes" / "000000000001.bin").write_bytes(struct.pack("<qq", 1008, 1344))
+    (work / "out_resume").mkdir()
     ckpt = write_checkpoint(LITE, work / "lite.pth")
+    (work / "out_resume" / "last_checkpoint").write_text(str(ckpt))
+    bomb = write_checkpoint(LITE, work / "bomb.pth")
+    import zipfile
+
+    with zipfile.ZipFile(bomb, "a") as archive:
+        zeros = archive.namelist()[0].split("/")[0] + "/data/zeros"  # torch reads entries under the first one's folder
+        archive.writestr(zeros, b"\0" * 16)
+    _declare(bomb, zeros, 1536 << 20)  # 1.5 GiB declared by a small file
+    (work / "out_locked").mkdir()
+    holder = subprocess.Popen(  # another run holding out_locked until its stdin closes (also if this one dies)
+        [sys.executable, "-c", "import sys\nfrom centermask2.fileio import ensure_writable_dir\n"
+         "ensure_writable_dir(sys.argv[1])\nprint('held', flush=True)\nsys.stdin.read()", str(work / "out_locked")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert holder.stdout.readline().strip() == "held"
+    train = ["--config-file", CONFIGS / case_info(LITE)["config"], "--coco-json", SAMPLE / "annotations_gt.json",
+             "--images", SAMPLE / "images", "--no-progress"]
+    train_opts = ["MODEL.DEVICE", "cpu", "SEED", "3", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "100",
+                  "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "1", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "()"]
+    files.update(bomb=bomb, train=train, train_opts=train_opts)
     files.update(images=images, bins=bins, raw=raw, work=work, out=work / "out", ckpt=ckpt,
                  torch=["--config-file", CONFIGS / case_info(LITE)["config"]],
                  weights=["MODEL.WEIGHTS", ckpt, "MODEL.DEVICE", "cpu"])
-    return work, files, ckpt
+    yield work, files, ckpt
+    holder.stdin.close()
+    holder.wait(timeout=60)
 
 
 def _listing(folder: Path) -> dict[str, tuple[int, float]]:
@@ -118,6 +250,10 @@ ANNOTATIONS = {
     "wrong_types": ("annotations-wrong-json-types", "is not a COCO annotation file (no 'images' list)"),
     "not_json": ("annotations-not-json", "is not a valid COCO annotation file (not UTF-8 JSON"),
     "list": ("annotations-a-json-list", "expected a JSON dict, found list"),
+    "deep": ("annotations-nested-200000-deep", "nested more than 100 levels deep"),
+    "infinity_id": ("annotations-infinity-id", "Infinity is not a JSON number"),
+    "fractional_id": ("annotations-fractional-image-id", "image id 1.5 is not an integer"),
+    "fifo_json": ("annotations-a-named-pipe", "is not a regular file (a named pipe)"),
 }
 
 #: (script, its arguments given the hostile files, exit code, what it says); every image but one
@@ -156,12 +292,91 @@ HOSTILE = [
     pytest.param("convert_model_into_onnx.py", lambda f: ["--config-file", f["torch"][1], "--output", f["work"],
                                                           "MODEL.WEIGHTS", f["ckpt"]], 2,
                  "is a folder; give a file path", id="export-output-is-a-folder"),
+    # bin_info.json and manifest.json: wrong types, sizes no such file has, not a file
+    *(pytest.param("postprocess_bin_outputs.py", lambda f, key=key: [
+        "--outputs", f["raw_good"], "--info", f[key], "--output-dir", f["out"]], 2, message, id=f"postprocess-{what}")
+      for key, what, message in (
+        ("bins_shape_text", "bin-info-shape-a-string",
+         "'shape' must be a list of 4 positive integers [1, 3, H, W], got '1x3x256x256'"),
+        ("bins_size_text", "bin-info-size-a-string", "'height' of image 'x' must be an integer, got '480'"),
+        ("bins_huge", "bin-info-huge-file", "is larger than a bin info file can be"),
+        ("bins_fifo", "bin-info-a-named-pipe", "is not a regular file (a named pipe)"),
+    )),
+    *(pytest.param("postprocess_bin_outputs.py", lambda f, key=key: [
+        "--outputs", f[key], "--info", f["bins_good"], "--output-dir", f["out"]], 2, message, id=f"postprocess-{what}")
+      for key, what, message in (
+        ("raw_huge_dims", "manifest-huge-dims", "output 'boxes' has shape [1, 100000000000000000000, 4], more than"),
+        ("raw_index_base_text", "manifest-index-base-a-string", "'index_base' must be 0 or 1, got '0'"),
+    )),
+    # model metadata
+    pytest.param("preprocess_inputs_to_bin.py", lambda f: ["--model", f["meta_three_part"], "--images", f["images"],
+                                                           "--output", f["out"]], 2,
+                 "metadata 'centermask2.input_size' = '640x960x3' is malformed (expected HxW",
+                 id="preprocess-metadata-three-part-input-size"),
+    pytest.param("preprocess_inputs_to_bin.py", lambda f: ["--model", f["meta_strings"], "--images", f["images"],
+                                                           "--output", f["out"]], 2,
+                 "metadata 'centermask2.category_ids' = '[\"3\", \"7\"]' is malformed (expected a list of integers",
+                 id="preprocess-metadata-ids-as-strings"),
+    # configs
+    pytest.param("convert_model_into_onnx.py", lambda f: ["--config-file", f["yaml_fifo_base"], "--output",
+                                                          f["out"] / "m.onnx", "MODEL.WEIGHTS", f["ckpt"]], 2,
+                 "is not a regular file (a named pipe)", id="export-config-base-a-named-pipe"),
+    pytest.param("tester.py", lambda f: ["--config-file", f["fifo_yaml"], "--images", f["images"], "--output-dir",
+                                         f["out"], *f["weights"]], 2, "is not a regular file (a named pipe)",
+                 id="tester-config-a-named-pipe"),
+    pytest.param("convert_model_into_onnx.py", lambda f: ["--config-file", f["yaml_deep"], "--output",
+                                                          f["out"] / "m.onnx", "MODEL.WEIGHTS", f["ckpt"]], 2,
+                 "nested more than 100 levels deep", id="export-config-nested-200000-deep"),
+    pytest.param("convert_model_into_onnx.py", lambda f: ["--config-file", f["yaml_huge"], "--output",
+                                                          f["out"] / "m.onnx", "MODEL.WEIGHTS", f["ckpt"]], 2,
+                 "is larger than a config file can be", id="export-config-huge-file"),
+    # models and checkpoints
+    pytest.param("tester.py", lambda f: ["--backend", "onnx", "--model", f["fifo_onnx"], "--images", f["images"],
+                                         "--output-dir", f["out"]], 2, "is not a regular file (a named pipe)",
+                 id="tester-model-a-named-pipe"),
+    pytest.param("tester.py", lambda f: [*f["torch"], "--images", f["images"], "--output-dir", f["out"],
+                                         "MODEL.WEIGHTS", f["fifo_pth"], "MODEL.DEVICE", "cpu"], 2,
+                 "is not a regular file (a named pipe)", id="tester-checkpoint-a-named-pipe"),
+    pytest.param("tools/train_net.py", lambda f: [*f["train"], "--output-dir", f["work"] / "out_train",
+                                                  *f["train_opts"], "MODEL.WEIGHTS", f["bomb"]], 2,
+                 "declares 1,6", id="train-checkpoint-declares-far-more-than-the-model"),
+    pytest.param("tools/train_net.py", lambda f: [*f["train"], "--output-dir", f["work"] / "out_resume", "--resume",
+                                                  *f["train_opts"]], 2,
+                 "which is not a file in the output folder", id="train-last-checkpoint-outside-output-dir"),
+    # resume files the run did not write
+    pytest.param("tester.py", lambda f: [*f["torch"], "--images", f["images"], "--output-dir", f["work"] / "out_partial",
+                                         "--resume", *f["weights"]], 2, "has no run identity",
+                 id="tester-resume-progress-file-without-identity"),
+    pytest.param("preprocess_inputs_to_bin.py", lambda f: [*f["torch"], "--input-size", "1344x1344", "--images",
+                                                           f["images"], "--output", f["work"] / "out_nosettings",
+                                                           "--resume"], 2,
+                 "has no bin_settings.json", id="preprocess-resume-bins-without-settings"),
+    # output folders: links inside, another run in the same folder
+    pytest.param("preprocess_inputs_to_bin.py", lambda f: [*f["torch"], "--input-size", "1344x1344", "--images",
+                                                           f["images"], "--output", f["work"] / "out_link"], 2,
+                 "holds a symbolic link 'image_sizes'", id="preprocess-output-subfolder-a-link"),
+    pytest.param("tester.py", lambda f: [*f["torch"], "--images", f["images"], "--output-dir",
+                                         f["work"] / "out_partial_link", "--resume", *f["weights"]], 2,
+                 "holds a symbolic link 'coco_instances_results.partial.jsonl'",
+                 id="tester-resume-progress-file-a-link"),
+    pytest.param("preprocess_inputs_to_bin.py", lambda f: [*f["torch"], "--input-size", "1344x1344", "--images",
+                                                           f["images"], "--output", f["work"] / "out_locked"], 2,
+                 "another run is using the output folder", id="preprocess-output-folder-in-use"),
 ]
 
 #: root script -> the module that holds its main (run in this process: an exception escaping main
 #: is what a user would see as a traceback)
 MAINS = {"tester.py": "tester", "preprocess_inputs_to_bin.py": "preprocess", "visualizer.py": "visualizer",
-         "postprocess_bin_outputs.py": "postprocess", "convert_model_into_onnx.py": "export_onnx"}
+         "postprocess_bin_outputs.py": "postprocess", "convert_model_into_onnx.py": "export_onnx",
+         "tools/train_net.py": "train"}
+
+
+class _Hung(BaseException):
+    """Raised by the alarm in a script that still runs after its time (not caught by ``run_main``)."""
+
+
+def _hung(signum, frame):
+    raise _Hung("still running after 120 s: a read that never ends?")
 
 
 @pytest.mark.parametrize(("script", "arguments", "code", "message"), HOSTILE)
@@ -173,7 +388,13 @@ def test_hostile_files_never_crash_or_escape(hostile, caplog, capsys, monkeypatc
     args = [str(a) for a in arguments(files)]
     before = {k: v for k, v in _listing(work).items() if not k.startswith("out")}
     main = importlib.import_module(f"centermask2.cli.{MAINS[script]}").main
-    rc = main(args)  # raises (fails the test) where a user would see a traceback
+    previous = signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(120)
+    try:
+        rc = main(args)  # raises (fails the test) where a user would see a traceback, or hangs
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     said = caplog.text + capsys.readouterr().err
     assert rc == code, f"exit {rc}\n{said[-2000:]}"
     assert message in said, said[-2000:]
@@ -184,7 +405,7 @@ def test_hostile_files_never_crash_or_escape(hostile, caplog, capsys, monkeypatc
 
 
 def test_the_table_covers_every_script():
-    assert len(HOSTILE) >= 25
+    assert len(HOSTILE) >= 55
     assert {p.values[0] for p in HOSTILE} == set(MAINS)
 
 

@@ -77,6 +77,23 @@ def test_crowd_and_unusable_annotations_are_dropped(tmp_path):
         load_training_annotations(tmp_path / "ann.json", tmp_path)
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"image": {"id": 1.5}}, "1.5 is not an integer"),
+    ({"image": {"height": "10"}}, "'10' is not an integer"),
+    ({"annotation": {"image_id": 1.0}}, "1.0 is not an integer"),
+    ({"annotation": {"bbox": [1, 1, 12345.5, 4]}}, "inf is not a finite number"),  # written 1e999 below
+])
+def test_fractional_ids_and_infinite_boxes_are_named(tmp_path, change, message):
+    """Ids must be integers (1.5 would silently become image 1) and boxes finite."""
+    image = {"id": 1, "file_name": "a.png", "height": 10, "width": 10, **change.get("image", {})}
+    annotation = {"id": 3, "image_id": 1, "category_id": 7, "bbox": [1, 1, 4, 4],
+                  "segmentation": [[1, 1, 5, 1, 5, 5]], **change.get("annotation", {})}
+    text = json.dumps({"images": [image], "categories": [{"id": 7, "name": "x"}], "annotations": [annotation]})
+    (tmp_path / "ann.json").write_text(text.replace("12345.5", "1e999"))  # reads as infinity
+    with pytest.raises(InputError, match=message):
+        load_training_annotations(tmp_path / "ann.json", tmp_path)
+
+
 def test_batches_are_a_function_of_seed_and_iteration():
     info = train_case("lite_V_19_slim_dw")
     images, _, _ = load_training_annotations(TRAIN_DATA / "lite_V_19_slim_dw" / "annotations_train.json",

@@ -215,3 +215,26 @@ def test_shapes_dataset_is_deterministic_and_loadable(tmp_path):
     assert len(images) == 4 and sum(len(im.instances) for im in images) == len(train_json["annotations"])
     boxes = np.array([inst.box for im in images for inst in im.instances])
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+
+
+def test_last_checkpoint_resolves_inside_the_output_folder(tmp_path):
+    """``last_checkpoint`` holds a file name training wrote; a path elsewhere, a link or a missing file is
+    refused by name instead of followed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    assert latest_checkpoint(out) is None
+    (tmp_path / "elsewhere.pth").write_bytes(b"x")
+    (out / "model_0000001.pth").write_bytes(b"x")
+    for content, message in ((str(tmp_path / "elsewhere.pth"), "which is not a file in the output folder"),
+                             ("../elsewhere.pth", "which is not a file in the output folder"),
+                             ("model_0000009.pth", "which is not a checkpoint file in"),
+                             ("x" * 5000, "is larger than a training progress file can be")):
+        (out / "last_checkpoint").write_text(content)
+        with pytest.raises(ValueError, match=message):
+            latest_checkpoint(out)
+    (out / "last_checkpoint").write_text("model_0000001.pth\n")
+    assert latest_checkpoint(out) == out / "model_0000001.pth"
+    (out / "linked.pth").symlink_to(tmp_path / "elsewhere.pth")
+    (out / "last_checkpoint").write_text("linked.pth")
+    with pytest.raises(ValueError, match="which is not a checkpoint file in"):
+        latest_checkpoint(out)

@@ -6,8 +6,10 @@ from .loader import (
     UnsafeCheckpointError,
     apply_state_dict,
     check_weights_path,
+    checkpoint_size_limit,
     load_state_dict_file,
     load_weights,
+    read_checkpoint,
 )
 from .recipe import recipe_arrays, write_checkpoint
 
@@ -16,8 +18,10 @@ __all__ = [
     "UnsafeCheckpointError",
     "apply_state_dict",
     "check_weights_path",
+    "checkpoint_size_limit",
     "load_state_dict_file",
     "load_weights",
+    "read_checkpoint",
     "recipe_arrays",
     "write_checkpoint",
 ]

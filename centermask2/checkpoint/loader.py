@@ -30,12 +30,15 @@ import numpy as np
 import torch
 
 from ..errors import InputError, MissingFileError
+from ..fileio import check_input_file
 
 __all__ = [
     "LoadReport",
     "UnsafeCheckpointError",
     "apply_state_dict",
     "check_weights_path",
+    "checkpoint_size_limit",
+    "read_checkpoint",
     "load_state_dict_file",
     "load_weights",
 ]
@@ -181,6 +184,7 @@ def check_weights_path(path: str | os.PathLike[str]) -> str:
         raise MissingFileError(f"Checkpoint file not found: '{text}'.")
     if os.path.isdir(text):
         raise InputError(f"Checkpoint path '{text}' is a directory; {_EXPECTED_FORMATS}.")
+    check_input_file(text, "checkpoint")  # a named pipe or a device: reading it would wait or never end
     return text
 
 
@@ -267,6 +271,14 @@ _ZIP_SIZE_FACTOR = 8
 _ZIP_SIZE_SLACK = 64 << 20
 
 
+def checkpoint_size_limit(model: torch.nn.Module) -> int:
+    """The most bytes a checkpoint of ``model`` may have (on disk, or declared by its zip entries):
+    :data:`_ZIP_SIZE_FACTOR` times its tensors' bytes plus a fixed slack. Every reader of a checkpoint
+    for a model (tester, export, quantize, visualizer, training's starting weights and resume) uses it."""
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return _ZIP_SIZE_FACTOR * weight_bytes + _ZIP_SIZE_SLACK
+
+
 def _check_zip_sizes(path: str, limit: int) -> None:
     """Refuse a ``torch.save`` zip whose entries declare more than ``limit`` bytes in all, before any
     entry is inflated (a few kilobytes of zip can declare terabytes)."""
@@ -282,6 +294,38 @@ def _check_zip_sizes(path: str, limit: int) -> None:
             f"Checkpoint '{path}' declares {declared:,} bytes of content, far more than the model's weights need "
             f"(at most {limit:,}); refusing to inflate it. It is corrupt, or not a checkpoint of this model."
         )
+
+
+def read_checkpoint(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> Any:
+    """What a checkpoint file holds (``torch.load(..., weights_only=True)``, or the restricted
+    unpickler for model-zoo ``.pkl`` files), never running code from it.
+
+    Args:
+        path: a local regular file; the format is detected from the content.
+        max_bytes: refuse a file larger than this, or a ``torch.save`` zip whose entries declare more
+            (checked before anything is inflated); see :func:`checkpoint_size_limit`.
+
+    Raises:
+        InputError: empty path, URL, not a regular file, too large, truncated, corrupt, not a
+            checkpoint, or holding Python objects beyond tensors/arrays and containers.
+        MissingFileError: the file does not exist.
+    """
+    local = check_weights_path(path)
+    size = os.path.getsize(local)
+    if max_bytes is not None and size > max_bytes:
+        raise InputError(
+            f"Checkpoint '{local}' has {size:,} bytes, far more than the model's weights need (at most {max_bytes:,}); "
+            "it is corrupt, or not a checkpoint of this model."
+        )
+    with open(local, "rb") as f:
+        head = f.read(len(_LEGACY_TORCH_MAGIC))
+    if not head:
+        raise InputError(f"Checkpoint '{local}' is empty; download or write it again.")
+    if head.startswith(_ZIP_MAGIC) and max_bytes is not None:
+        _check_zip_sizes(local, max_bytes)
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_TORCH_MAGIC):
+        return _torch_load(local)
+    return _restricted_pickle_load(local, head)
 
 
 def load_state_dict_file(
@@ -303,20 +347,12 @@ def load_state_dict_file(
         UnsafeCheckpointError: A ``.pkl`` references a disallowed global (subclass of ValueError).
         FileNotFoundError: The file does not exist.
 
-    ``max_zip_bytes``: refuse a ``torch.save`` zip whose entries declare more bytes than this
-    (checked before inflating anything); :func:`load_weights` sets it from the model's size.
+    ``max_zip_bytes``: refuse a file larger than this, or a ``torch.save`` zip whose entries declare
+    more (checked before inflating anything); :func:`load_weights` sets it from the model's size
+    (:func:`checkpoint_size_limit`).
     """
     local = check_weights_path(path)
-    with open(local, "rb") as f:
-        head = f.read(len(_LEGACY_TORCH_MAGIC))
-    if not head:
-        raise InputError(f"Checkpoint '{local}' is empty; download or write it again.")
-    if head.startswith(_ZIP_MAGIC) and max_zip_bytes is not None:
-        _check_zip_sizes(local, max_zip_bytes)
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_TORCH_MAGIC):
-        obj = _torch_load(local)
-    else:
-        obj = _restricted_pickle_load(local, head)
+    obj = read_checkpoint(local, max_bytes=max_zip_bytes)
 
     raw = _select_state_dict(obj, local)
     state_dict: dict[str, torch.Tensor] = {}
@@ -433,6 +469,5 @@ def load_weights(
         FileNotFoundError: The file does not exist.
         ValueError: URL or empty path, unreadable/unsafe file, or weights that do not fit.
     """
-    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    state_dict = load_state_dict_file(path, max_zip_bytes=_ZIP_SIZE_FACTOR * weight_bytes + _ZIP_SIZE_SLACK)
+    state_dict = load_state_dict_file(path, max_zip_bytes=checkpoint_size_limit(model))
     return apply_state_dict(model, state_dict, allow_incomplete=allow_incomplete, source=os.fspath(path))

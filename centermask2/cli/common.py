@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..data.spec import parse_hw
 from ..engine.onnxruntime_backend import PROVIDERS
 from ..errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, CenterMask2Error, InputError
+from ..fileio import output_session
 
 if TYPE_CHECKING:
     from ..engine.executors import Executor
@@ -178,7 +179,8 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         operating-system error during the run (disk full, file removed meanwhile); 130 on Ctrl-C.
     """
     try:
-        return main(argv)
+        with output_session():  # the output folders it locked are released when it returns
+            return main(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_BAD_INPUT)
     except CenterMask2Error as exc:

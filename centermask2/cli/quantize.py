@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import EXIT_OK, InputError, MissingFileError
+from ..errors import EXIT_OK, InputError
 from .common import new_parser, parse_args, positive_int, run_main, setup_logging
 
 logger = logging.getLogger("quantize")
@@ -55,10 +55,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
     from ..data import list_images
     from ..export.quantize import QuantizeSettings, quantize_int8
-    from ..fileio import check_output_file
+    from ..fileio import check_input_file, check_output_file
 
-    if not Path(args.model).is_file():
-        raise MissingFileError(f"--model not found: {args.model!r}")
+    check_input_file(args.model, "--model")  # a regular file: not a folder, a pipe or a device
     check_output_file(args.output, "--output")
     if Path(args.output).resolve() == Path(args.model).resolve():
         raise InputError("--output must differ from --model (the float32 model is the input)")

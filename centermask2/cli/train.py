@@ -74,11 +74,10 @@ def load_initial_weights(model: Any, path: str) -> None:
     """Load ``MODEL.WEIGHTS`` to start training: what fits is loaded, the rest keeps its initial
     values (logged). A backbone-only checkpoint (names without ``backbone.bottom_up.``) is
     recognized and loaded into the backbone."""
-    from ..checkpoint import apply_state_dict, check_weights_path
-    from ..checkpoint.loader import load_state_dict_file
+    from ..checkpoint import apply_state_dict, check_weights_path, checkpoint_size_limit, load_state_dict_file
 
     check_weights_path(path)
-    state = load_state_dict_file(path)
+    state = load_state_dict_file(path, max_zip_bytes=checkpoint_size_limit(model))  # the size guard of every reader
     names = set(model.state_dict())
     if not any(k in names for k in state) and any(f"backbone.bottom_up.{k}" in names for k in state):
         logger.info("%s is a backbone-only checkpoint; loading it into backbone.bottom_up", path)
@@ -111,7 +110,7 @@ def make_evaluator(cfg: Any, eval_json: str, eval_images: str, output_dir: Path,
     from ..engine.loop import run_inference
     from ..engine.sources import torch_model_source
     from ..evaluation import evaluate_coco
-    from ..fileio import atomic_write_json
+    from ..fileio import atomic_write_json, ensure_writable_dir
 
     records = list_images(eval_images, eval_json)
     ids, _ = category_mapping(eval_json, int(cfg.MODEL.FCOS.NUM_CLASSES))
@@ -119,8 +118,7 @@ def make_evaluator(cfg: Any, eval_json: str, eval_images: str, output_dir: Path,
     def evaluate(model: Any, iteration: int) -> dict[str, Any]:
         source = torch_model_source(model, cfg, label=f"PyTorch iteration {iteration}")
         results, _summary = run_inference(source, records, ids, progress=progress)
-        out = output_dir / f"eval_iter{iteration:07d}"
-        out.mkdir(parents=True, exist_ok=True)
+        out = ensure_writable_dir(output_dir / f"eval_iter{iteration:07d}", "--output-dir")
         atomic_write_json(results, out / "coco_instances_results.json")
         metrics = evaluate_coco(results, eval_json, output_dir=out)
         logger.info("iteration %d: bbox AP %.2f, segm AP %.2f", iteration, metrics["bbox"]["AP"],
@@ -140,7 +138,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from ..config import load_config
     from ..data.training import AugmentSettings, CollatedBatches, TrainingBatches, load_training_annotations
     from ..engine.torch_backend import resolve_device
-    from ..engine.trainer import SolverSettings, Trainer, latest_checkpoint
+    from ..engine.trainer import SolverSettings, Trainer, latest_checkpoint, load_training_checkpoint
     from ..fileio import atomic_write_bytes, ensure_writable_dir
     from ..modeling import build_model
 
@@ -172,17 +170,17 @@ def _main(argv: Sequence[str] | None) -> int:
     resume_from = latest_checkpoint(out) if args.resume else None
     if args.resume and resume_from is None:
         logger.info("--resume: no checkpoint in %s yet; starting at iteration 0", out)
-    if seed < 0:
-        if resume_from is not None:
-            seed = int(torch.load(resume_from, map_location="cpu", weights_only=True).get("seed", 0))
-        else:
-            seed = int.from_bytes(os.urandom(3), "little")
+    if seed < 0 and resume_from is None:
+        seed = int.from_bytes(os.urandom(3), "little")
+        logger.info("SEED is %d (pass SEED %d to repeat this run)", seed, seed)
+    torch.manual_seed(max(seed, 0))  # the initial weights of what the checkpoint does not provide
+    model = build_model(cfg)
+    if seed < 0:  # resuming: the run's seed is in its checkpoint (read with the model's size guard)
+        seed = int(load_training_checkpoint(resume_from, model).get("seed", 0))
         logger.info("SEED is %d (pass SEED %d to repeat this run)", seed, seed)
     cfg.defrost()
     cfg.SEED = seed
     cfg.freeze()
-    torch.manual_seed(seed)  # the initial weights of what the checkpoint does not provide
-    model = build_model(cfg)
 
     images, ids, names = load_training_annotations(args.coco_json, args.images,
                                                    filter_empty=bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS))

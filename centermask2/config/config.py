@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError, MissingFileError
+from ..errors import ConfigError, InputError, MissingFileError
+from ..fileio import MAX_NESTING, open_input_file
 from .defaults import default_config_dict
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "get_cfg",
     "load_config",
     "load_yaml_with_base",
+    "parse_yaml_text",
+    "MAX_CONFIG_BYTES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,10 @@ BASE_KEY = "_BASE_"
 _LOOSE_SECTIONS = frozenset({"SOLVER"})
 
 _SUPPORTED_VERSION = 2
+#: the largest config file read (the official ones have a few kilobytes, a resolved config ~15 KB)
+MAX_CONFIG_BYTES = 1 << 20
+#: the most files one config may read through its _BASE_ chain (the official ones read 2 or 3)
+_MAX_CONFIG_FILES = 64
 _OVERRIDES_SOURCE = "command-line overrides"
 _MAX_LISTED_KEYS = 12
 
@@ -216,7 +223,7 @@ class CfgNode(dict):
             AttributeError: The config is frozen.
         """
         self._check_mutable(os.fspath(config_file))
-        data, origins = _load_yaml_tree(os.fspath(config_file), ())
+        data, origins = _load_yaml_tree(os.fspath(config_file), (), budget=[_MAX_CONFIG_FILES])
         self._merge_staged([(data, lambda key: origins.get(key, os.fspath(config_file)))])
 
     def merge_from_dict(self, data: Mapping[str, Any], source: str = "<dict>") -> None:
@@ -297,7 +304,11 @@ def _plain_copy(value: Any) -> Any:
 
 class _NoAliasLoader(yaml.SafeLoader):
     """``yaml.safe_load`` without aliases (``*name``): a few hundred bytes of nested aliases expand
-    to gigabytes ("billion laughs"), and detectron2/centermask2 configs never use them."""
+    to gigabytes ("billion laughs"), and detectron2/centermask2 configs never use them. Nesting is
+    bounded too (:data:`~centermask2.fileio.MAX_NESTING`): PyYAML composes recursively, so deeper
+    nesting would end in a ``RecursionError``."""
+
+    _depth = 0
 
     def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML's signature
         if self.check_event(yaml.AliasEvent):
@@ -306,7 +317,34 @@ class _NoAliasLoader(yaml.SafeLoader):
                 None, None, f"YAML aliases (*{event.anchor}) are not supported in configs; write the values out",
                 event.start_mark,
             )
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_NESTING:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"its sequences / mappings are nested more than {MAX_NESTING} levels deep",
+                self.peek_event().start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def parse_yaml_text(text: str, source: str) -> Any:
+    """Parse YAML text from an untrusted ``source`` (e.g. the config an exported model carries) the
+    way config files are read: safe types only, no aliases, bounded nesting.
+
+    Raises:
+        ConfigError: not YAML, or YAML this reader refuses; the message names ``source``.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source} is larger than a config can be ({len(text):,} characters, at most "
+                          f"{MAX_CONFIG_BYTES:,})")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Cannot parse {source} as YAML: {e}") from e
+    except RecursionError:  # a scanner or constructor path the nesting bound does not cover
+        raise ConfigError(f"Cannot parse {source} as YAML: nested too deeply") from None
 
 
 class _ConfigDumper(yaml.SafeDumper):
@@ -349,7 +387,7 @@ def load_yaml_with_base(config_file: str | os.PathLike[str]) -> dict[str, Any]:
         FileNotFoundError: The file or one of its bases does not exist.
         ConfigError: Bad YAML, a non-mapping document, or a ``_BASE_`` cycle.
     """
-    data, _ = _load_yaml_tree(os.fspath(config_file), ())
+    data, _ = _load_yaml_tree(os.fspath(config_file), (), budget=[_MAX_CONFIG_FILES])
     return data
 
 
@@ -364,12 +402,17 @@ def _read_yaml_file(path: str, included_by: str | None) -> dict[str, Any]:
     if os.path.isdir(path):
         raise ConfigError(f"Config path '{path}' is a directory; pass a .yaml file.")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+        with open_input_file(path, "config file", max_bytes=MAX_CONFIG_BYTES) as f:
+            raw = f.read()
+    except InputError as e:
+        raise ConfigError(str(e) + ("" if included_by is None else f" (named by {BASE_KEY} in '{included_by}')")) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file '{path}': {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"Config file '{path}' is not UTF-8 text ({e}); pass a .yaml file.") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Cannot parse config file '{path}' as YAML: {e}") from e
+    data = parse_yaml_text(text, f"config file '{path}'")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -397,12 +440,18 @@ def _resolve_base(ref: Any, including_file: str) -> str:
 
 
 def _load_yaml_tree(
-    path: str, chain: tuple[str, ...], included_by: str | None = None
+    path: str, chain: tuple[str, ...], included_by: str | None = None, *, budget: list[int]
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Load ``path`` with its bases; also return which file set each dotted key."""
+    """Load ``path`` with its bases; also return which file set each dotted key. ``budget``: how many
+    more files may be read (shared by the whole chain: a few files naming each other's bases many
+    times would otherwise read millions)."""
     real = os.path.realpath(path)
     if real in chain:
         raise ConfigError(f"{BASE_KEY} cycle: '{path}' includes itself (via '{included_by}').")
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(f"{BASE_KEY} chain of '{chain[0] if chain else path}' reads more than {_MAX_CONFIG_FILES} "
+                          "files; a config needs a few")
     data = _read_yaml_file(path, included_by)
     base_refs = data.pop(BASE_KEY, None)
     own_origins = {key: path for key in _dotted_keys(data)}
@@ -415,7 +464,7 @@ def _load_yaml_tree(
     origins: dict[str, str] = {}
     for ref in base_refs:
         base_path = _resolve_base(ref, path)
-        base_data, base_origins = _load_yaml_tree(base_path, chain + (real,), included_by=path)
+        base_data, base_origins = _load_yaml_tree(base_path, chain + (real,), included_by=path, budget=budget)
         _merge_raw(merged, base_data)
         origins.update(base_origins)
     _merge_raw(merged, data)

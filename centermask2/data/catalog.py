@@ -59,11 +59,15 @@ def list_images(images_dir: str | os.PathLike, coco_json: str | os.PathLike | No
         if not isinstance(data.get("images"), list):
             raise InputError(f"{str(path)!r} is not a COCO annotation file (no 'images' list)")
         try:
-            entries = [(int(im["id"]), im["file_name"]) for im in data["images"]]
-        except (KeyError, TypeError, ValueError) as exc:
+            entries = [(im["id"], im["file_name"]) for im in data["images"]]
+        except (KeyError, TypeError) as exc:
             raise InputError(
                 f"{str(path)!r}: an 'images' entry lacks a numeric 'id' or a 'file_name' ({type(exc).__name__}: {exc})"
             ) from None
+        for image_id, _ in entries:
+            if type(image_id) is not int:  # 1.5 would silently become image 1, "1" would never match a result
+                raise InputError(f"{str(path)!r}: image id {image_id!r:.40} is not an integer; every 'images' entry needs a "
+                                 "numeric 'id' (an integer) and a 'file_name'")
         records = [ImageRecord(i, name, path_inside(root, name, f"{str(path)!r}: image {i}'s file_name"))
                    for i, name in entries]
         for label, values in (("image id", [r.image_id for r in records]), ("file_name", [r.file_name for r in records])):

@@ -149,9 +149,13 @@ def load_coco_categories(coco_json: str | os.PathLike | Mapping[str, Any]) -> tu
     """
     data = load_coco_dict(coco_json)
     try:
-        cats = sorted(data["categories"], key=lambda c: int(c["id"]))
-        ids, names = [int(c["id"]) for c in cats], [str(c["name"]) for c in cats]
-    except (KeyError, TypeError, ValueError) as exc:
+        bad = [c["id"] for c in data["categories"] if type(c["id"]) is not int]
+        if bad:  # 1.5 would silently become category 1
+            raise InputError(f"the COCO annotation file's category id {bad[0]!r:.40} is not an integer; COCO category "
+                             "ids are integers")
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        ids, names = [c["id"] for c in cats], [str(c["name"]) for c in cats]
+    except (KeyError, TypeError) as exc:
         raise InputError(f"the 'categories' of the COCO annotation file are malformed ({type(exc).__name__}: {exc})") from None
     if not cats:
         raise InputError("The COCO annotation file has no categories.")

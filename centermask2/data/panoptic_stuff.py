@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..fileio import ensure_writable_dir, path_inside, remove_stale_temp_files
+from ..fileio import ensure_writable_dir, output_session, path_inside, remove_stale_temp_files
 from ..summary import StageSummary
 from .panoptic_categories import PanopticCategories, coco_panoptic_separated
 
@@ -74,6 +74,7 @@ def _finished(path: Path, size: tuple[int, int] | None) -> bool:
         return False
 
 
+@output_session()
 def prepare_panoptic_stuff(
     panoptic_json: str | os.PathLike,
     panoptic_root: str | os.PathLike,

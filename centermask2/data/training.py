@@ -19,6 +19,7 @@ any number of loader workers.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,6 +99,19 @@ def rle_to_polygons(segmentation: dict[str, Any], height: int, width: int) -> li
     return polygons
 
 
+def _integer(value: Any) -> int:
+    """A COCO id or size: an integer (``1.5`` would silently become 1)."""
+    if type(value) is not int:
+        raise ValueError(f"{value!r:.40} is not an integer")
+    return value
+
+
+def _finite(value: Any) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f"{value!r:.40} is not a finite number")
+    return float(value)
+
+
 def load_training_annotations(
     coco_json: str | os.PathLike, images_dir: str | os.PathLike, *, filter_empty: bool = True
 ) -> tuple[list[TrainImage], list[int], list[str]]:
@@ -122,17 +136,17 @@ def load_training_annotations(
     images: dict[int, TrainImage] = {}
     for entry in data["images"]:
         try:
-            image_id, file_name = int(entry["id"]), entry["file_name"]
-            h, w = int(entry["height"]), int(entry["width"])
+            image_id, file_name = _integer(entry["id"]), entry["file_name"]
+            h, w = _integer(entry["height"]), _integer(entry["width"])
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{path!r}: image entry {entry!r:.120} needs id, file_name, height, width ({exc})") from None
         images[image_id] = TrainImage(image_id, path_inside(images_dir, file_name, "file_name"), h, w, [])
     dropped_crowd = dropped_no_polygon = 0
     for ann in data.get("annotations", []):
         try:
-            image = images[int(ann["image_id"])]
-            category = to_contiguous[int(ann["category_id"])]
-            x, y, bw, bh = (float(v) for v in ann["bbox"])
+            image = images[_integer(ann["image_id"])]
+            category = to_contiguous[_integer(ann["category_id"])]
+            x, y, bw, bh = (_finite(v) for v in ann["bbox"])
         except KeyError as exc:
             raise InputError(
                 f"{path!r}: annotation {ann.get('id')!r} refers to an unknown image or category ({exc})"

@@ -27,7 +27,7 @@ from ..data.spec import InputSpec
 from ..data.transforms import load_and_resize, pad_batch
 from ..errors import BackendError, CenterMask2Error, InputError
 from ..evaluation.coco import instances_to_coco_json
-from ..fileio import atomic_write_json, ensure_writable_dir, text_digest
+from ..fileio import atomic_write_json, ensure_writable_dir, output_session, text_digest
 from ..modeling.postprocessing import detector_postprocess
 from ..summary import StageSummary
 from .executors import Executor, Job, LocalExecutor
@@ -352,6 +352,7 @@ def run_inference(
     return results, summary
 
 
+@output_session()
 def run_to_folder(
     source: ModelSource,
     records: Sequence[ImageRecord],

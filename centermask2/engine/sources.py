@@ -30,10 +30,14 @@ logger = logging.getLogger(__name__)
 def _config_digest(config_yaml: str) -> str:
     """Digest of a resolved config, all keys but ``MODEL.WEIGHTS`` (the file's content is the
     identity's ``model``, so a moved checkpoint is the same run)."""
-    import yaml
+    from ..config.config import parse_yaml_text
 
-    data = yaml.safe_load(config_yaml) or {}
-    data.get("MODEL", {}).pop("WEIGHTS", None)
+    data = parse_yaml_text(config_yaml, "the model's config") or {}
+    if not isinstance(data, dict):
+        raise InputError(f"the model's config is not a mapping of keys but {type(data).__name__}; re-export the model")
+    model = data.get("MODEL")
+    if isinstance(model, dict):
+        model.pop("WEIGHTS", None)
     return text_digest(json.dumps(data, sort_keys=True, default=str))
 
 

@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from ..errors import CenterMask2Error, InputError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, check_input_file, plain_name
 
-__all__ = ["TrainingDivergedError", "SolverSettings", "lr_factor", "build_optimizer", "Trainer", "TrainSummary", "latest_checkpoint"]
+__all__ = ["TrainingDivergedError", "SolverSettings", "lr_factor", "build_optimizer", "Trainer", "TrainSummary",
+           "latest_checkpoint", "load_training_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,13 +129,73 @@ def build_optimizer(model: nn.Module, s: SolverSettings) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=s.base_lr, momentum=s.momentum, nesterov=s.nesterov)
 
 
+#: the file naming a run's newest checkpoint, and the most bytes it may have (one file name)
+LAST_CHECKPOINT = "last_checkpoint"
+_MAX_MARKER_BYTES = 4096
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint named by ``output_dir/last_checkpoint``, if any."""
-    marker = Path(output_dir) / "last_checkpoint"
-    if not marker.is_file():
+    """The checkpoint named by ``output_dir/last_checkpoint``, if the file exists.
+
+    The file is read as what :meth:`Trainer.save` writes: one checkpoint's file name, inside
+    ``output_dir`` (never a path elsewhere, nor through a link).
+
+    Raises:
+        InputError: the file is not one this toolkit writes (too large, not a plain file name, a
+            link), or names a checkpoint that is not a regular file in ``output_dir``.
+    """
+    folder = Path(output_dir)
+    marker = folder / LAST_CHECKPOINT
+    if not os.path.lexists(marker):
         return None
-    path = Path(output_dir) / marker.read_text().strip()
-    return path if path.is_file() else None
+    fix = "delete it to train from the start, or give --output-dir the run's own folder"
+    if marker.is_symlink():
+        raise InputError(f"{str(marker)!r} is a symbolic link; training writes a plain file there: {fix}")
+    check_input_file(marker, "training progress file", hint=fix, max_bytes=_MAX_MARKER_BYTES)
+    try:
+        name = marker.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {str(marker)!r} ({exc}): {fix}") from None
+    try:
+        plain_name(name)
+    except InputError:
+        raise InputError(
+            f"{str(marker)!r} names {name[:200]!r}, which is not a file in the output folder {str(folder)!r}; "
+            f"training writes only a checkpoint's file name there: {fix}"
+        ) from None
+    path = folder / name
+    if path.is_symlink() or not path.is_file():
+        raise InputError(f"{str(marker)!r} names {name!r}, which is not a checkpoint file in {str(folder)!r} "
+                         f"(missing, or not a regular file): {fix}")
+    return path
+
+
+def load_training_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]:
+    """A checkpoint :meth:`Trainer.save` wrote, read with the size guard of ``model``'s checkpoints
+    (:func:`~centermask2.checkpoint.checkpoint_size_limit`), its keys checked.
+
+    Raises:
+        InputError: unreadable, too large, or not a training checkpoint; the message starts
+            ``cannot resume from <path>``.
+    """
+    from ..checkpoint import checkpoint_size_limit, read_checkpoint
+
+    try:
+        state = read_checkpoint(path, max_bytes=checkpoint_size_limit(model))
+    except CenterMask2Error as exc:
+        raise InputError(f"cannot resume from {os.fspath(path)!r}: {exc}") from exc
+    missing = {"model", "optimizer", "iteration"} - set(state) if isinstance(state, dict) else {"model"}
+    if missing:
+        raise InputError(
+            f"{os.fspath(path)!r} is not a training checkpoint of tools/train_net.py (no {sorted(missing)}); "
+            "start it as MODEL.WEIGHTS instead of --resume"
+        )
+    for key, minimum in (("iteration", 0), ("seed", 0), ("ims_per_batch", 1)):
+        value = state.get(key, minimum)
+        if type(value) is not int or value < minimum:
+            raise InputError(f"cannot resume from {os.fspath(path)!r}: its {key!r} is {value!r:.40}, not an integer "
+                             f">= {minimum}; it was not written by tools/train_net.py")
+    return state
 
 
 @dataclass
@@ -219,52 +280,49 @@ class Trainer:
         }
         torch.save(state, tmp)
         os.replace(tmp, path)
-        marker = self.output_dir / "last_checkpoint"
-        marker_tmp = marker.with_name(f"last_checkpoint.tmp{os.getpid()}")
+        marker = self.output_dir / LAST_CHECKPOINT
+        marker_tmp = marker.with_name(f"{LAST_CHECKPOINT}.tmp{os.getpid()}")
         marker_tmp.write_text(path.name)
         os.replace(marker_tmp, marker)
         logger.info("saved %s", path)
         return path
 
     def resume(self, path: str | os.PathLike) -> None:
-        """Continue from a checkpoint this trainer wrote (model, optimizer, iteration)."""
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - name the file whatever torch raises
-            raise InputError(f"cannot resume from {os.fspath(path)!r}: {exc}") from exc
-        missing = {"model", "optimizer", "iteration"} - set(state)
-        if missing:
-            raise InputError(
-                f"{os.fspath(path)!r} is not a training checkpoint of tools/train_net.py (no {sorted(missing)}); "
-                "start it as MODEL.WEIGHTS instead of --resume"
-            )
+        """Continue from a checkpoint this trainer wrote (model, optimizer, iteration), read by
+        :func:`load_training_checkpoint`."""
+        state = load_training_checkpoint(path, self.model)
         if int(state.get("seed", self.seed)) != self.seed or int(state.get("ims_per_batch", self.solver.ims_per_batch)) != self.solver.ims_per_batch:
             raise InputError(
                 f"{os.fspath(path)!r} was trained with SEED={state.get('seed')} and SOLVER.IMS_PER_BATCH="
                 f"{state.get('ims_per_batch')}; resume with the same values (or start a new --output-dir)"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InputError(f"cannot resume from {os.fspath(path)!r}: it does not fit this model and solver ({exc})"
+                             ) from exc
         self.iteration = int(state["iteration"])
         self._truncate_metrics()
         logger.info("resuming from %s at iteration %d", path, self.iteration)
 
     def _truncate_metrics(self) -> None:
         """Drop ``metrics.jsonl`` lines of iterations after the checkpoint (they are redone)."""
-        import json
-
-        from ..fileio import atomic_write_bytes
+        from ..fileio import atomic_write_bytes, open_input_file, parse_json_text
 
         path = self.output_dir / "metrics.jsonl"
-        if not path.is_file():
+        if not os.path.lexists(path):
             return
+        with open_input_file(path, "metrics file", follow_links=False) as f:
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
         kept = []
-        for line in path.read_text().splitlines():
+        for line in lines:
             try:
-                if int(json.loads(line)["iteration"]) <= self.iteration:
-                    kept.append(line + "\n")
-            except (ValueError, KeyError, TypeError):
+                iteration = parse_json_text(line, "a line", "metrics line")["iteration"]
+            except (InputError, KeyError, TypeError):
                 continue  # a line cut short by the interruption
+            if type(iteration) is int and iteration <= self.iteration:
+                kept.append(line + "\n")
         atomic_write_bytes("".join(kept).encode(), path)
 
     # --- the loop ----------------------------------------------------------------------------

@@ -38,7 +38,17 @@ from ..data.spec import InputSpec
 from ..data.transforms import get_resize_shape, image_size, load_and_resize, pad_batch
 from ..engine.executors import Executor, Job, LocalExecutor
 from ..errors import CenterMask2Error, InputError, OutputError
-from ..fileio import atomic_write_json, ensure_writable_dir, read_json, remove_stale_temp_files, text_digest
+from ..fileio import (
+    atomic_write_json,
+    check_choice,
+    check_int,
+    check_keys,
+    ensure_writable_dir,
+    output_session,
+    read_json,
+    remove_stale_temp_files,
+    text_digest,
+)
 from ..summary import StageSummary
 from .layout import INFO_JSON, INFO_TXT, SETTINGS_JSON, SIZES_DIR, BinImage, BinInfo, read_array, write_array
 
@@ -51,6 +61,7 @@ __all__ = [
     "bin_stems",
     "prepare_output_dir",
     "run_settings",
+    "read_settings",
     "preprocess_image",
     "preprocess_to_bins",
     "PreprocessJob",
@@ -274,18 +285,19 @@ def prepare_output_dir(
         return path
     mine = run_settings(spec, records)
     theirs: dict[str, Any] | None = None
-    if (path / SETTINGS_JSON).is_file():
-        try:
-            theirs = read_json(path / SETTINGS_JSON, "bin settings file", dict)
-        except CenterMask2Error:
-            theirs = None
-    elif (path / INFO_JSON).is_file():
-        try:
-            old = BinInfo.load(path / INFO_JSON)
-            theirs = {"dtype": old.dtype, "shape": list(old.shape), "input_format": old.input_format,
-                      "min_size": old.min_size, "max_size": old.max_size}
-        except CenterMask2Error:
-            theirs = None
+    if os.path.lexists(path / SETTINGS_JSON):
+        theirs = read_settings(path / SETTINGS_JSON)
+    elif os.path.lexists(path / INFO_JSON):
+        old = BinInfo.load(path / INFO_JSON)
+        theirs = {"dtype": old.dtype, "shape": list(old.shape), "input_format": old.input_format,
+                  "min_size": old.min_size, "max_size": old.max_size}
+    elif any(name.endswith(".bin") for folder_ in (path, path / SIZES_DIR) for name in os.listdir(folder_)):
+        # bins without the settings a run records when it starts: not bins of this toolkit's run
+        raise InputError(
+            f"cannot --resume in {str(path)!r}: it holds bins but has no {SETTINGS_JSON}, which every run of "
+            "preprocess_inputs_to_bin.py writes when it starts, so they were not written by one; run without "
+            "--resume (the folder's bins are replaced) or use another --output"
+        )
     if theirs is not None:
         changed = sorted(k for k in mine if k in theirs and theirs[k] != mine[k])
         if changed:
@@ -296,6 +308,32 @@ def prepare_output_dir(
                 "use another --output or run without --resume"
             )
     return path
+
+
+#: the largest bin_settings.json a run writes (a few hundred bytes)
+_MAX_SETTINGS_BYTES = 1 << 20
+
+
+def read_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``bin_settings.json`` an earlier run wrote (read back on ``--resume``), validated.
+
+    Raises:
+        InputError: not a settings file this toolkit writes (a link, wrong keys or types).
+    """
+    where = repr(os.fspath(path))
+    hint = "delete it (and run without --resume) or use another --output"
+    data = read_json(path, "bin settings file", dict, hint, max_bytes=_MAX_SETTINGS_BYTES, follow_links=False)
+    check_keys(data, where, {"dtype", "shape", "input_format", "min_size", "max_size"}, {"images"})
+    check_choice(data["dtype"], "'dtype'", where, BIN_DTYPES)
+    shape = data["shape"]
+    if not (isinstance(shape, list) and len(shape) == 4 and all(type(v) is int and v > 0 for v in shape)):
+        raise InputError(f"{where}: 'shape' must be a list of 4 positive integers, got {shape!r:.80}; {hint}")
+    check_choice(data["input_format"], "'input_format'", where, ("BGR", "RGB"))
+    for key in ("min_size", "max_size"):
+        check_int(data[key], repr(key), where, minimum=0)
+    if not isinstance(data.get("images", ""), str):
+        raise InputError(f"{where}: 'images' must be a digest (text), got {data['images']!r:.80}; {hint}")
+    return data
 
 
 def preprocess_image(
@@ -397,6 +435,7 @@ def _remove_leftovers(folder: Path) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
+@output_session()
 def preprocess_to_bins(
     records: Sequence[ImageRecord],
     output_dir: str | os.PathLike,

@@ -26,7 +26,7 @@ import numpy as np
 from ..contract import ModelMetadata, OutputSpec, model_output_specs
 from ..engine.executors import Executor, Job, LocalExecutor
 from ..errors import BackendError, InputError, ItemError, MissingFileError, OutputError
-from ..fileio import ensure_writable_dir, file_digest, remove_stale_temp_files
+from ..fileio import ensure_writable_dir, file_digest, output_session, remove_stale_temp_files
 from ..summary import StageSummary
 from .layout import INFO_JSON, MANIFEST, BinImage, BinInfo, Manifest, output_path, read_array, write_array
 
@@ -226,8 +226,19 @@ def prepare_bin_run(
     manifest = Manifest(outputs=specs, index_base=index_base, model=model_name,
                         model_digest=file_digest(path) if path is not None else None,
                         inputs_digest=file_digest(info_file))
-    if resume and (out_dir / MANIFEST).is_file():
+    if resume and not os.path.lexists(out_dir / MANIFEST) and any(n.endswith(".bin") for n in os.listdir(out_dir)):
+        raise InputError(
+            f"cannot --resume in {str(out_dir)!r}: it holds output bins but no {MANIFEST}, which tester.py --bins "
+            "writes before its first output, so they were not written by it; run without --resume or use a new --output"
+        )
+    if resume and os.path.lexists(out_dir / MANIFEST):
         old = Manifest.load(out_dir)
+        if old.inputs_digest is None or (old.model_digest is None and manifest.model_digest is not None):
+            raise InputError(
+                f"cannot --resume in {str(out_dir)!r}: its {MANIFEST} does not say which model and bins its outputs "
+                "came from (no model_digest / inputs_digest: not written by tester.py --bins); resuming could mix "
+                "two runs' outputs. Run without --resume or use a new --output"
+            )
         if old.outputs != manifest.outputs or old.index_base != manifest.index_base:
             raise InputError(
                 f"{str(out_dir / MANIFEST)!r} was written for other outputs or index base {old.index_base}; "
@@ -301,6 +312,7 @@ class BinsJob(Job):
         return len(inferred["good"]), inferred["failed"]
 
 
+@output_session()
 def run_bins(
     source: ModelSource,
     bins: str | os.PathLike,
