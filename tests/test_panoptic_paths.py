@@ -114,8 +114,16 @@ def dynamic_model(exported_model) -> Path:
 
 
 def test_pytorch_pth(tmp_path, checkpoint):
-    _tester(tmp_path / "out", "--backend", "torch", "--config-file", CONFIGS / case_info(CASE)["config"],
-            "MODEL.WEIGHTS", checkpoint, "MODEL.DEVICE", "cpu")
+    from centermask2.cli import tester
+
+    args = ["--backend", "torch", "--config-file", CONFIGS / case_info(CASE)["config"], "--images", ROOT / "images",
+            *GT, "--output-dir", tmp_path / "out", "--threads", "2", "--no-progress",
+            "MODEL.WEIGHTS", checkpoint, "MODEL.DEVICE", "cpu"]  # the overrides last
+    threads = torch.get_num_threads()
+    try:
+        assert tester.main([str(a) for a in args]) == 0
+    finally:
+        torch.set_num_threads(threads)
     check_panoptic_folder(tmp_path / "out", metric_tol=0.1)
 
 
