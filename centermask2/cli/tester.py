@@ -243,7 +243,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from ..data.categories import category_mapping
     from ..engine.loop import run_to_folder
     from ..engine.sources import open_model
-    from ..evaluation import evaluate_coco
+    from ..evaluation import evaluate_coco, load_coco_ground_truth
     from ..evaluation.ground_truth import evaluate_panoptic_inputs, find_ground_truth, read_panoptic_inputs
     from ..evaluation.panoptic import PANOPTIC_RESULTS_NAME
     from ..fileio import atomic_write_json, ensure_writable_dir
@@ -260,6 +260,11 @@ def _main(argv: Sequence[str] | None) -> int:
     args.coco_json = truth.coco_json
     ensure_writable_dir(args.output_dir, "--output-dir")
     records = list_images(args.images, args.coco_json)
+    # the ground truth is checked before any image runs (a bad file: exit 2 now, not after the inference)
+    gt = load_coco_ground_truth(args.coco_json, require_annotations=False) if args.coco_json else None
+    if gt is not None and "annotations" not in gt:
+        logger.warning("%s has no 'annotations' (an image list): writing results without metrics", args.coco_json)
+        gt = None
     executor = make_executor(args)
     model, runtime, options = _open_args(args)
     source = open_model(model, runtime, **options)
@@ -278,10 +283,10 @@ def _main(argv: Sequence[str] | None) -> int:
         )
     logger.info("Inference: %s", summary.format())
     logger.info("Results: %s", results_path)
-    if args.coco_json or truth.panoptic_json:
+    if gt is not None or truth.panoptic_json:
         if summary.failed:
             logger.warning("%d image(s) could not be read; they count as having no detections", len(summary.failed))
-        metrics = evaluate_coco(results, args.coco_json) if args.coco_json else {}
+        metrics = evaluate_coco(results, gt) if gt is not None else {}
         if truth.panoptic_json:
             panoptic = read_panoptic_inputs(Path(args.output_dir) / PANOPTIC_RESULTS_NAME, truth)
             metrics.update(evaluate_panoptic_inputs(panoptic))

@@ -110,10 +110,11 @@ def make_evaluator(cfg: Any, eval_json: str, eval_images: str, output_dir: Path,
     from ..data.categories import category_mapping
     from ..engine.loop import run_inference
     from ..engine.sources import torch_model_source
-    from ..evaluation import evaluate_coco
+    from ..evaluation import evaluate_coco, load_coco_ground_truth
     from ..fileio import atomic_write_json
 
     records = list_images(eval_images, eval_json)
+    gt = load_coco_ground_truth(eval_json)  # checked before training, not after it
     ids, _ = category_mapping(eval_json, int(cfg.MODEL.FCOS.NUM_CLASSES))
 
     def evaluate(model: Any, iteration: int) -> dict[str, Any]:
@@ -122,7 +123,7 @@ def make_evaluator(cfg: Any, eval_json: str, eval_images: str, output_dir: Path,
         out = output_dir / f"eval_iter{iteration:07d}"
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(results, out / "coco_instances_results.json")
-        metrics = evaluate_coco(results, eval_json, output_dir=out)
+        metrics = evaluate_coco(results, gt, output_dir=out)
         logger.info("iteration %d: bbox AP %.2f, segm AP %.2f", iteration, metrics["bbox"]["AP"],
                     metrics.get("segm", {}).get("AP", float("nan")))
         return metrics
