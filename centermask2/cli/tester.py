@@ -40,13 +40,15 @@ from .common import (
     add_config_arguments,
     add_overrides,
     add_ray_argument,
+    batch_size_int,
     hw_type,
     make_executor,
     new_parser,
     parse_args,
-    positive_int,
+    ray_actors_int,
     run_main,
     setup_logging,
+    threads_int,
 )
 
 logger = logging.getLogger("tester")
@@ -106,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run: skip images already done (image mode: their results are kept in "
         "OUTPUT_DIR/coco_instances_results.partial.jsonl; --bins: their output bins are complete)")
     p.add_argument(
-        "--batch-size", type=positive_int, default=None,
+        "--batch-size", type=batch_size_int, default=None,
         help="images per forward pass (default 1; a static ONNX model's own)"
     )
     p.add_argument(
@@ -122,11 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="[torch] padding beyond each image's multiple of 32 (--pad-to, --batch-size 2+): 'ignore' (default) "
         "makes it have no effect, as upstream run on each image alone; 'include' computes on the padded input",
     )
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the backend's choice)")
+    p.add_argument("--threads", type=threads_int, default=None,
+                   help="CPU threads (default: the backend's choice; at most 4x the CPUs, at least 64)")
     p.add_argument("--allow-incomplete-weights", action="store_true", help="[torch] load a checkpoint with missing keys")
     add_ray_argument(p, "run on Ray", "images, models and --output-dir")
     p.add_argument(
-        "--ray-actors", type=positive_int, default=None, metavar="N",
+        "--ray-actors", type=ray_actors_int, default=None, metavar="N",
         help="[ray] model actors, each one backend session with --threads threads (default 1); default: as many "
         "as the cluster's CPUs hold",
     )

@@ -31,11 +31,11 @@ from .common import (
     add_config_arguments,
     add_overrides,
     new_parser,
-    non_negative_int,
+    num_workers_int,
     parse_args,
-    positive_int,
     run_main,
     setup_logging,
+    threads_int,
 )
 
 logger = logging.getLogger("train_net")
@@ -57,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, help="checkpoints, metrics.jsonl and evaluation results")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
     p.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS on --eval-json and stop")
-    p.add_argument("--num-workers", type=non_negative_int, default=None,
+    p.add_argument("--num-workers", type=num_workers_int, default=None,
                    help="data-loading processes (default: DATALOADER.NUM_WORKERS, at most the CPU count - 1)")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads of the training process")
+    p.add_argument("--threads", type=threads_int, default=None,
+                   help="CPU threads of the training process (at most 4x the CPUs, at least 64)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_overrides(p, "config overrides: KEY VALUE ...")
     return p

@@ -199,7 +199,7 @@ def load_coco_results(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise InputError(f"Entry {i} of results file {path!r}: {problem}")
         if isinstance(rec.get("segmentation"), dict):
             rles.append((i, rec["segmentation"]))
-    for (i, seg), problem in zip(rles, rle_problems([seg for _, seg in rles])):
+    for (i, _), problem in zip(rles, rle_problems([seg for _, seg in rles])):
         if problem:
             raise InputError(f"Entry {i} of results file {path!r}: 'segmentation' is not a valid RLE ({problem})")
     return data
