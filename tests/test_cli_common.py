@@ -228,9 +228,9 @@ def test_a_full_disk_names_the_file_and_the_fix(caplog):
     exc = OSError(errno.ENOSPC, "No space left on device", "/data/out/coco_instances_results.json")
     with caplog.at_level(logging.ERROR):
         assert run_main(_raiser(exc), []) == EXIT_ITEMS_FAILED
-    assert "error: no space left on device writing '/data/out/coco_instances_results.json'" in caplog.text
+    assert "error: No space left on device writing '/data/out/coco_instances_results.json'" in caplog.text
     assert "free some space" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.ERROR):
         assert run_main(_raiser(OSError(errno.EDQUOT, "Disk quota exceeded")), []) == EXIT_ITEMS_FAILED
-    assert "disk quota exceeded" in caplog.text and "free some space" in caplog.text
+    assert "Disk quota exceeded" in caplog.text and "free some space" in caplog.text

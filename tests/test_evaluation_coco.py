@@ -312,6 +312,8 @@ def test_ground_truth_polygons_need_the_image_size(tmp_path):
     gt, results, _ = _golden()
     for image in gt["images"]:
         del image["height"], image["width"]
+    evaluate_coco(results, _write(tmp_path, "mixed.json", gt))  # its RLE masks give image 1's size
+    gt["annotations"] = [a for a in gt["annotations"] if isinstance(a["segmentation"], list)]
     with pytest.raises(ValueError, match=r"image id 1 has no 'height'/'width'.*polygon"):
         evaluate_coco(results, _write(tmp_path, "gt.json", gt))
 
@@ -327,7 +329,7 @@ def test_ground_truth_polygons_need_the_image_size(tmp_path):
         (lambda gt: gt["annotations"][0].update(iscrowd=2), "annotation id 1: 'iscrowd' must be 0 or 1"),
         (lambda gt: gt["annotations"][0].update(segmentation={"size": [300, 451], "counts": "zzzz"}),
          "annotation id 1: 'segmentation' is not a valid RLE"),
-        (lambda gt: gt["annotations"][0].update(segmentation={"size": [30, 45], "counts": "0"}),
+        (lambda gt: gt["annotations"][0].update(segmentation={"size": [30, 45], "counts": [1350]}),
          "annotation id 1: its 'segmentation' is 30x45 but image 1 is 300x451"),
         (lambda gt: gt["annotations"][0].update(segmentation=[[1, 2, "x", 4, 5, 6]]),
          "annotation id 1: 'segmentation' must be"),

@@ -249,7 +249,7 @@ def report_error(exc: BaseException | str, exit_code: int | None = None) -> int:
 
 def disk_full_message(exc: OSError) -> str:
     """What a full disk (or quota) means for the user: the file that could not be written, and the fix."""
-    what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+    what = exc.strerror or os.strerror(exc.errno)
     where = f" writing {exc.filename!r}" if exc.filename else ""
     return (f"{what}{where}: free some space on that disk (or choose an output folder on another one) and run the "
             "same command again (with --resume where the script has it: what is written is complete)")

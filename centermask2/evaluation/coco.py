@@ -318,7 +318,7 @@ def load_coco_ground_truth(
     for ann in annotations:
         seg = ann.get("segmentation")
         missing = [key for key in filled if key not in ann]
-        if isinstance(seg, list) and (not seg or {"area", "bbox"} & set(missing)):
+        if isinstance(seg, list):  # pycocotools rasterizes polygons with their image's size
             image = images[ann["image_id"]]
             if _size_of(image) is None:
                 raise fail(f"image id {image['id']} has no 'height'/'width', which its polygon annotations (annotation "
