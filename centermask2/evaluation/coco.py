@@ -396,7 +396,8 @@ def _check_results(results: list[dict[str, Any]], gt: Mapping[str, Any], source:
             out[i] = {**results[i], "segmentation": to_compressed_rle(seg, *size)}
             converted += 1
     if converted:
-        logger.info("%d polygon segmentation(s) converted to RLE with their images' sizes", converted)
+        logger.warning("results as other tools write them: %d polygon segmentation(s) converted to RLE with their "
+                       "images' sizes", converted)
     return out
 
 
