@@ -628,7 +628,6 @@ def load_config(config_file: str | os.PathLike[str], opts: Sequence[str] = ()) -
 
     cfg = get_cfg()
     path = os.fspath(config_file)
-    cfg._check_mutable(path)
     data, origins = _load_yaml_tree(path, ())
     cfg._merge_staged([(data, lambda key: origins.get(key, path))])
     cfg.merge_from_list(opts)

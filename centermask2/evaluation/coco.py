@@ -382,9 +382,11 @@ def _check_results(results: list[dict[str, Any]], gt: Mapping[str, Any], source:
         size = _size_of(image)
         if isinstance(seg, dict):
             got = rle_size(seg)
+            if got is None:
+                raise InputError(f"entry {i}: its 'segmentation' has no valid 'size' [height, width], got "
+                                 f"{seg.get('size')!r}")
             if size is not None and got != size:
-                shown = f"{got[0]}x{got[1]}" if got else repr(seg.get("size"))
-                raise InputError(f"entry {i}: its 'segmentation' is {shown} but image {image['id']} is "
+                raise InputError(f"entry {i}: its 'segmentation' is {got[0]}x{got[1]} but image {image['id']} is "
                                  f"{size[0]}x{size[1]} in {source}; the results are for other images")
             if isinstance(seg.get("counts"), str):
                 continue
