@@ -234,3 +234,15 @@ def test_a_full_disk_names_the_file_and_the_fix(caplog):
     with caplog.at_level(logging.ERROR):
         assert run_main(_raiser(OSError(errno.EDQUOT, "Disk quota exceeded")), []) == EXIT_ITEMS_FAILED
     assert "Disk quota exceeded" in caplog.text and "free some space" in caplog.text
+
+
+def test_opsets_outside_what_the_exporter_writes_are_refused():
+    from centermask2.errors import InputError
+    from centermask2.export.onnx import MAX_RUNNABLE_OPSET, check_opset_range, highest_opset
+
+    assert highest_opset() <= MAX_RUNNABLE_OPSET == 21
+    for opset in (16, 17, 18, 19, highest_opset()):
+        check_opset_range(opset)
+    for opset, why in ((15, "RoiAlign with half_pixel"), (22, "opset 22 renews RoiAlign"), (99, "16 to 21")):
+        with pytest.raises(InputError, match=f"--opset {opset} is not supported: this exporter writes opsets 16 to .*{why}"):
+            check_opset_range(opset)

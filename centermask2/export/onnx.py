@@ -34,6 +34,7 @@ __all__ = [
     "OnnxExportModule",
     "build_metadata",
     "MIN_OPSET",
+    "MAX_RUNNABLE_OPSET",
     "check_opset",
     "check_opset_range",
     "default_opset",
@@ -125,17 +126,22 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 16
 
 
+#: newest opset whose graph of this model ONNX Runtime runs: opset 22 renews ``RoiAlign`` (and
+#: ``DeformConv``), which ONNX Runtime has no kernel for yet (checked with onnxruntime 1.32)
+MAX_RUNNABLE_OPSET = 21
+
+
 def highest_opset() -> int:
     """The newest opset the exporter writes: PyTorch's exporter writes opset 18 and converts it
-    up with onnxscript's version converter, which knows opsets up to its own limit (and ``onnx``
-    up to its own)."""
+    up with onnxscript's version converter (which knows opsets up to its own limit, and ``onnx``
+    up to its own), and no further than :data:`MAX_RUNNABLE_OPSET`, so that the model runs."""
     import onnx
 
     try:
         from onnxscript.version_converter._version_converter import SUPPORTED_MAX_ONNX_OPSET as converter_max
     except ImportError:  # an onnxscript that does not say: what it surely knows
         converter_max = 18
-    return int(min(onnx.defs.onnx_opset_version(), converter_max))
+    return int(min(onnx.defs.onnx_opset_version(), converter_max, MAX_RUNNABLE_OPSET))
 
 
 def check_opset_range(opset: int) -> None:
@@ -148,6 +154,7 @@ def check_opset_range(opset: int) -> None:
     top = highest_opset()
     if not MIN_OPSET <= opset <= top:
         why = ("RoiAlign with half_pixel sampling needs opset 16 or later" if opset < MIN_OPSET
+               else "opset 22 renews RoiAlign, which ONNX Runtime cannot run yet" if top == MAX_RUNNABLE_OPSET
                else f"the installed onnx / onnxscript go up to opset {top}")
         raise InputError(f"--opset {opset} is not supported: this exporter writes opsets {MIN_OPSET} to {top} ({why}); "
                          f"the default is {DEFAULT_OPSET} ({DEFORM_CONV_OPSET} for _dcn_ models)")
