@@ -6,7 +6,11 @@ The code lives in ``centermask2/cli/visualizer.py``; ``python visualizer.py --he
 
 import sys
 
-from centermask2.cli.visualizer import main
+try:
+    from centermask2.cli.visualizer import main
+except KeyboardInterrupt:  # Ctrl-C while the libraries load: the same exit (130) as later on, no traceback
+    sys.stderr.write("\ninterrupted\n")
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,9 @@ One place for what every path (PyTorch, ONNX Runtime, offline ``.bin`` engines) 
   ``mask_scores`` [B, K] float32, ``num_detections`` [B] int64; rows past ``num_detections``
   are zero;
 * the ``metadata_props`` of an exported ``.onnx`` (:class:`ModelMetadata`, keys
-  ``centermask2.*``), written by the exporter and read by every runtime.
+  ``centermask2.*``), written by the exporter and read by every runtime;
+* :func:`check_detections`, the one check of a model's outputs that every path runs before using
+  them (image mode, Ray, ``--bins`` post-processing, panoptic ``sem_seg``).
 
 This module imports neither torch nor the model: runtimes read a model's contract cheaply.
 """
@@ -28,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import BackendError, CenterMask2Error, InputError
 from .fileio import check_input_file, parse_json_text
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "INPUT_DTYPES",
     "PADDING_MODES",
     "DEFAULT_MASK_SIZE",
+    "MAX_DETECTIONS",
     "OutputSpec",
     "expected_nbytes",
     "default_output_specs",
@@ -46,6 +49,7 @@ __all__ = [
     "PanopticSettings",
     "read_metadata",
     "model_output_specs",
+    "check_detections",
 ]
 
 #: Input names, in order, of :meth:`CenterMask.forward`'s exported form.
@@ -66,6 +70,9 @@ INPUT_DTYPES = ("uint8", "float32")
 PADDING_MODES = ("ignore", "include")
 #: side of the per-detection mask of the official CenterMask configs (2 x ROI_MASK_HEAD.POOLER_RESOLUTION)
 DEFAULT_MASK_SIZE = 28
+#: most output rows per image (K) a model may have (``--max-detections``,
+#: ``MODEL.FCOS.POST_NMS_TOPK_TEST``): at 10000 one image's ``masks`` output already takes 31 MB
+MAX_DETECTIONS = 10000
 
 _PREFIX = "centermask2."
 _DIGITS = re.compile(r"[0-9]{1,9}")
@@ -398,3 +405,85 @@ def model_output_specs(model_path: str | os.PathLike) -> list[OutputSpec]:
             )
         specs.append(OutputSpec(index=k, name=out.name, dtype=dtype, shape=shape))
     return specs
+
+
+def check_detections(
+    outputs: Mapping[str, np.ndarray],
+    *,
+    num_classes: int | None = None,
+    where: str = "the model's outputs",
+    hint: str = "",
+    error: type[CenterMask2Error] = BackendError,
+) -> int:
+    """Check one image's model outputs before anything uses them; return its number of detections.
+
+    The one validation every path runs (image mode and Ray through
+    :class:`~centermask2.engine.loop.InferJob`, ``--bins`` post-processing through
+    :func:`~centermask2.offline.postprocess.decode_image_outputs`): ``num_detections`` a count in
+    [0, K]; ``scores``, ``classes``, ``mask_scores`` of K rows, ``masks`` of K (or K x 1) M x M;
+    the first ``num_detections`` rows of ``boxes``, ``scores``, ``mask_scores`` and ``masks``
+    finite, their ``classes`` whole numbers in [0, ``num_classes``); a ``sem_seg`` output
+    [C, H, W] finite everywhere. Rows past ``num_detections`` are padding and may hold anything.
+
+    Args:
+        outputs: one image's outputs by name, without the batch dimension: ``boxes`` [K, 4],
+            ``scores`` [K], ``classes`` [K], ``num_detections`` (one value), optional ``masks``,
+            ``mask_scores`` and ``sem_seg``.
+        num_classes: the model's classes (None: not checked).
+        where: names the image or files in the message.
+        hint: what to do about it, appended to the message.
+        error: the error to raise: :class:`~centermask2.errors.BackendError` where a corrupt model
+            stops the run (image mode), :class:`~centermask2.errors.ItemError` where the image is
+            skipped (a corrupt ``.bin``).
+
+    Raises:
+        ``error``: the message names ``where``, the output and what is wrong with it.
+    """
+
+    def fail(problem: str) -> None:
+        raise error(f"{where}: {problem}" + (f"; {hint}" if hint else ""))
+
+    for name in ("boxes", "scores", "classes", "num_detections"):
+        if name not in outputs:
+            fail(f"there is no {name!r} output (it has {sorted(outputs)})")
+    boxes = np.asarray(outputs["boxes"])
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        fail(f"boxes has shape {boxes.shape}, expected (K, 4)")
+    k = boxes.shape[0]
+    count = np.asarray(outputs["num_detections"]).reshape(-1)
+    if count.size != 1:
+        fail(f"num_detections has {count.size} values, expected one")
+    value = count[0]
+    if not np.isfinite(value) or value != np.floor(value):
+        fail(f"num_detections is {value}, not a count")
+    n = int(value)
+    if not 0 <= n <= k:
+        fail(f"num_detections is {n}, outside [0, {k}]")
+    rows = {"scores": (k,), "classes": (k,), "mask_scores": (k,)}
+    for name, shape in rows.items():
+        if name in outputs and np.shape(outputs[name]) != shape:
+            fail(f"{name} has shape {np.shape(outputs[name])}, expected {shape}")
+    if "masks" in outputs:
+        masks = np.asarray(outputs["masks"])
+        square = masks.ndim in (3, 4) and masks.shape[-1] == masks.shape[-2] and (masks.ndim == 3 or masks.shape[1] == 1)
+        if not square or masks.shape[0] != k:
+            fail(f"masks has shape {masks.shape}, expected ({k}, M, M)")
+    for name in ("boxes", "scores", "mask_scores", "masks"):
+        if name in outputs and not np.isfinite(np.asarray(outputs[name])[:n]).all():
+            fail(f"{name} of the first {n} detection(s) hold NaN or infinite values")
+    classes = np.asarray(outputs["classes"])[:n]
+    if classes.dtype.kind == "f" and not (np.isfinite(classes) & (classes == np.floor(classes))).all():
+        fail("classes must be whole numbers, got " + str(classes[~(np.isfinite(classes) & (classes == np.floor(classes)))][0]))
+    if classes.dtype.kind not in "iuf":
+        fail(f"classes has dtype {classes.dtype}, expected integers")
+    if num_classes is not None and n:
+        bad = (classes < 0) | (classes >= num_classes)
+        if bad.any():
+            fail(f"classes must be in [0, {num_classes}), got {classes[bad][0]:g}")
+    if SEM_SEG_OUTPUT in outputs:
+        sem_seg = np.asarray(outputs[SEM_SEG_OUTPUT])
+        if sem_seg.ndim != 3:
+            fail(f"{SEM_SEG_OUTPUT} has shape {sem_seg.shape}, expected (C, H, W)")
+        if not np.isfinite(sem_seg).all():
+            fail(f"{SEM_SEG_OUTPUT} holds NaN or infinite values")
+    return n

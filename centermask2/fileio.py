@@ -17,9 +17,11 @@ writable, and locked for this process so that a second run into the same folder 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -50,6 +52,7 @@ __all__ = [
     "release_output_dirs",
     "remove_stale_temp_files",
     "check_output_file",
+    "check_free_space",
 ]
 
 #: the most bytes :func:`read_json` reads by default: more than any COCO-style annotation or results
@@ -64,7 +67,8 @@ def atomic_write_bytes(data: bytes | memoryview, path: str | os.PathLike) -> Non
     """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``.
 
     A reader (or a resumed run) never sees a half-written file: either the old file (or none)
-    or the complete new one. Creates missing parent folders.
+    or the complete new one. Creates missing parent folders. A full disk (or quota) raises the
+    ``OSError`` with ``path`` as its ``filename``, so that the message names the file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,9 +81,11 @@ def atomic_write_bytes(data: bytes | memoryview, path: str | os.PathLike) -> Non
         # mkstemp creates 0600; give the file the permissions a plain open() would (engines may run as another user)
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) and not exc.filename:
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path)) from exc
         raise
 
 
@@ -503,3 +509,22 @@ def check_output_file(path: str | os.PathLike, option: str = "--output") -> Path
         raise OutputError(f"{option} {str(p)!r} is a folder; give a file path, e.g. {str(p / 'model.onnx')!r}")
     ensure_writable_dir(p.parent if str(p.parent) else ".", option, exclusive=False)  # a folder others may share
     return p
+
+
+def check_free_space(path: str | os.PathLike, needed: int, option: str = "--output") -> None:
+    """Check, before a long computation, that the disk of ``path`` has about ``needed`` bytes free.
+
+    Raises:
+        OutputError: less free space than ``needed``; the message names the file, both sizes and the fix.
+    """
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:  # cannot tell (e.g. the folder is not there yet): the write will say
+        return
+    if free < needed:
+        raise OutputError(
+            f"not enough free space for {str(p)!r}: it needs about {needed / 1e6:.1f} MB and its disk has "
+            f"{free / 1e6:.1f} MB free; free some space or choose another {option}"
+        )

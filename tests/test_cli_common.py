@@ -152,3 +152,97 @@ def test_counts_must_be_positive(name, args, capsys):
     module = importlib.import_module(f"centermask2.cli.{name}")
     assert module.main(_minimal_args(name) + args) == EXIT_BAD_INPUT
     assert "must be >= 1" in capsys.readouterr().err
+
+
+# ---- resource arguments: bounded, with the reason -----------------------------------------------------------
+
+
+def test_resource_counts_are_bounded_with_the_reason():
+    import os
+
+    from centermask2.cli.common import (
+        MAX_BATCH_SIZE,
+        MAX_DETECTIONS,
+        MAX_RAY_ACTORS,
+        batch_size_int,
+        max_detections_int,
+        max_threads,
+        ray_actors_int,
+        threads_int,
+        workers_int,
+    )
+
+    cpus = os.cpu_count() or 1
+    assert max_threads() == max(4 * cpus, 64)
+    assert threads_int(str(max_threads())) == max_threads() and threads_int("1") == 1
+    cases = [
+        (threads_int, "100000", f"100000 is more than {max_threads()} threads"),
+        (workers_int, "100000", "100000 is more than"),
+        (batch_size_int, str(MAX_BATCH_SIZE + 1), f"{MAX_BATCH_SIZE + 1} is more than {MAX_BATCH_SIZE} images"),
+        (max_detections_int, "1000000000", f"1000000000 is more than {MAX_DETECTIONS} rows per image"),
+        (ray_actors_int, str(MAX_RAY_ACTORS + 1), f"is more than {MAX_RAY_ACTORS} actors"),
+        (threads_int, "0", "must be >= 1, got 0"),
+        (max_detections_int, "0", "must be >= 1, got 0"),
+    ]
+    for kind, text, message in cases:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            kind(text)
+    assert MAX_DETECTIONS == 10000 and MAX_BATCH_SIZE == 1024
+
+
+@pytest.mark.parametrize(
+    "name,args,message",
+    [
+        ("tester", ["--threads", "100000"], "argument --threads: 100000 is more than"),
+        ("tester", ["--batch-size", "5000"], "argument --batch-size: 5000 is more than 1024 images"),
+        ("tester", ["--ray-actors", "100000"], "argument --ray-actors: 100000 is more than"),
+        ("preprocess", ["--workers", "100000"], "argument --workers: 100000 is more than"),
+        ("export_onnx", ["--max-detections", "1000000000"], "argument --max-detections: 1000000000 is more than 10000"),
+        ("export_onnx", ["--batch-size", "5000"], "argument --batch-size: 5000 is more than 1024 images"),
+        ("export_onnx", ["--opset", "fifteen"], "argument --opset: 'fifteen' is not an integer"),
+    ],
+)
+def test_scripts_bound_their_resource_arguments(name, args, message, capsys):
+    import importlib
+
+    module = importlib.import_module(f"centermask2.cli.{name}")
+    assert module.main(_minimal_args(name) + args) == EXIT_BAD_INPUT
+    assert message in capsys.readouterr().err
+
+
+def test_train_bounds_threads_and_workers(capsys):
+    from centermask2.cli import train
+
+    assert train.main(["--config-file", "c.yaml", "--output-dir", "o", "--threads", "100000"]) == EXIT_BAD_INPUT
+    assert "argument --threads: 100000 is more than" in capsys.readouterr().err
+    assert train.main(["--config-file", "c.yaml", "--output-dir", "o", "--num-workers", "100000"]) == EXIT_BAD_INPUT
+    assert "argument --num-workers: 100000 is more than" in capsys.readouterr().err
+
+
+# ---- a full disk ----------------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_names_the_file_and_the_fix(caplog):
+    import errno
+
+    exc = OSError(errno.ENOSPC, "No space left on device", "/data/out/coco_instances_results.json")
+    with caplog.at_level(logging.ERROR):
+        assert run_main(_raiser(exc), []) == EXIT_ITEMS_FAILED
+    assert "error: No space left on device writing '/data/out/coco_instances_results.json'" in caplog.text
+    assert "free some space" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert run_main(_raiser(OSError(errno.EDQUOT, "Disk quota exceeded")), []) == EXIT_ITEMS_FAILED
+    assert "Disk quota exceeded" in caplog.text and "free some space" in caplog.text
+
+
+def test_opsets_outside_what_the_exporter_writes_are_refused():
+    from centermask2.errors import InputError
+    from centermask2.export.onnx import MAX_RUNNABLE_OPSET, check_opset_range, highest_opset
+
+    assert highest_opset() <= MAX_RUNNABLE_OPSET == 21
+    for opset in (16, 17, 18, 19, highest_opset()):
+        check_opset_range(opset)
+    for opset, why in ((15, "RoiAlign with half_pixel"), (22, "opset 22 renews RoiAlign"), (99, "the default is 17")):
+        with pytest.raises(InputError, match=f"--opset {opset} is not supported: this exporter writes opsets 16 to .*{why}"):
+            check_opset_range(opset)

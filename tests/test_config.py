@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -491,3 +492,71 @@ def test_pipes_deep_nesting_large_files_and_base_fan_out_are_refused(tmp_path: P
     (tmp_path / "fan8.yaml").write_text("MODEL: {DEVICE: cpu}\n")
     with pytest.raises(ConfigError, match="reads more than 64 files"):
         load_config(tmp_path / "fan0.yaml")
+
+
+# ---- value ranges, checked when a config loads -----------------------------------------------------------------
+
+
+ALL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml")) + ["../sample/" + p.name
+                                                               for p in (CONFIGS.parent / "sample").glob("*.yaml")]
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_every_shipped_config_is_in_range(name: str) -> None:
+    load_config(CONFIGS / name)  # raises if a value is out of range
+
+
+@pytest.mark.parametrize(
+    "key,value,expected",
+    [
+        ("INPUT.MIN_SIZE_TEST", "-5", "INPUT.MIN_SIZE_TEST = -5 is out of range: must be in [0, 16384]"),
+        ("INPUT.MAX_SIZE_TEST", "0", "INPUT.MAX_SIZE_TEST = 0 is out of range: must be in [1, "),
+        ("INPUT.MIN_SIZE_TEST", "100000", "INPUT.MIN_SIZE_TEST = 100000 is out of range"),
+        ("INPUT.FORMAT", "XYZ", "INPUT.FORMAT = 'XYZ' is out of range: must be one of 'BGR', 'RGB'"),
+        ("INPUT.MIN_SIZE_TRAIN", "(0, 800)", "INPUT.MIN_SIZE_TRAIN = (0, 800) is out of range"),
+        ("INPUT.MIN_SIZE_TRAIN_SAMPLING", "uniform", "INPUT.MIN_SIZE_TRAIN_SAMPLING = 'uniform' is out of range"),
+        ("INPUT.RANDOM_FLIP", "diagonal", "INPUT.RANDOM_FLIP = 'diagonal' is out of range"),
+        ("MODEL.PIXEL_STD", "[57.4, 0.0, 57.1]", "MODEL.PIXEL_STD = [57.4, 0.0, 57.1] is out of range"),
+        ("MODEL.PIXEL_STD", "[1.0, 1.0]", "MODEL.PIXEL_STD = [1.0, 1.0] is out of range: must be 3 values, each > 0"),
+        ("MODEL.PIXEL_MEAN", "[103.5, 116.3, 1e999]", "MODEL.PIXEL_MEAN = [103.5, 116.3, inf] is out of range"),
+        ("MODEL.FCOS.PRE_NMS_TOPK_TEST", "-1", "MODEL.FCOS.PRE_NMS_TOPK_TEST = -1 is out of range: must be >= 1"),
+        ("MODEL.FCOS.POST_NMS_TOPK_TEST", "0", "MODEL.FCOS.POST_NMS_TOPK_TEST = 0 is out of range: must be in [1, 10000]"),
+        ("MODEL.FCOS.POST_NMS_TOPK_TEST", "1000000000", "must be in [1, 10000]"),
+        ("MODEL.FCOS.INFERENCE_TH_TEST", "1.0", "MODEL.FCOS.INFERENCE_TH_TEST = 1.0 is out of range: must be in [0, 1)"),
+        ("MODEL.FCOS.INFERENCE_TH_TEST", "-0.1", "MODEL.FCOS.INFERENCE_TH_TEST = -0.1 is out of range"),
+        ("MODEL.FCOS.NMS_TH", "1.5", "MODEL.FCOS.NMS_TH = 1.5 is out of range: must be in [0, 1]"),
+        ("MODEL.FCOS.NUM_CLASSES", "0", "MODEL.FCOS.NUM_CLASSES = 0 is out of range: must be >= 1"),
+        ("MODEL.FCOS.FPN_STRIDES", "[8, 16, 0, 64, 128]", "MODEL.FCOS.FPN_STRIDES = [8, 16, 0, 64, 128] is out of range"),
+        ("MODEL.FCOS.PRIOR_PROB", "0.0", "MODEL.FCOS.PRIOR_PROB = 0.0 is out of range: must be in (0, 1)"),
+        ("MODEL.ROI_HEADS.NUM_CLASSES", "-2", "MODEL.ROI_HEADS.NUM_CLASSES = -2 is out of range"),
+        ("MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "0", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 0 is out of range"),
+        ("MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO", "-1", "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = -1 is out"),
+        ("MODEL.SEM_SEG_HEAD.COMMON_STRIDE", "3", "MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 3 is out of range: must be a power"),
+        ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", "0", "MODEL.SEM_SEG_HEAD.NUM_CLASSES = 0 is out of range"),
+        ("MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", "2.0", "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH = 2.0 is out"),
+        ("MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", "-1", "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = -1 is"),
+        ("MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "1.5", "INSTANCES_CONFIDENCE_THRESH = 1.5 is out"),
+        ("TEST.DETECTIONS_PER_IMAGE", "-1", "TEST.DETECTIONS_PER_IMAGE = -1 is out of range"),
+        ("TEST.EVAL_PERIOD", "-1", "TEST.EVAL_PERIOD = -1 is out of range"),
+        ("DATALOADER.NUM_WORKERS", "-1", "DATALOADER.NUM_WORKERS = -1 is out of range"),
+        ("SOLVER.IMS_PER_BATCH", "0", "SOLVER.IMS_PER_BATCH = 0 is out of range"),
+        ("SOLVER.BASE_LR", "-0.01", "SOLVER.BASE_LR = -0.01 is out of range"),
+        ("SOLVER.MAX_ITER", "0", "SOLVER.MAX_ITER = 0 is out of range"),
+    ],
+)
+def test_out_of_range_values_are_refused_with_the_key_and_range(key: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(CONFIGS / "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x.yaml", [key, value])
+
+
+def test_range_errors_name_where_the_value_came_from(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"_BASE_: {CONFIGS / 'Base-CenterMask-VoVNet.yaml'}\nINPUT:\n  MIN_SIZE_TEST: -1\n")
+    with pytest.raises(ConfigError, match=r"INPUT.MIN_SIZE_TEST = -1 is out of range.*c\.yaml"):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match="command-line overrides"):
+        load_config(CONFIGS / "Base-CenterMask-VoVNet.yaml", ["INPUT.MIN_SIZE_TEST", "-1"])
+
+
+def test_zero_test_size_still_means_no_resize() -> None:
+    assert load_config(CONFIGS / "Base-CenterMask-VoVNet.yaml", ["INPUT.MIN_SIZE_TEST", "0"]).INPUT.MIN_SIZE_TEST == 0

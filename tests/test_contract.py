@@ -123,3 +123,94 @@ def test_a_model_that_is_a_named_pipe_is_refused(tmp_path):
     os.mkfifo(tmp_path / "m.onnx")
     with pytest.raises(InputError, match="is not a regular file \\(a named pipe\\)"):
         read_metadata(tmp_path / "m.onnx")
+
+
+# ---- model outputs, validated once for every path -------------------------------------------------------------
+
+
+def _image_outputs(n=2, k=4, **change):
+    import numpy as np
+
+    boxes = np.zeros((k, 4), np.float32)
+    boxes[:2] = [[1, 1, 10, 10], [2, 3, 20, 15]]
+    out = {
+        "boxes": boxes,
+        "scores": np.array([0.9, 0.8, 0, 0], np.float32)[:k],
+        "classes": np.array([3, 5, 0, 0], np.int64)[:k],
+        "masks": np.ones((k, 28, 28), np.float32),
+        "mask_scores": np.array([0.7, 0.6, 0, 0], np.float32)[:k],
+        "num_detections": np.array(n, np.int64),
+    }
+    for name, (index, value) in change.items():
+        out[name][index] = value
+    return out
+
+
+def test_valid_outputs_give_their_count():
+    import numpy as np
+
+    from centermask2.contract import check_detections
+
+    assert check_detections(_image_outputs(), num_classes=80) == 2
+    assert check_detections(_image_outputs(n=0), num_classes=80) == 0
+    out = _image_outputs()
+    out["scores"][3] = np.nan  # rows past num_detections may hold anything
+    out["masks"][2:] = np.nan
+    out["classes"][3] = -7
+    assert check_detections(out, num_classes=80) == 2
+    out["sem_seg"] = np.zeros((54, 8, 8), np.float32)
+    assert check_detections({k: v for k, v in out.items() if k not in ("masks", "mask_scores")}) == 2
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"num_detections": ((), -1)}, "num_detections is -1, outside [0, 4]"),
+        ({"num_detections": ((), 5)}, "num_detections is 5, outside [0, 4]"),
+        ({"boxes": ((1, 2), float("nan"))}, "boxes of the first 2 detection(s) hold NaN or infinite values"),
+        ({"scores": ((0,), float("inf"))}, "scores of the first 2 detection(s) hold NaN or infinite values"),
+        ({"masks": ((1,), float("nan"))}, "masks of the first 2 detection(s) hold NaN or infinite values"),
+        ({"mask_scores": ((1,), float("-inf"))}, "mask_scores of the first 2 detection(s) hold NaN or infinite values"),
+        ({"classes": ((1,), 80)}, "classes must be in [0, 80), got 80"),
+        ({"classes": ((0,), -1)}, "classes must be in [0, 80), got -1"),
+    ],
+)
+def test_corrupt_outputs_are_refused_by_name(change, message):
+    import re
+
+    from centermask2.contract import check_detections
+    from centermask2.errors import BackendError, ItemError
+
+    with pytest.raises(BackendError, match=re.escape(f"image 7: {message}; fix it")):
+        check_detections(_image_outputs(**change), num_classes=80, where="image 7", hint="fix it")
+    with pytest.raises(ItemError, match=re.escape(message)):
+        check_detections(_image_outputs(**change), num_classes=80, error=ItemError)
+
+
+def test_malformed_outputs_are_refused_by_name():
+    import numpy as np
+
+    from centermask2.contract import check_detections
+    from centermask2.errors import BackendError
+
+    out = _image_outputs()
+    out["num_detections"] = np.array(1.5)
+    with pytest.raises(BackendError, match="num_detections is 1.5, not a count"):
+        check_detections(out)
+    out = _image_outputs()
+    out["scores"] = out["scores"][:3]
+    with pytest.raises(BackendError, match=r"scores has shape \(3,\), expected \(4,\)"):
+        check_detections(out)
+    out = _image_outputs()
+    del out["classes"]
+    with pytest.raises(BackendError, match="no 'classes' output"):
+        check_detections(out)
+    out = _image_outputs()
+    out["classes"] = out["classes"].astype(np.float32)
+    out["classes"][0] = 2.5
+    with pytest.raises(BackendError, match="classes must be whole numbers"):
+        check_detections(out)
+    out = _image_outputs()
+    out["sem_seg"] = np.full((54, 8, 8), np.nan, np.float32)
+    with pytest.raises(BackendError, match="sem_seg holds NaN or infinite values"):
+        check_detections(out)

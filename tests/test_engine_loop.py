@@ -77,8 +77,22 @@ def test_corrupt_model_outputs_are_a_named_error(images):
             out["boxes"][:] = np.nan
             return out
 
-    with pytest.raises(BackendError, match="NaN or infinite boxes for image 1"):
+    with pytest.raises(BackendError, match=r"outputs for image 1 \(000000000001.png\): boxes of the first 1 .*NaN"):
         run_inference(_source(NaNBackend()), list_images(images), progress=False)
+
+
+@pytest.mark.parametrize("count", [-1, 1000])
+def test_a_count_out_of_range_stops_the_run(images, count):
+    """A negative num_detections used to be a slice (every row but the last: wrong results, exit 0)."""
+
+    class BadCount(FakeBackend):
+        def run(self, inputs):
+            out = super().run(inputs)
+            out["num_detections"][:] = count
+            return out
+
+    with pytest.raises(BackendError, match=f"num_detections is {count}, outside \\[0, "):
+        run_inference(_source(BadCount()), list_images(images), progress=False)
 
 
 def test_resume_keeps_done_images_and_runs_the_rest(images):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from centermask2.evaluation import (
     evaluate_coco,
     instances_to_coco_json,
     load_coco_categories,
+    load_coco_ground_truth,
     load_coco_results,
 )
 from golden import CASES, LITE, ROOT, root_script
@@ -202,14 +205,19 @@ def test_script_main_errors(tmp_path, capsys, caplog):
         return text
 
     case = CASES["V_39"]
+    # bad input files are bad input files in every mode (exit 2, as the panoptic evaluation-only inputs)
     assert postprocess_bin_outputs.main(
         ["--results", str(tmp_path / "none.json"), "--coco-json", str(case / "annotations_gt.json")]
-    ) == 1
+    ) == 2
     assert "none.json" in said()
     assert postprocess_bin_outputs.main(
         ["--results", str(case / "annotations_gt.json"), "--coco-json", str(case / "annotations_gt.json")]
-    ) == 1
+    ) == 2
     assert "not a results list" in said()
+    assert postprocess_bin_outputs.main(
+        ["--results", str(case / "coco_instances_results.json"), "--coco-json", str(tmp_path / "none.json")]
+    ) == 2
+    assert "none.json" in said()
     assert postprocess_bin_outputs.main(["--outputs", str(tmp_path), "--info", "x", "--model", "y"]) == 2
     assert "--output-dir" in said()  # the .bin mode needs all of its arguments
     assert postprocess_bin_outputs.main(["--results", str(case / "coco_instances_results.json")]) == 2
@@ -266,3 +274,169 @@ def test_malformed_result_values_are_refused_by_entry(tmp_path, change, message)
     where = "" if "JSON number" in message else "Entry 3 .*"
     with pytest.raises(ValueError, match=f"{where}{message}"):
         load_coco_results(tmp_path / "r.json")
+
+
+# ---------------------------------------------------------------- files other tools write
+
+
+def _golden(case="V_39"):
+    gt = json.loads((CASES[case] / "annotations_gt.json").read_text())
+    results = json.loads((CASES[case] / "coco_instances_results.json").read_text())
+    return gt, results, json.loads((CASES[case] / "metrics_gt.json").read_text())
+
+
+def _write(tmp_path, name, content):
+    (tmp_path / name).write_text(json.dumps(content))
+    return tmp_path / name
+
+
+def test_ground_truth_without_area_and_iscrowd_scores_the_same(tmp_path, caplog):
+    """pycocotools needs them; detectron2 fills area from the mask (or box) and iscrowd 0: so do we."""
+    gt, results, want = _golden()
+    for ann in gt["annotations"]:
+        del ann["area"], ann["iscrowd"]
+    with caplog.at_level(logging.INFO):
+        metrics = evaluate_coco(results, _write(tmp_path, "gt.json", gt))
+    _assert_metrics_close(metrics, want)
+    assert "34 annotation(s) without 'area'" in caplog.text
+
+
+def test_ground_truth_images_without_size_take_it_from_their_masks(tmp_path):
+    gt, results, _ = _golden()
+    gt["annotations"] = [a for a in gt["annotations"] if isinstance(a["segmentation"], dict)]  # RLE only
+    with_size = evaluate_coco(results, _write(tmp_path, "sized.json", gt))
+    for image in gt["images"]:
+        del image["height"], image["width"]
+    _assert_metrics_close(evaluate_coco(results, _write(tmp_path, "unsized.json", gt)), with_size)
+
+
+def test_ground_truth_polygons_need_the_image_size(tmp_path):
+    gt, results, _ = _golden()
+    for image in gt["images"]:
+        del image["height"], image["width"]
+    evaluate_coco(results, _write(tmp_path, "mixed.json", gt))  # its RLE masks give image 1's size
+    gt["annotations"] = [a for a in gt["annotations"] if isinstance(a["segmentation"], list)]
+    with pytest.raises(ValueError, match=r"image id 1 has no 'height'/'width'.*polygon"):
+        evaluate_coco(results, _write(tmp_path, "gt.json", gt))
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda gt: gt["annotations"][0].update(category_id=999), "annotation id 1 has category_id 999, which"),
+        (lambda gt: gt["annotations"][0].update(image_id=42), "annotation id 1 has image_id 42, which 'images' does"),
+        (lambda gt: gt["annotations"][1].update(id=1), "annotation id 1 appears more than once"),
+        (lambda gt: gt["annotations"][0].pop("id"), "annotation 0 has no integer 'id'"),
+        (lambda gt: gt["annotations"][0].update(bbox=[1, 2, "3", 4]), "annotation id 1: 'bbox' must be"),
+        (lambda gt: gt["annotations"][0].update(bbox=[1, 2, float("nan"), 4]), "NaN is not a JSON number"),
+        (lambda gt: gt["annotations"][0].update(iscrowd=2), "annotation id 1: 'iscrowd' must be 0 or 1"),
+        (lambda gt: gt["annotations"][0].update(segmentation={"size": [300, 451], "counts": "zzzz"}),
+         "annotation id 1: 'segmentation' is not a valid RLE"),
+        (lambda gt: gt["annotations"][0].update(segmentation={"size": [30, 45], "counts": [1350]}),
+         "annotation id 1: its 'segmentation' is 30x45 but image 1 is 300x451"),
+        (lambda gt: gt["annotations"][0].update(segmentation=[[1, 2, "x", 4, 5, 6]]),
+         "annotation id 1: 'segmentation' must be"),
+        (lambda gt: gt.update(annotations={"id": 1}), "'annotations' must be a list"),
+    ],
+)
+def test_malformed_ground_truth_is_refused_by_name(tmp_path, change, message):
+    gt, results, _ = _golden()
+    change(gt)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_coco_ground_truth(_write(tmp_path, "gt.json", gt))
+
+
+def test_ground_truth_box_from_the_mask_when_missing(tmp_path):
+    gt, _, _ = _golden()
+    want = gt["annotations"][0]["bbox"]
+    del gt["annotations"][0]["bbox"]
+    loaded = load_coco_ground_truth(_write(tmp_path, "gt.json", gt))
+    assert loaded["annotations"][0]["bbox"] == pytest.approx(want)
+
+
+def test_polygon_and_uncompressed_results_are_converted(tmp_path, caplog):
+    """Results files of other tools: polygon and uncompressed-RLE masks score as the same masks in RLE."""
+    gt, _, _ = _golden()
+    h, w = 300, 451
+    polygons = [[[20.0, 30.0, 120.0, 30.0, 120.0, 90.0, 20.0, 90.0]], [[140.0, 70.0, 161.0, 70.0, 161.0, 116.0]]]
+    rles = [mask_util.merge(mask_util.frPyObjects(p, h, w)) for p in polygons]
+    base = [{"image_id": 1, "category_id": 16, "bbox": [20, 30, 100, 60], "score": 0.9, "mask_score": 0.8},
+            {"image_id": 1, "category_id": 16, "bbox": [140, 70, 21, 46], "score": 0.7, "mask_score": 0.6}]
+    as_rle = [{**r, "segmentation": {"size": [h, w], "counts": rle["counts"].decode()}} for r, rle in zip(base, rles)]
+    as_polygon = [{**r, "segmentation": p} for r, p in zip(base, polygons)]
+    uncompressed = [{**r, "segmentation": {"size": [h, w], "counts": _uncompressed(mask_util.decode(rle))}}
+                    for r, rle in zip(base, rles)]
+    want = evaluate_coco(as_rle, CASES["V_39"] / "annotations_gt.json")
+    with caplog.at_level(logging.INFO):
+        results = load_coco_results(_write(tmp_path, "poly.json", as_polygon))
+        _assert_metrics_close(evaluate_coco(results, CASES["V_39"] / "annotations_gt.json"), want)
+    assert "2 polygon segmentation(s) converted to RLE" in caplog.text
+    results = load_coco_results(_write(tmp_path, "unc.json", uncompressed))
+    _assert_metrics_close(evaluate_coco(results, CASES["V_39"] / "annotations_gt.json"), want)
+
+
+def _uncompressed(mask):
+    flat = mask.ravel(order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return runs if flat[0] == 0 else [0, *runs]
+
+
+@pytest.mark.parametrize(
+    "segmentation,message",
+    [
+        ({"size": [48, 64], "counts": "zzzz"}, "'segmentation' is not a valid RLE"),
+        ({"size": [48, 64], "counts": "0"}, "'segmentation' is not a valid RLE"),
+        ({"size": [48, 64], "counts": ""}, "'segmentation' is not a valid RLE"),
+        ({"size": [48, 64], "counts": "\x7f\x7f"}, "'segmentation' is not a valid RLE"),
+        ({"size": [48, 64], "counts": [3000, 72, 1]}, "'segmentation' is not a valid RLE"),
+        ({"size": [48, 64], "counts": [3000, -1, 73]}, "'segmentation' is not a valid RLE"),
+        ({"size": [100000, 100000], "counts": [10**10]}, "'segmentation' is not a valid RLE"),
+        ({"size": [48], "counts": "0"}, "'segmentation' is not a valid RLE"),
+        ({"counts": "0"}, "'segmentation' is not a valid RLE"),
+        ("mask", "'segmentation' must be an RLE dict"),
+        ([[1, 2, "x", 4, 5, 6]], "'segmentation' must be an RLE dict"),
+    ],
+)
+def test_results_masks_that_do_not_decode_are_refused(tmp_path, segmentation, message):
+    record = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5, "segmentation": segmentation}
+    good = {**record, "segmentation": {"size": [48, 64], "counts": mask_util.encode(
+        np.asfortranarray(np.ones((48, 64), np.uint8)))["counts"].decode()}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([good, good, record]))
+    with pytest.raises(ValueError, match=re.escape("Entry 2 of results file") + ".*" + re.escape(message)):
+        load_coco_results(path)
+
+
+def test_rle_validation_agrees_with_pycocotools_on_real_masks():
+    from centermask2.evaluation.rle import rle_problems
+
+    rng = np.random.default_rng(0)
+    masks = [(rng.random((31, 47)) > p).astype(np.uint8) for p in (0.0, 0.3, 0.5, 0.9, 1.0)]
+    masks.append(np.zeros((1000, 3000), np.uint8))
+    masks[-1][10:900, 5:2500] = 1
+    rles = [mask_util.encode(np.asfortranarray(m)) for m in masks]
+    assert rle_problems([{"size": r["size"], "counts": r["counts"].decode()} for r in rles]) == [""] * len(rles)
+    truncated = {"size": rles[1]["size"], "counts": rles[1]["counts"].decode()[:-1]}
+    assert rle_problems([truncated])[0]
+
+
+def test_results_of_unknown_categories_and_other_sizes_are_refused(tmp_path):
+    _, results, _ = _golden()
+    results[4]["category_id"] = 999
+    with pytest.raises(ValueError, match="Results refer to category ids \\[999\\]"):
+        evaluate_coco(results, CASES["V_39"] / "annotations_gt.json")
+    _, results, _ = _golden()
+    small = mask_util.encode(np.asfortranarray(np.ones((10, 10), np.uint8)))
+    results[2]["segmentation"] = {"size": [10, 10], "counts": small["counts"].decode()}
+    with pytest.raises(ValueError, match="entry 2: its 'segmentation' is 10x10 but image 1 is 300x451"):
+        evaluate_coco(results, CASES["V_39"] / "annotations_gt.json")
+
+
+@pytest.mark.parametrize("key", ["segmentation", "mask_score"])
+def test_results_where_only_some_records_have_masks_are_refused(key):
+    _, results, _ = _golden()
+    del results[5][key]
+    with pytest.raises(ValueError, match=f"1 of 50 detections have no '{key}' \\(entry 5"):
+        evaluate_coco(results, CASES["V_39"] / "annotations_gt.json")

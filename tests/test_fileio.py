@@ -168,3 +168,29 @@ def test_a_second_run_into_a_folder_in_use_stops_until_the_first_ends(tmp_path):
         with output_session():
             ensure_writable_dir(out)
         assert _other_process(out) == "ok"  # an inner session (a stage function) releases what it took
+
+
+def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    from centermask2.fileio import atomic_write_bytes
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        atomic_write_bytes(b"data", tmp_path / "out.bin")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "out.bin")
+    assert os.listdir(tmp_path) == []  # the temporary file is gone
+
+
+def test_free_space_is_checked_before_long_writes(tmp_path, monkeypatch):
+    import shutil
+
+    from centermask2.fileio import check_free_space
+
+    check_free_space(tmp_path / "m.onnx", 1000, "--output")  # plenty
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100_000_000, 90_000_000, 10_000_000))
+    with pytest.raises(OutputError, match=r"not enough free space for .*m\.onnx.*about 50\.0 MB.*10\.0 MB free"):
+        check_free_space(tmp_path / "m.onnx", 50_000_000, "--output")

@@ -9,7 +9,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from centermask2.cli.quantize import main  # noqa: E402
+try:
+    from centermask2.cli.quantize import main
+except KeyboardInterrupt:  # Ctrl-C while the libraries load: the same exit (130) as later on, no traceback
+    sys.stderr.write("\ninterrupted\n")
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,11 +11,14 @@ anything else keeps its traceback, because it is a bug.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from ..contract import MAX_DETECTIONS
 from ..data.spec import parse_hw
 from ..engine.onnxruntime_backend import PROVIDERS
 from ..errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, CenterMask2Error, InputError
@@ -30,6 +33,17 @@ __all__ = [
     "hw_type",
     "positive_int",
     "non_negative_int",
+    "MAX_BATCH_SIZE",
+    "MAX_DETECTIONS",
+    "MAX_RAY_ACTORS",
+    "max_threads",
+    "threads_int",
+    "workers_int",
+    "num_workers_int",
+    "batch_size_int",
+    "max_detections_int",
+    "ray_actors_int",
+    "opset_int",
     "add_config_arguments",
     "add_overrides",
     "make_executor",
@@ -86,6 +100,75 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type for counts that may be 0 (``--num-workers``: 0 loads data in the main process)."""
     return _int_at_least(text, 0)
+
+
+#: most images in one forward pass: a batch holds every padded image at once (1024 images of
+#: 1344 x 1344 are 22 GB as float32), and a dynamic export accepts at most this batch
+MAX_BATCH_SIZE = 1024
+#: most Ray model actors: each holds a model and its runtime in memory
+MAX_RAY_ACTORS = 1024
+
+
+def max_threads() -> int:
+    """Most CPU threads (or worker processes) an option may ask for: 4x this machine's CPUs, at
+    least 64 (a Ray cluster's nodes may have more CPUs than the machine that starts the run)."""
+    return max(4 * (os.cpu_count() or 1), 64)
+
+
+def _bounded(text: str, minimum: int, maximum: int, unit: str, why: str) -> int:
+    value = _int_at_least(text, minimum)
+    if value > maximum:
+        raise argparse.ArgumentTypeError(f"{value} is more than {maximum} {unit}: {why}")
+    return value
+
+
+def threads_int(text: str) -> int:
+    """argparse type for ``--threads``: 1 to :func:`max_threads`."""
+    return _bounded(text, 1, max_threads(), "threads",
+                    f"the limit is 4x this machine's {os.cpu_count() or 1} CPU(s), at least 64; more threads than "
+                    "cores only slow a runtime down, and thousands never finish starting")
+
+
+def workers_int(text: str) -> int:
+    """argparse type for ``--workers`` (processes): 1 to :func:`max_threads`."""
+    return _bounded(text, 1, max_threads(), "processes",
+                    f"the limit is 4x this machine's {os.cpu_count() or 1} CPU(s), at least 64; each worker is a "
+                    "process with its own memory, and more than the cores only queue")
+
+
+def num_workers_int(text: str) -> int:
+    """argparse type for data-loading processes that may be 0 (``--num-workers``): 0 to :func:`max_threads`."""
+    return _bounded(text, 0, max_threads(), "processes",
+                    f"the limit is 4x this machine's {os.cpu_count() or 1} CPU(s), at least 64; each worker is a "
+                    "process with its own memory, and more than the cores only queue")
+
+
+def batch_size_int(text: str) -> int:
+    """argparse type for ``--batch-size``: 1 to :data:`MAX_BATCH_SIZE`."""
+    return _bounded(text, 1, MAX_BATCH_SIZE, "images",
+                    "a batch holds all its padded images in memory at once (1024 images of 1344x1344 are 22 GB as "
+                    "float32)")
+
+
+def max_detections_int(text: str) -> int:
+    """argparse type for ``--max-detections``: 1 to :data:`~centermask2.contract.MAX_DETECTIONS`."""
+    return _bounded(text, 1, MAX_DETECTIONS, "rows per image",
+                    "every row carries a 28x28 mask, so 10000 rows are already 31 MB of outputs per image, and no "
+                    "runtime allocates the outputs of many more")
+
+
+def ray_actors_int(text: str) -> int:
+    """argparse type for ``--ray-actors``: 1 to :data:`MAX_RAY_ACTORS`."""
+    return _bounded(text, 1, MAX_RAY_ACTORS, "actors", "each actor holds a model and its runtime in memory")
+
+
+def opset_int(text: str) -> int:
+    """argparse type for ``--opset``: an integer (the exporter checks the range it writes,
+    :func:`~centermask2.export.onnx.check_opset_range`)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = False, help: str | None = None) -> None:
@@ -165,6 +248,14 @@ def report_error(exc: BaseException | str, exit_code: int | None = None) -> int:
     return int(getattr(exc, "exit_code", EXIT_ITEMS_FAILED))
 
 
+def disk_full_message(exc: OSError) -> str:
+    """What a full disk (or quota) means for the user: the file that could not be written, and the fix."""
+    what = exc.strerror or os.strerror(exc.errno)
+    where = f" writing {exc.filename!r}" if exc.filename else ""
+    return (f"{what}{where}: free some space on that disk (or choose an output folder on another one) and run the "
+            "same command again (with --resume where the script has it: what is written is complete)")
+
+
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None, *,
              resumable: bool = False) -> int:
     """Run a script's ``main`` and map what escapes it to an exit code.
@@ -186,6 +277,8 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     except CenterMask2Error as exc:
         return report_error(exc)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return report_error(disk_full_message(exc), EXIT_ITEMS_FAILED)
         return report_error(exc, EXIT_ITEMS_FAILED)
     except KeyboardInterrupt:
         hint = "; what is written is complete: run the same command with --resume to finish" if resumable else ""

@@ -22,10 +22,12 @@ from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError, MissingFileError
 from .common import (
     add_config_arguments,
     add_overrides,
+    batch_size_int,
     hw_type,
+    max_detections_int,
     new_parser,
+    opset_int,
     parse_args,
-    positive_int,
     run_main,
     setup_logging,
 )
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="the .onnx file to write")
     p.add_argument("--input-size", default=(1344, 1344), type=hw_type, metavar="HxW",
                    help="static input size (default 1344x1344)")
-    p.add_argument("--batch-size", type=positive_int, default=1, help="static batch size (default 1)")
+    p.add_argument("--batch-size", type=batch_size_int, default=1, help="static batch size (default 1, at most 1024)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width instead of a static size")
     p.add_argument(
         "--input-dtype", choices=["uint8", "float32"], default="uint8", help="raw BGR pixel dtype the graph takes"
@@ -55,10 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         "'ignore' (default) makes it have no effect, so every image gets upstream's published result for it; "
         "'include' computes on the padded input, as upstream run on the padded image",
     )
-    p.add_argument("--opset", type=int, default=None,
-                   help="ONNX opset, >= 16 (default 17; 19, the first with DeformConv, for _dcn_ models)")
+    p.add_argument("--opset", type=opset_int, default=None,
+                   help="ONNX opset, 16 to the highest the exporter writes (default 17; 19, the first with DeformConv, "
+                   "for _dcn_ models)")
     p.add_argument(
-        "--max-detections", type=int, default=None, help="output rows per image (default: MODEL.FCOS.POST_NMS_TOPK_TEST)"
+        "--max-detections", type=max_detections_int, default=None,
+        help="output rows per image (default: MODEL.FCOS.POST_NMS_TOPK_TEST; at most 10000)",
     )
     p.add_argument("--coco-json", default=None, help="COCO annotation file giving class names / category ids "
                    "(default: the 80 COCO classes)")
@@ -67,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run PyTorch and ONNX Runtime on IMAGE and exit non-zero if they disagree")
     add_overrides(p)
     return p
+
+
+def _check_verify_image(path: str) -> None:
+    """Read the ``--verify`` image before exporting: an unreadable one is a bad argument (exit 2),
+    not a disagreement between PyTorch and ONNX found after the export."""
+    from ..data.transforms import read_image
+    from ..errors import CenterMask2Error
+
+    if not Path(path).is_file():
+        raise MissingFileError(f"--verify image not found: {path!r}")
+    try:
+        read_image(path)
+    except (CenterMask2Error, OSError) as exc:
+        raise InputError(f"--verify image {path!r} cannot be read: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,21 +100,23 @@ def _main(argv: Sequence[str] | None) -> int:
     from ..config import load_config
     from ..data.categories import category_mapping
     from ..export import ExportSettings, default_opset, export_onnx
-    from ..export.onnx import check_opset
-    from ..fileio import check_output_file
+    from ..export.onnx import check_opset, check_opset_range, model_nbytes
+    from ..fileio import check_free_space, check_output_file
     from ..modeling import build_model
 
+    if args.opset is not None:
+        check_opset_range(args.opset)
     opts = list(args.opts)
     if args.max_detections is not None:
-        if args.max_detections < 1:
-            raise InputError(f"--max-detections must be >= 1, got {args.max_detections}")
         opts += ["MODEL.FCOS.POST_NMS_TOPK_TEST", str(args.max_detections)]
     check_output_file(args.output, "--output")
-    if args.verify and not Path(args.verify).is_file():
-        raise MissingFileError(f"--verify image not found: {args.verify!r}")
+    if args.verify:
+        _check_verify_image(args.verify)
     cfg = load_config(args.config_file, opts)
     check_weights_path(cfg.MODEL.WEIGHTS)
     model = build_model(cfg)
+    # the weights, 1.2x for the graph and metadata around them: found now, not after the export
+    check_free_space(args.output, int(model_nbytes(model) * 1.2) + (1 << 20), "--output")
     opset = args.opset if args.opset is not None else default_opset(model)
     settings = ExportSettings(
         input_size=args.input_size,

@@ -7,8 +7,8 @@ Two modes:
   writes ``OUT/metrics.json``; with ``--panoptic-results P.json --panoptic-json GT.json
   [--panoptic-root DIR] [--sem-seg-root DIR]`` (or ``--dataset coco_2017_val_panoptic`` for all the
   ground truth) it also scores panoptic quality (``panoptic_seg``) and, when a ``sem_seg_results/``
-  folder is next to P.json, semantic segmentation (``sem_seg``). Unusable panoptic or semantic
-  input files exit with status 2;
+  folder is next to P.json, semantic segmentation (``sem_seg``). Unusable input files (results,
+  ground truth, panoptic or semantic) exit with status 2, before any scoring;
 * ``.bin`` outputs, stage 3 of the offline pipeline (``--outputs RAW --info BINS/bin_info.json
   --output-dir OUT [--model model.onnx] [--coco-json ANN.json] [--allow-missing]``): the raw
   network outputs of ``tester.py --bins`` (or of any engine writing the same bytes:
@@ -32,7 +32,7 @@ from typing import Any
 
 from ..contract import SEM_SEG_OUTPUT, PanopticSettings
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, CenterMask2Error, InputError
-from ..evaluation import evaluate_coco, format_table, load_coco_results
+from ..evaluation import evaluate_coco, format_table, load_coco_ground_truth, load_coco_results
 from ..evaluation.ground_truth import evaluate_panoptic_inputs, find_ground_truth, read_panoptic_inputs
 from ..evaluation.panoptic import PANOPTIC_RESULTS_NAME, write_panoptic_json
 from ..fileio import atomic_write_json, ensure_writable_dir
@@ -180,9 +180,10 @@ def _run_bins(args: argparse.Namespace) -> int:
     if truth.panoptic_json and panoptic is None:
         raise InputError("--panoptic-json / --sem-seg-root / --dataset score a panoptic model's outputs, and these "
                          f"outputs have no {SEM_SEG_OUTPUT!r}")
+    gt = load_coco_ground_truth(args.coco_json) if args.coco_json else None  # bad ground truth: exit 2, now
     problems = find_output_problems(args.outputs, info, manifest)
-    if args.coco_json:
-        problems += images_without_bins(info, args.coco_json)
+    if gt is not None:
+        problems += images_without_bins(info, gt)
 
     if problems:
         affected = len({p.stem for p in problems if p.stem is not None}) + sum(p.stem is None for p in problems)
@@ -210,8 +211,8 @@ def _run_bins(args: argparse.Namespace) -> int:
             write_panoptic_json(out_dir / PANOPTIC_RESULTS_NAME, summary.panoptic, base=truth.panoptic_json)
         metrics: dict[str, Any] = {}
         t0 = time.perf_counter()
-        if args.coco_json:
-            metrics.update(evaluate_coco(results, args.coco_json))
+        if gt is not None:
+            metrics.update(evaluate_coco(results, gt))
     except CenterMask2Error as exc:  # a corrupt output bin found while reading: the run failed
         return report_error(exc, EXIT_ITEMS_FAILED)
     if truth.panoptic_json:  # bad ground truth is a bad input file (exit 2)
@@ -285,23 +286,18 @@ def _main(argv: Sequence[str] | None) -> int:
 
     if args.output_dir:
         ensure_writable_dir(args.output_dir, "--output-dir")
-    # panoptic inputs are checked before any scoring; their errors exit with 2 (bad input files)
+    # every input file is checked before any scoring; their errors exit with 2 (bad input files)
     panoptic = read_panoptic_inputs(args.panoptic_results, truth) if args.panoptic_results else None
     metrics: dict[str, dict[str, Any]] = {}
-    results = None
+    results = gt = None
     if args.results:
-        try:
-            results = load_coco_results(args.results)
-        except CenterMask2Error as exc:  # evaluation-only mode: a bad results or annotation file fails the run
-            return report_error(exc, EXIT_ITEMS_FAILED)
+        gt = load_coco_ground_truth(truth.coco_json)
+        results = load_coco_results(args.results)
         logger.info("Loaded %d detections from %s", len(results), args.results)
+    coco_metrics = evaluate_coco(results, gt) if results is not None else {}  # checks the results against gt first
     if panoptic is not None:
         metrics.update(evaluate_panoptic_inputs(panoptic))
-    if results is not None:
-        try:
-            metrics.update(evaluate_coco(results, truth.coco_json))
-        except CenterMask2Error as exc:
-            return report_error(exc, EXIT_ITEMS_FAILED)
+    metrics.update(coco_metrics)
     if args.output_dir:
         atomic_write_json(metrics, Path(args.output_dir) / "metrics.json")
         logger.info("Wrote %s", Path(args.output_dir) / "metrics.json")

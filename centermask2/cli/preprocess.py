@@ -34,9 +34,9 @@ from .common import (
     make_executor,
     new_parser,
     parse_args,
-    positive_int,
     run_main,
     setup_logging,
+    workers_int,
 )
 
 logger = logging.getLogger("preprocess_inputs_to_bin")
@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="dtype of the images bins (the model's; default uint8 with --config-file)",
     )
-    p.add_argument("--workers", type=positive_int, default=None, help="parallel processes (default 1)")
+    p.add_argument("--workers", type=workers_int, default=None,
+                   help="parallel processes (default 1; at most 4x the CPUs, at least 64)")
     add_ray_argument(p, "write the bins with Ray tasks, one per image", "--images and --output")
     p.add_argument(
         "--resume",

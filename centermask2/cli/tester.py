@@ -40,13 +40,15 @@ from .common import (
     add_config_arguments,
     add_overrides,
     add_ray_argument,
+    batch_size_int,
     hw_type,
     make_executor,
     new_parser,
     parse_args,
-    positive_int,
+    ray_actors_int,
     run_main,
     setup_logging,
+    threads_int,
 )
 
 logger = logging.getLogger("tester")
@@ -106,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run: skip images already done (image mode: their results are kept in "
         "OUTPUT_DIR/coco_instances_results.partial.jsonl; --bins: their output bins are complete)")
     p.add_argument(
-        "--batch-size", type=positive_int, default=None,
+        "--batch-size", type=batch_size_int, default=None,
         help="images per forward pass (default 1; a static ONNX model's own)"
     )
     p.add_argument(
@@ -122,11 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="[torch] padding beyond each image's multiple of 32 (--pad-to, --batch-size 2+): 'ignore' (default) "
         "makes it have no effect, as upstream run on each image alone; 'include' computes on the padded input",
     )
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the backend's choice)")
+    p.add_argument("--threads", type=threads_int, default=None,
+                   help="CPU threads (default: the backend's choice; at most 4x the CPUs, at least 64)")
     p.add_argument("--allow-incomplete-weights", action="store_true", help="[torch] load a checkpoint with missing keys")
     add_ray_argument(p, "run on Ray", "images, models and --output-dir")
     p.add_argument(
-        "--ray-actors", type=positive_int, default=None, metavar="N",
+        "--ray-actors", type=ray_actors_int, default=None, metavar="N",
         help="[ray] model actors, each one backend session with --threads threads (default 1); default: as many "
         "as the cluster's CPUs hold",
     )
@@ -243,7 +246,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from ..data.categories import category_mapping
     from ..engine.loop import run_to_folder
     from ..engine.sources import open_model
-    from ..evaluation import evaluate_coco
+    from ..evaluation import evaluate_coco, load_coco_ground_truth
     from ..evaluation.ground_truth import evaluate_panoptic_inputs, find_ground_truth, read_panoptic_inputs
     from ..evaluation.panoptic import PANOPTIC_RESULTS_NAME
     from ..fileio import atomic_write_json, ensure_writable_dir
@@ -260,6 +263,11 @@ def _main(argv: Sequence[str] | None) -> int:
     args.coco_json = truth.coco_json
     ensure_writable_dir(args.output_dir, "--output-dir")
     records = list_images(args.images, args.coco_json)
+    # the ground truth is checked before any image runs (a bad file: exit 2 now, not after the inference)
+    gt = load_coco_ground_truth(args.coco_json, require_annotations=False) if args.coco_json else None
+    if gt is not None and "annotations" not in gt:
+        logger.warning("%s has no 'annotations' (an image list): writing results without metrics", args.coco_json)
+        gt = None
     executor = make_executor(args)
     model, runtime, options = _open_args(args)
     source = open_model(model, runtime, **options)
@@ -278,10 +286,10 @@ def _main(argv: Sequence[str] | None) -> int:
         )
     logger.info("Inference: %s", summary.format())
     logger.info("Results: %s", results_path)
-    if args.coco_json or truth.panoptic_json:
+    if gt is not None or truth.panoptic_json:
         if summary.failed:
             logger.warning("%d image(s) could not be read; they count as having no detections", len(summary.failed))
-        metrics = evaluate_coco(results, args.coco_json) if args.coco_json else {}
+        metrics = evaluate_coco(results, gt) if gt is not None else {}
         if truth.panoptic_json:
             panoptic = read_panoptic_inputs(Path(args.output_dir) / PANOPTIC_RESULTS_NAME, truth)
             metrics.update(evaluate_panoptic_inputs(panoptic))

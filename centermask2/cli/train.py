@@ -31,11 +31,11 @@ from .common import (
     add_config_arguments,
     add_overrides,
     new_parser,
-    non_negative_int,
+    num_workers_int,
     parse_args,
-    positive_int,
     run_main,
     setup_logging,
+    threads_int,
 )
 
 logger = logging.getLogger("train_net")
@@ -57,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, help="checkpoints, metrics.jsonl and evaluation results")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
     p.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS on --eval-json and stop")
-    p.add_argument("--num-workers", type=non_negative_int, default=None,
+    p.add_argument("--num-workers", type=num_workers_int, default=None,
                    help="data-loading processes (default: DATALOADER.NUM_WORKERS, at most the CPU count - 1)")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads of the training process")
+    p.add_argument("--threads", type=threads_int, default=None,
+                   help="CPU threads of the training process (at most 4x the CPUs, at least 64)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_overrides(p, "config overrides: KEY VALUE ...")
     return p
@@ -109,10 +110,11 @@ def make_evaluator(cfg: Any, eval_json: str, eval_images: str, output_dir: Path,
     from ..data.categories import category_mapping
     from ..engine.loop import run_inference
     from ..engine.sources import torch_model_source
-    from ..evaluation import evaluate_coco
+    from ..evaluation import evaluate_coco, load_coco_ground_truth
     from ..fileio import atomic_write_json, ensure_writable_dir
 
     records = list_images(eval_images, eval_json)
+    gt = load_coco_ground_truth(eval_json)  # checked before training, not after it
     ids, _ = category_mapping(eval_json, int(cfg.MODEL.FCOS.NUM_CLASSES))
 
     def evaluate(model: Any, iteration: int) -> dict[str, Any]:
@@ -120,7 +122,7 @@ def make_evaluator(cfg: Any, eval_json: str, eval_images: str, output_dir: Path,
         results, _summary = run_inference(source, records, ids, progress=progress)
         out = ensure_writable_dir(output_dir / f"eval_iter{iteration:07d}", "--output-dir")
         atomic_write_json(results, out / "coco_instances_results.json")
-        metrics = evaluate_coco(results, eval_json, output_dir=out)
+        metrics = evaluate_coco(results, gt, output_dir=out)
         logger.info("iteration %d: bbox AP %.2f, segm AP %.2f", iteration, metrics["bbox"]["AP"],
                     metrics.get("segm", {}).get("AP", float("nan")))
         return metrics

@@ -115,6 +115,34 @@ def _open_panoptic(json_path: str | Path, png_root: str | Path | None = None) ->
     return panoptic, categories
 
 
+def picture_stems(images: Sequence[Any], fmt: str) -> dict[int, str]:
+    """The picture name (without extension) of every image: its file name with folders joined by ``__``
+    (``a/b.png`` -> ``a__b``). Names that would collide (``a__b.png`` and ``a/b.png``, ``x.png`` and
+    ``x.jpg``, names differing only in case) get ``_id<image id>`` appended, with a warning.
+
+    Raises:
+        InputError: names still collide after that (an image named like another's suffixed name).
+    """
+    stems = {rec.image_id: Path(rec.file_name).with_suffix("").as_posix().replace("/", "__") for rec in images}
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for rec in images:
+        groups[stems[rec.image_id].lower()].append(rec)
+    for group in groups.values():
+        if len(group) > 1:
+            names = [rec.file_name for rec in group]
+            logger.warning("%s would %s be drawn as %s.%s: each is written as <name>_id<image id>.%s instead",
+                           " and ".join(repr(n) for n in names), "both" if len(names) == 2 else "all",
+                           stems[group[0].image_id], fmt, fmt)
+            for rec in group:
+                stems[rec.image_id] = f"{stems[rec.image_id]}_id{rec.image_id}"
+    final: dict[str, int] = {}
+    for image_id, stem in stems.items():
+        if stem.lower() in final:
+            raise InputError(f"images {final[stem.lower()]} and {image_id} would both be drawn as {stem}.{fmt}; rename one")
+        final[stem.lower()] = image_id
+    return stems
+
+
 def _results_label(path: Path) -> str:
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
@@ -216,6 +244,7 @@ def _draw_all(args: argparse.Namespace, stack: ExitStack) -> int:
     images = list_images(args.images, args.coco_json)
     if args.max_images:
         images = images[: args.max_images]
+    stems = picture_stems(images, args.format)  # before any model runs
     sources = [_open_source(*given[0], args, images, stack, args.panoptic_results)]
     if args.compare:
         sources.append(_open_source("results" if args.compare.endswith(".json") else "onnx", args.compare, args,
@@ -257,7 +286,7 @@ def _draw_all(args: argparse.Namespace, stack: ExitStack) -> int:
                 stuff_names = {cid: name for cid, (name, _) in source.categories.items()}
                 base, _ = draw_stuff(image, stuff[0], stuff[1], stuff_names)
             drawn.append(draw_instances(base, kept, names, score_key=score_key))
-        stem = Path(rec.file_name).with_suffix("").as_posix().replace("/", "__")
+        stem = stems[rec.image_id]
         if len(sources) == 1:
             picture, path = drawn[0], out_dir / f"{stem}.{args.format}"
         else:

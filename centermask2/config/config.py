@@ -657,7 +657,8 @@ def get_cfg() -> CfgNode:
 
 
 def load_config(config_file: str | os.PathLike[str], opts: Sequence[str] = ()) -> CfgNode:
-    """Load a YAML config over the defaults, apply ``KEY VALUE`` overrides, and freeze it.
+    """Load a YAML config over the defaults, apply ``KEY VALUE`` overrides, check the values the
+    toolkit reads are in range (:mod:`.ranges`), and freeze it.
 
     Args:
         config_file: Path to a YAML config (``_BASE_`` resolved relative to it).
@@ -669,10 +670,17 @@ def load_config(config_file: str | os.PathLike[str], opts: Sequence[str] = ()) -
     Raises:
         FileNotFoundError: The config file or a base it names does not exist.
         UnknownConfigKeyError: A key in the file or the overrides is not a config key.
-        ConfigError: A value has the wrong type, or the overrides are not KEY VALUE pairs.
+        ConfigError: A value has the wrong type or is out of range (the message names the key, the
+            valid range and the file or overrides that set it), or the overrides are not KEY VALUE pairs.
     """
+    from .ranges import check_config_ranges
+
     cfg = get_cfg()
-    cfg.merge_from_file(config_file)
+    path = os.fspath(config_file)
+    data, origins = _load_yaml_tree(path, (), budget=[_MAX_CONFIG_FILES])
+    cfg._merge_staged([(data, lambda key: origins.get(key, path))])
     cfg.merge_from_list(opts)
+    overridden = set(list(opts)[0::2]) if not isinstance(opts, (str, bytes)) else set()
+    check_config_ranges(cfg, lambda key: _OVERRIDES_SOURCE if key in overridden else origins.get(key, "the defaults"))
     cfg.freeze()
     return cfg

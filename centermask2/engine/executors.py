@@ -132,7 +132,11 @@ class LocalExecutor(ExecutorBase):
 
 
 def _exit_with_parent(parent_pid: int) -> None:
-    """Pool initializer: end this worker when the main process is gone (e.g. killed with SIGKILL)."""
+    """Pool initializer: end this worker when the main process is gone (e.g. killed with SIGKILL);
+    leave Ctrl-C to the main process (which ends the pool), so that workers print no tracebacks."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while True:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..contract import SEM_SEG_OUTPUT, PanopticSettings
+from ..contract import SEM_SEG_OUTPUT, PanopticSettings, check_detections
 from ..data.catalog import ImageRecord
 from ..data.spec import InputSpec
 from ..data.transforms import load_and_resize, pad_batch
@@ -45,6 +45,7 @@ __all__ = [
     "BatchResults",
     "batches",
     "load_batch",
+    "image_outputs",
     "image_results",
     "run_inference",
     "run_to_folder",
@@ -110,6 +111,16 @@ def load_batch(
     return loaded, readable, failed
 
 
+#: what a corrupt model's outputs call for
+_CORRUPT_MODEL = ("its outputs are corrupt (a broken export or quantization?); check it against the PyTorch model "
+                  "(convert_model_into_onnx.py --verify)")
+
+
+def image_outputs(out: Mapping[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    """Image ``i`` of a backend call's outputs (batch first), without the batch dimension."""
+    return {name: value[i] for name, value in out.items()}
+
+
 def image_results(
     out: Mapping[str, np.ndarray],
     i: int,
@@ -118,33 +129,38 @@ def image_results(
     image_id: int,
     contiguous_to_dataset_id: Sequence[int],
     mask_threshold: float = 0.5,
+    *,
+    file_name: str = "",
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Image ``i`` of a backend call's outputs as post-processed detections and COCO records.
 
     Args:
         out: the backend's outputs (:data:`~centermask2.contract.OUTPUT_NAMES`), batch first.
         input_hw: the valid (h, w) the network saw; output_hw: the original image's (h, w).
+        file_name: the image's, for messages.
 
     Returns:
         (:func:`~centermask2.modeling.postprocessing.detector_postprocess`'s result, its
         :func:`~centermask2.evaluation.coco.instances_to_coco_json` records).
 
     Raises:
-        BackendError: the model returned non-finite boxes (a broken export or quantization: every
-            image would be wrong, so the run stops).
+        BackendError: the outputs fail :func:`~centermask2.contract.check_detections` (a count out of
+            range, non-finite boxes, scores or masks, classes the model does not have: a broken export or
+            quantization, every image would be wrong, so the run stops).
     """
-    n = int(out["num_detections"][i])
-    if not np.isfinite(out["boxes"][i, :n]).all():
-        raise BackendError(
-            f"the model returned NaN or infinite boxes for image {image_id}: its outputs are corrupt (a broken "
-            "export or quantization?); check it against the PyTorch model (convert_model_into_onnx.py --verify)"
-        )
+    where = f"the model's outputs for image {image_id}" + (f" ({file_name})" if file_name else "")
+    one = image_outputs(out, i)
+    n = check_detections(one, num_classes=len(contiguous_to_dataset_id), where=where, hint=_CORRUPT_MODEL)
+
+    def rows(name: str) -> torch.Tensor | None:
+        return torch.from_numpy(np.ascontiguousarray(one[name][:n])) if name in one else None
+
     det = detector_postprocess(
-        torch.from_numpy(out["boxes"][i, :n]),
-        torch.from_numpy(out["scores"][i, :n]),
-        torch.from_numpy(out["classes"][i, :n]),
-        torch.from_numpy(out["masks"][i, :n]),
-        torch.from_numpy(out["mask_scores"][i, :n]),
+        rows("boxes"),
+        rows("scores"),
+        rows("classes"),
+        rows("masks"),
+        rows("mask_scores"),
         input_hw=input_hw,
         output_hw=output_hw,
         mask_threshold=mask_threshold,
@@ -177,9 +193,8 @@ def panoptic_image(
     from ..modeling.panoptic import combine_semantic_and_instance_outputs, sem_seg_argmax
 
     logits = torch.from_numpy(np.ascontiguousarray(sem_seg_logits))
-    if not torch.isfinite(logits).all():
-        raise BackendError("the model returned NaN or infinite semantic logits: its outputs are corrupt (a broken export "
-                           "or quantization?); check it against the PyTorch model (convert_model_into_onnx.py --verify)")
+    if not torch.isfinite(logits).all():  # callers check first (check_detections); kept for direct use
+        raise BackendError(f"the model returned NaN or infinite semantic logits: {_CORRUPT_MODEL}")
     labels = sem_seg_argmax(logits, input_hw, output_hw, settings.size_divisibility, settings.common_stride)
     seg, segments = combine_semantic_and_instance_outputs(
         det, labels, overlap_thresh=settings.overlap_thresh, stuff_area_thresh=settings.stuff_area_limit,
@@ -243,7 +258,7 @@ class InferJob(Job):
         for i, (rec, original) in enumerate(zip(inferred["records"], inferred["originals"])):
             input_hw = (int(sizes[i, 0]), int(sizes[i, 1]))
             det, records = image_results(inferred["outputs"], i, input_hw, original, rec.image_id, self.category_ids,
-                                         self.mask_threshold)
+                                         self.mask_threshold, file_name=rec.file_name)
             output = ImageOutput(records)
             if self.panoptic is not None:
                 from ..evaluation.panoptic import write_panoptic_image

@@ -8,6 +8,7 @@ from .coco import (
     format_table,
     instances_to_coco_json,
     load_coco_categories,
+    load_coco_ground_truth,
     load_coco_results,
 )
 from .matching import MatchSummary, match_boxes, match_records, summarize_match
@@ -27,6 +28,7 @@ __all__ = [
     "MatchSummary",
     "instances_to_coco_json",
     "load_coco_categories",
+    "load_coco_ground_truth",
     "load_coco_results",
     "evaluate_coco",
     "format_table",

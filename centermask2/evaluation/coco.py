@@ -8,6 +8,13 @@ Metric conventions follow the golden reference files: overall metrics are pycoco
 ``stats * 100`` (so an undefined metric, e.g. APl with no large ground truth, is ``-100.0``
 where detectron2 would log NaN) and per-category AP lists only categories that have ground
 truth (detectron2 reports NaN for the others).
+
+Files other tools write are read as pycocotools / detectron2 read them, checked before any work:
+:func:`load_coco_ground_truth` fills what detectron2 fills (``area`` from the mask or box,
+``iscrowd`` 0, ``bbox`` from the mask, an image's size from its RLE masks) and refuses by name what
+pycocotools would crash on or score as garbage; :func:`load_coco_results` accepts polygon and
+uncompressed-RLE masks (converted with the image size at evaluation) and refuses masks that do not
+decode (:mod:`.rle`).
 """
 
 from __future__ import annotations
@@ -28,13 +35,15 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..data.categories import load_coco_categories
+from ..data.categories import load_coco_categories, load_coco_dict
 from ..errors import InputError
 from ..fileio import atomic_write_json, read_json
+from .rle import polygon_problem, rle_problems, rle_size, to_compressed_rle
 
 __all__ = [
     "instances_to_coco_json",
     "load_coco_categories",
+    "load_coco_ground_truth",
     "load_coco_results",
     "evaluate_coco",
     "format_table",
@@ -127,26 +136,44 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_SEGMENTATION_FORMS = "an RLE dict {'size': [h, w], 'counts': ...} or a list of polygons"
+
+
 def _malformed(rec: Mapping[str, Any]) -> str:
-    """What is wrong with one result record's values, or ``""``."""
+    """What is wrong with one result record's values, or ``""`` (RLE masks are checked apart)."""
     bbox = rec["bbox"]
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)):
         return f"'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}"
     for key in ("image_id", "category_id"):
-        if not isinstance(rec[key], int) or isinstance(rec[key], bool):
+        if not _is_int(rec[key]):
             return f"'{key}' must be an integer, got {rec[key]!r}"
     for key in ("score", "mask_score"):
         if key in rec and not _finite_number(rec[key]):
             return f"'{key}' must be a finite number, got {rec[key]!r}"
+    seg = rec.get("segmentation")
+    if "segmentation" in rec and not isinstance(seg, dict):
+        problem = polygon_problem(seg)
+        if problem:
+            return f"'segmentation' must be {_SEGMENTATION_FORMS}: {problem}, got {str(seg)[:60]}"
     return ""
 
 
 def load_coco_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Load and validate a COCO results file (``coco_instances_results.json``).
 
+    Every entry needs ``image_id`` and ``category_id`` (integers), ``bbox`` (4 finite numbers) and
+    ``score`` (finite); ``mask_score`` is finite when given; ``segmentation``, when given, is a
+    compressed or uncompressed RLE dict that decodes to exactly its ``size`` (checked without
+    pycocotools, which reads garbage from one that does not), or a list of polygons (converted with
+    the image size at evaluation, as ``loadRes`` cannot).
+
     Raises:
         MissingFileError: ``path`` does not exist.
-        InputError: not JSON, or not a list of result dicts with image_id/category_id/bbox/score.
+        InputError: not JSON, or an entry is malformed; the message names the entry and the key.
     """
     path = os.fspath(path)
     data = read_json(path, "results file")
@@ -160,6 +187,7 @@ def load_coco_results(path: str | os.PathLike) -> list[dict[str, Any]]:
             f"{path!r} is not a COCO results file: expected a JSON list of detections, got "
             f"{type(data).__name__}."
         )
+    rles: list[tuple[int, dict]] = []
     for i, rec in enumerate(data):
         if not isinstance(rec, dict) or any(k not in rec for k in _RESULT_KEYS):
             raise InputError(
@@ -169,7 +197,210 @@ def load_coco_results(path: str | os.PathLike) -> list[dict[str, Any]]:
         problem = _malformed(rec)
         if problem:
             raise InputError(f"Entry {i} of results file {path!r}: {problem}")
+        if isinstance(rec.get("segmentation"), dict):
+            rles.append((i, rec["segmentation"]))
+    for (i, _), problem in zip(rles, rle_problems([seg for _, seg in rles])):
+        if problem:
+            raise InputError(f"Entry {i} of results file {path!r}: 'segmentation' is not a valid RLE ({problem})")
     return data
+
+
+def _size_of(image: Mapping[str, Any]) -> tuple[int, int] | None:
+    h, w = image.get("height"), image.get("width")
+    return (int(h), int(w)) if h is not None and w is not None else None
+
+
+def load_coco_ground_truth(
+    coco_json: str | os.PathLike | Mapping[str, Any], *, require_annotations: bool = True
+) -> dict[str, Any]:
+    """Read and check COCO instances ground truth for evaluation, as pycocotools / detectron2 read it.
+
+    Filled in, as detectron2 does (logged): an annotation's ``iscrowd`` (0), ``bbox`` (from its
+    mask), ``area`` (its mask's pixels, else the box's w x h); an image's ``height`` / ``width`` from
+    its RLE masks. Refused by name: a malformed ``images`` / ``categories`` / ``annotations`` entry,
+    an annotation without an integer ``id`` or with one used twice, an ``image_id`` or
+    ``category_id`` the file does not list, a ``bbox`` that is not 4 finite numbers with w, h >= 0,
+    ``iscrowd`` other than 0 / 1, a mask that does not decode (see :func:`~.rle.rle_problems`) or has
+    another size than its image, polygons on an image without ``height`` / ``width``.
+
+    Args:
+        coco_json: the annotation file, or its loaded dict.
+        require_annotations: refuse a file without ``annotations`` (an image list only).
+
+    Returns:
+        A new dict (its images and annotations copied, the caller's left as they are).
+
+    Raises:
+        MissingFileError / InputError: the message names the file and the entry.
+    """
+    source = "the ground truth" if isinstance(coco_json, Mapping) else repr(os.fspath(coco_json))
+    data = load_coco_dict(coco_json)
+
+    def fail(problem: str) -> InputError:
+        return InputError(f"{source}: {problem}")
+
+    cat_ids = set(load_coco_categories(data)[0])
+    if not isinstance(data.get("images"), list):
+        raise fail("'images' must be a list of {'id', 'file_name', 'height', 'width'}")
+    images: dict[int, dict[str, Any]] = {}
+    for k, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or not _is_int(image.get("id")):
+            raise fail(f"image entry {k} has no integer 'id'")
+        if image["id"] in images:
+            raise fail(f"image id {image['id']} appears more than once")
+        image = dict(image)
+        for key in ("height", "width"):
+            value = image.get(key)
+            if value is not None and not (_finite_number(value) and value == int(value) and value > 0):
+                raise fail(f"image id {image['id']}: {key!r} must be a positive integer, got {value!r}")
+            if value is not None:
+                image[key] = int(value)
+        if (image.get("height") is None) != (image.get("width") is None):
+            raise fail(f"image id {image['id']} gives only one of 'height' / 'width'")
+        images[image["id"]] = image
+    out = {**data, "images": list(images.values())}
+    if "annotations" not in data:
+        if require_annotations:
+            raise fail("has no 'annotations'; ground truth is needed to evaluate (results can still be written)")
+        return out
+    if not isinstance(data["annotations"], list):
+        raise fail("'annotations' must be a list")
+
+    annotations: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    rles: list[tuple[dict[str, Any], dict]] = []
+    for k, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or not _is_int(ann.get("id")):
+            raise fail(f"annotation {k} has no integer 'id'")
+        name = f"annotation id {ann['id']}"
+        if ann["id"] in seen:
+            raise fail(f"{name} appears more than once")
+        seen.add(ann["id"])
+        if not _is_int(ann.get("image_id")) or ann["image_id"] not in images:
+            raise fail(f"{name} has image_id {ann.get('image_id')!r}, which 'images' does not list")
+        if not _is_int(ann.get("category_id")) or ann["category_id"] not in cat_ids:
+            raise fail(f"{name} has category_id {ann.get('category_id')!r}, which 'categories' does not list")
+        ann = dict(ann)
+        if "iscrowd" in ann:
+            if not (_finite_number(ann["iscrowd"]) or isinstance(ann["iscrowd"], bool)) or ann["iscrowd"] not in (0, 1):
+                raise fail(f"{name}: 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
+            ann["iscrowd"] = int(ann["iscrowd"])
+        bbox = ann.get("bbox")
+        if bbox is not None and not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)
+                                     and bbox[2] >= 0 and bbox[3] >= 0):
+            raise fail(f"{name}: 'bbox' must be 4 finite numbers [x, y, w, h] with w, h >= 0, got {bbox!r}")
+        if "area" in ann and not (_finite_number(ann["area"]) and ann["area"] >= 0):
+            raise fail(f"{name}: 'area' must be a finite number >= 0, got {ann['area']!r}")
+        seg = ann.get("segmentation")
+        if isinstance(seg, dict):
+            rles.append((ann, seg))
+        elif seg is not None:
+            problem = polygon_problem(seg)
+            if problem:
+                raise fail(f"{name}: 'segmentation' must be {_SEGMENTATION_FORMS}: {problem}")
+        elif bbox is None:
+            raise fail(f"{name} has neither a 'bbox' nor a 'segmentation'")
+        annotations.append(ann)
+    sized_from_masks = 0
+    for (ann, seg), problem in zip(rles, rle_problems([seg for _, seg in rles])):
+        if problem:
+            raise fail(f"annotation id {ann['id']}: 'segmentation' is not a valid RLE ({problem})")
+        image = images[ann["image_id"]]
+        size, expected = rle_size(seg), _size_of(image)
+        if expected is None:
+            image["height"], image["width"] = size
+            sized_from_masks += 1
+        elif size != expected:
+            raise fail(f"annotation id {ann['id']}: its 'segmentation' is {size[0]}x{size[1]} but image "
+                       f"{image['id']} is {expected[0]}x{expected[1]}")
+
+    filled = {"area": 0, "iscrowd": 0, "bbox": 0}
+    for ann in annotations:
+        seg = ann.get("segmentation")
+        missing = [key for key in filled if key not in ann]
+        if isinstance(seg, list):  # pycocotools rasterizes polygons with their image's size
+            image = images[ann["image_id"]]
+            if _size_of(image) is None:
+                raise fail(f"image id {image['id']} has no 'height'/'width', which its polygon annotations (annotation "
+                           f"id {ann['id']}) need to be rasterized; add the image's size in pixels")
+        if isinstance(seg, list) and not seg:  # no polygon: an empty mask (pycocotools fails on [])
+            ann["segmentation"] = to_compressed_rle(seg, *_size_of(images[ann["image_id"]]))
+        for key in missing:
+            filled[key] += 1
+        if "iscrowd" in missing:
+            ann["iscrowd"] = 0
+        if {"area", "bbox"} & set(missing):
+            rle = None
+            if seg is not None:
+                rle = to_compressed_rle(seg, *_size_of(images[ann["image_id"]]))
+            if "bbox" in missing:
+                ann["bbox"] = [float(v) for v in mask_util.toBbox(rle)]
+            if "area" in missing:
+                ann["area"] = float(mask_util.area(rle)) if rle is not None else float(ann["bbox"][2] * ann["bbox"][3])
+    said = [f"{filled['area']} annotation(s) without 'area' (computed from their masks or boxes, as detectron2)"
+            if filled["area"] else "",
+            f"{filled['iscrowd']} without 'iscrowd' (0)" if filled["iscrowd"] else "",
+            f"{filled['bbox']} without 'bbox' (from their masks)" if filled["bbox"] else "",
+            f"{sized_from_masks} mask(s) giving the size of images without 'height'/'width'" if sized_from_masks else ""]
+    if any(said):
+        logger.warning("%s as other tools write it: %s", source, " and ".join(t for t in said if t))
+    return {**out, "annotations": annotations}
+
+
+def _check_results(results: list[dict[str, Any]], gt: Mapping[str, Any], source: str) -> list[dict[str, Any]]:
+    """``results`` ready for pycocotools against ``gt`` (:func:`load_coco_ground_truth`'s): their
+    images and categories known, masks on all detections or none (and ``mask_score`` likewise), each
+    mask of its image's size; polygon and uncompressed-RLE masks become compressed RLE (copies)."""
+    known_images = {im["id"]: im for im in gt["images"]}
+    unknown = sorted({r["image_id"] for r in results} - set(known_images))
+    if unknown:
+        raise InputError(
+            f"Results refer to image ids {unknown[:10]} that are not in {source}; "
+            "use the annotation file the results were produced for."
+        )
+    cat_ids = {int(c["id"]) for c in gt["categories"]}
+    unknown = sorted({r["category_id"] for r in results} - cat_ids)
+    if unknown:
+        raise InputError(
+            f"Results refer to category ids {unknown[:10]} that are not in {source} ('categories'); "
+            "use the annotation file the results were produced for."
+        )
+    with_masks = [i for i, r in enumerate(results) if "segmentation" in r]
+    keys = ["segmentation"] + (["mask_score"] if with_masks and len(with_masks) == len(results) else [])
+    for key in keys:
+        lacking = [i for i, r in enumerate(results) if key not in r]
+        if lacking and len(lacking) < len(results):
+            raise InputError(
+                f"{len(lacking)} of {len(results)} detections have no {key!r} (entry {lacking[0]}"
+                f"{', ...' if len(lacking) > 1 else ''}) while the others have one: give every detection one, or none"
+            )
+    converted = 0
+    out = list(results)
+    for i in with_masks:
+        seg = results[i]["segmentation"]
+        image = known_images[results[i]["image_id"]]
+        size = _size_of(image)
+        if isinstance(seg, dict):
+            got = rle_size(seg)
+            if got is None:
+                raise InputError(f"entry {i}: its 'segmentation' has no valid 'size' [height, width], got "
+                                 f"{seg.get('size')!r}")
+            if size is not None and got != size:
+                raise InputError(f"entry {i}: its 'segmentation' is {got[0]}x{got[1]} but image {image['id']} is "
+                                 f"{size[0]}x{size[1]} in {source}; the results are for other images")
+            if isinstance(seg.get("counts"), str):
+                continue
+            out[i] = {**results[i], "segmentation": to_compressed_rle(seg, *got)}
+        else:
+            if size is None:
+                raise InputError(f"entry {i}: a polygon 'segmentation' needs the size of image {image['id']}, which "
+                                 f"{source} does not give ('height'/'width')")
+            out[i] = {**results[i], "segmentation": to_compressed_rle(seg, *size)}
+            converted += 1
+    if converted:
+        logger.warning("results as other tools write them: %d polygon segmentation(s) converted to RLE with their "
+                       "images' sizes", converted)
+    return out
 
 
 def _fmt_cell(value: Any) -> str:
@@ -253,14 +484,16 @@ def _log_per_category(iou_type: str, per_category: Mapping[str, float]) -> None:
 
 def evaluate_coco(
     results: Sequence[Mapping[str, Any]],
-    coco_json: str | os.PathLike,
+    coco_json: str | os.PathLike | Mapping[str, Any],
     output_dir: str | os.PathLike | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate COCO-format detections (bbox and, if present, segm) with pycocotools.
 
     Args:
-        results: COCO result dicts with dataset category ids (see :func:`instances_to_coco_json`).
-        coco_json: ground-truth COCO annotation file.
+        results: COCO result dicts with dataset category ids (see :func:`instances_to_coco_json`,
+            :func:`load_coco_results`).
+        coco_json: ground-truth COCO annotation file, or its dict (read and checked by
+            :func:`load_coco_ground_truth`).
         output_dir: if given, ``metrics.json`` is written there (atomically); the results file
             is the caller's to write (it usually already has).
 
@@ -270,33 +503,23 @@ def evaluate_coco(
         results have ``segmentation``. Undefined overall metrics are -100.0; with no results at
         all every metric is NaN (detectron2's "No predictions from the model!").
     """
-    coco_path = os.fspath(coco_json)
-    _, class_names = load_coco_categories(coco_path)
-    results = [dict(r) for r in results]
+    source = "the ground truth" if isinstance(coco_json, Mapping) else repr(os.fspath(coco_json))
+    gt = load_coco_ground_truth(coco_json)
+    _, class_names = load_coco_categories(gt)
+    results = _check_results([dict(r) for r in results], gt, source)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        coco_gt = COCO(coco_path)
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
     _log_captured(buf.getvalue())
-    if "annotations" not in coco_gt.dataset:
-        raise InputError(
-            f"{coco_path!r} has no 'annotations'; ground truth is needed to evaluate "
-            "(results can still be written with instances_to_coco_json)."
-        )
-
-    known_images = set(coco_gt.getImgIds())
-    unknown = sorted({r["image_id"] for r in results} - known_images)
-    if unknown:
-        raise InputError(
-            f"Results refer to image ids {unknown[:10]} that are not in {coco_path!r}; "
-            "use the annotation file the results were produced for."
-        )
 
     tasks = ["bbox"] + (["segm"] if any("segmentation" in r for r in results) else [])
     without_masks = sum("segmentation" not in a for a in coco_gt.dataset.get("annotations", []))
     if "segm" in tasks and without_masks:
         logger.warning(
-            "%d ground-truth annotation(s) in %r have no 'segmentation' (box-only ground truth): scoring bbox only, "
-            "segm skipped", without_masks, coco_path,
+            "%d ground-truth annotation(s) in %s have no 'segmentation' (box-only ground truth): scoring bbox only, "
+            "segm skipped", without_masks, source,
         )
         tasks.remove("segm")
     metrics: dict[str, dict[str, float]] = {}

@@ -33,8 +33,13 @@ __all__ = [
     "ExportSettings",
     "OnnxExportModule",
     "build_metadata",
+    "MIN_OPSET",
+    "MAX_RUNNABLE_OPSET",
     "check_opset",
+    "check_opset_range",
     "default_opset",
+    "highest_opset",
+    "model_nbytes",
     "export_onnx",
     "has_deformable_conv",
 ]
@@ -84,8 +89,7 @@ class ExportSettings:
             raise InputError(f"input dtype must be one of {sorted(_DTYPES)}, got {self.input_dtype!r}")
         if self.padding not in PADDING_MODES:
             raise InputError(f"padding must be one of {', '.join(PADDING_MODES)}, got {self.padding!r}")
-        if self.opset < 16:
-            raise InputError(f"opset {self.opset} is too old: RoiAlign with half_pixel needs opset >= 16")
+        check_opset_range(self.opset)
 
 
 class OnnxExportModule(nn.Module):
@@ -116,6 +120,50 @@ class OnnxExportModule(nn.Module):
 DEFORM_CONV_OPSET = 19
 #: opset of models without deformable convolutions unless asked otherwise
 DEFAULT_OPSET = 17
+
+
+#: oldest opset: RoiAlign with ``coordinate_transformation_mode="half_pixel"`` appears in opset 16
+MIN_OPSET = 16
+
+
+#: newest opset whose graph of this model ONNX Runtime runs: opset 22 renews ``RoiAlign`` (and
+#: ``DeformConv``), which ONNX Runtime has no kernel for yet (checked with onnxruntime 1.32)
+MAX_RUNNABLE_OPSET = 21
+
+
+def highest_opset() -> int:
+    """The newest opset the exporter writes: PyTorch's exporter writes opset 18 and converts it
+    up with onnxscript's version converter (which knows opsets up to its own limit, and ``onnx``
+    up to its own), and no further than :data:`MAX_RUNNABLE_OPSET`, so that the model runs."""
+    import onnx
+
+    try:
+        from onnxscript.version_converter._version_converter import SUPPORTED_MAX_ONNX_OPSET as converter_max
+    except ImportError:  # an onnxscript that does not say: what it surely knows
+        converter_max = 18
+    return int(min(onnx.defs.onnx_opset_version(), converter_max, MAX_RUNNABLE_OPSET))
+
+
+def check_opset_range(opset: int) -> None:
+    """Refuse an opset the exporter cannot write (before any work; PyTorch's exporter would fall
+    back to opset 18 after a traceback).
+
+    Raises:
+        InputError: outside [:data:`MIN_OPSET`, :func:`highest_opset`]; the message gives the range.
+    """
+    top = highest_opset()
+    if not MIN_OPSET <= opset <= top:
+        why = ("RoiAlign with half_pixel sampling needs opset 16 or later" if opset < MIN_OPSET
+               else "opset 22 renews RoiAlign, which ONNX Runtime cannot run yet" if top == MAX_RUNNABLE_OPSET
+               else f"the installed onnx / onnxscript go up to opset {top}")
+        raise InputError(f"--opset {opset} is not supported: this exporter writes opsets {MIN_OPSET} to {top} ({why}); "
+                         f"the default is {DEFAULT_OPSET} ({DEFORM_CONV_OPSET} for _dcn_ models)")
+
+
+def model_nbytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (about the size of its exported weights)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return int(sum(t.numel() * t.element_size() for t in tensors))
 
 
 def has_deformable_conv(model: nn.Module) -> bool:

@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..contract import SEM_SEG_OUTPUT, PanopticSettings, model_output_specs
+from ..contract import (
+    PANOPTIC_OUTPUT_NAMES,
+    SEM_SEG_OUTPUT,
+    PanopticSettings,
+    check_detections,
+    model_output_specs,
+)
 from ..data.categories import load_coco_dict
 from ..errors import InputError, ItemError, MissingFileError
 from ..evaluation.coco import instances_to_coco_json
@@ -174,48 +180,52 @@ def read_image_outputs(outputs_dir: str | os.PathLike, stem: str, manifest: Mani
 
 
 def decode_image_outputs(
-    raw: Mapping[str, np.ndarray], im: BinImage, *, mask_threshold: float = 0.5, source: str = ""
+    raw: Mapping[str, np.ndarray], im: BinImage, *, mask_threshold: float = 0.5, source: str = "",
+    num_classes: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Detections of one image in original-image pixels, from its raw outputs.
 
     Args:
         raw: ``boxes`` [1, K, 4] xyxy in resized-image pixels, ``scores`` [1, K], ``classes``
-            [1, K], ``num_detections`` [1], optional ``masks`` [1, K, M, M] and ``mask_scores`` [1, K].
+            [1, K], ``num_detections`` [1], optional ``masks`` [1, K, M, M], ``mask_scores`` [1, K]
+            and ``sem_seg`` [1, C, H, W].
         im: the image (resized and original sizes).
         mask_threshold: binarization threshold of the pasted masks.
         source: names the files in error messages.
+        num_classes: the model's classes (None: not checked here).
 
     Returns:
         :func:`detector_postprocess`'s dict: ``boxes`` [N, 4], ``scores`` [N], ``classes`` [N],
         ``masks`` [N, H, W] bool, ``mask_scores`` [N].
 
     Raises:
-        ItemError: ``num_detections`` is outside [0, K] (corrupt or misnumbered outputs), or boxes or
-            scores of the valid rows are NaN or infinite.
+        ItemError: the outputs fail :func:`~centermask2.contract.check_detections`: ``num_detections``
+            outside [0, K] (corrupt or misnumbered outputs), non-finite boxes, scores or masks of the valid
+            rows, classes out of range, a non-finite ``sem_seg``.
     """
     boxes = np.asarray(raw["boxes"]).reshape(-1, 4)
     k = boxes.shape[0]
-    n = int(np.asarray(raw["num_detections"]).reshape(-1)[0])
-    if not 0 <= n <= k:
-        raise ItemError(
-            f"{source or im.stem}: num_detections is {n}, outside [0, {k}]; the output bins are corrupt or "
-            "numbered differently (check --index-base / the manifest)"
-        )
-    for name in ("boxes", "scores", "mask_scores"):
-        if name in raw and not np.isfinite(np.asarray(raw[name]).reshape(k, -1)[:n]).all():
-            raise ItemError(
-                f"{source or im.stem}: {name} of the first {n} detection(s) hold NaN or infinite values; the engine's "
-                "outputs are corrupt (results files cannot hold them)"
-            )
+
+    def image(name: str) -> np.ndarray:  # the one image's tensor, K rows first where it has them
+        value = np.asarray(raw[name])
+        if name == SEM_SEG_OUTPUT:
+            return value.reshape(value.shape[-3:])
+        if name == "masks":
+            return value.reshape(k, *value.shape[2:]) if value.size and value.ndim > 2 else value
+        return value.reshape(-1) if name == "num_detections" else value.reshape(k, -1).squeeze(-1)
+
+    try:
+        one = {name: boxes if name == "boxes" else image(name) for name in raw if name in PANOPTIC_OUTPUT_NAMES}
+    except ValueError as exc:  # a layout whose shapes do not fit K rows
+        raise ItemError(f"{source or im.stem}: the outputs do not have {k} rows each ({exc}); check the manifest") from None
+    n = check_detections(one, num_classes=num_classes, where=source or im.stem, error=ItemError,
+                         hint="the output bins are corrupt or numbered differently (check --index-base / the manifest)")
 
     def rows(name: str) -> torch.Tensor | None:
-        if name not in raw:
-            return None
-        value = np.asarray(raw[name])
-        return torch.from_numpy(np.ascontiguousarray(value.reshape(k, *value.shape[2:])[:n]))
+        return torch.from_numpy(np.ascontiguousarray(one[name][:n])) if name in one else None
 
     return detector_postprocess(
-        torch.from_numpy(np.ascontiguousarray(boxes[:n])),
+        rows("boxes"),
         rows("scores"),
         rows("classes"),
         rows("masks"),
@@ -295,6 +305,7 @@ def postprocess_bins(
 
     if panoptic is not None and SEM_SEG_OUTPUT not in {o.name for o in manifest.outputs}:
         raise InputError(f"panoptic post-processing needs the {SEM_SEG_OUTPUT!r} output, which the output layout lacks")
+    num_classes = len(contiguous_to_dataset_id) if not isinstance(contiguous_to_dataset_id, Mapping) else None
     skipped = set(skip)
     summary = BinPostprocessSummary(failed=[(im.stem, "output bins missing or unusable") for im in info.images
                                             if im.stem in skipped])
@@ -306,7 +317,8 @@ def postprocess_bins(
         raw = read_image_outputs(outputs_dir, im.stem, manifest)
         t1 = time.perf_counter()
         base = output_path(outputs_dir, im.stem, 0, manifest.index_base).name
-        det = decode_image_outputs(raw, im, mask_threshold=mask_threshold, source=f"{im.stem} ({base}, ...)")
+        det = decode_image_outputs(raw, im, mask_threshold=mask_threshold, source=f"{im.stem} ({base}, ...)",
+                                   num_classes=num_classes)
         records = instances_to_coco_json(det, im.image_id, contiguous_to_dataset_id)
         results.extend(records)
         if panoptic is not None:

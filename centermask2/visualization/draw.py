@@ -53,6 +53,22 @@ def _text_size(scale: float, thickness: int, text: str) -> tuple[int, int, int]:
     return w, h, base
 
 
+def _mask(segmentation: Any, h: int, w: int) -> np.ndarray | None:
+    """A record's mask as uint8 [h, w] (RLE, uncompressed RLE or polygons, as results files hold them
+    and :func:`~centermask2.evaluation.load_coco_results` checks them), or None: no mask, or one of
+    another size (skipped with a warning, before decoding it)."""
+    from ..evaluation.rle import rle_size, to_compressed_rle
+
+    if not segmentation:
+        return None
+    if isinstance(segmentation, dict):
+        size = rle_size(segmentation)
+        if size != (h, w):
+            logger.warning("mask of size %s does not fit image %dx%d; skipped", segmentation.get("size"), h, w)
+            return None
+    return mask_util.decode(to_compressed_rle(segmentation, h, w))
+
+
 def draw_instances(
     image: np.ndarray,
     records: Sequence[Mapping[str, Any]],
@@ -81,25 +97,19 @@ def draw_instances(
     h, w = image.shape[:2]
     colors = instance_colors(len(records))
     # masks first (all of them), then outlines, boxes and labels on top so labels stay readable
-    for rec, color in zip(records, colors):
-        seg = rec.get("segmentation")
-        if not seg:
+    masks = [_mask(rec.get("segmentation"), h, w) for rec in records]
+    for m, color in zip(masks, colors):
+        if m is None:
             continue
-        m = mask_util.decode(seg).astype(bool)
-        if m.shape != (h, w):
-            logger.warning("mask of size %s does not fit image %dx%d; skipped", m.shape, h, w)
-            continue
+        m = m.astype(bool)
         canvas[m] = canvas[m] * (1.0 - alpha) + np.array(color, np.float32) * alpha
     out = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
     scale = max(0.35, min(h, w) / 900.0)
     thickness = max(1, int(round(min(h, w) / 500.0)))
-    for rec, color in zip(records, colors):
-        seg = rec.get("segmentation")
-        if seg:
-            m = mask_util.decode(seg)
-            if m.shape == (h, w):
-                contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-                cv2.drawContours(out, contours, -1, color, thickness, cv2.LINE_AA)
+    for rec, m, color in zip(records, masks, colors):
+        if m is not None:
+            contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(out, contours, -1, color, thickness, cv2.LINE_AA)
         x, y, bw, bh = (float(v) for v in rec["bbox"])
         p1, p2 = (int(round(x)), int(round(y))), (int(round(x + bw)), int(round(y + bh)))
         cv2.rectangle(out, p1, p2, color, thickness, cv2.LINE_AA)
