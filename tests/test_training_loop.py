@@ -92,17 +92,18 @@ def test_initial_weights_follow_upstream():
 _HELD_RUN = """
 import runpy, sys, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
+root, marker, args = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+sys.path.insert(0, str(root))
 from centermask2.engine import trainer
 step = trainer.Trainer.step
 def held(self, iteration, batch):
     if iteration == 3:
-        Path(sys.argv[2]).write_text("held")
-        time.sleep(600)
+        marker.write_text("held")
+        time.sleep(900)
     return step(self, iteration, batch)
 trainer.Trainer.step = held
-script = str(Path(sys.argv[1]) / "tools" / "train_net.py")
-sys.argv = [script, *sys.argv[3:]]
+script = str(root / "tools" / "train_net.py")
+sys.argv = [script, *args]
 runpy.run_path(script, run_name="__main__")
 """
 
@@ -122,7 +123,7 @@ def test_interrupted_training_resumes_to_the_same_run(tmp_path):
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-c", _HELD_RUN, str(ROOT), str(held), *_argv(broken, "--num-workers", "1")],
                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900
     try:
         while not held.exists():
             assert proc.poll() is None, f"the run ended before its fourth step:\n{log.read_text()}"
