@@ -25,9 +25,9 @@ def _demo(out: Path, *extra: str) -> tuple[list[str], dict[str, Path]]:
     assert lines[-1].startswith("Done in ") and lines[-1].endswith("Every path within 0.1 AP of the shipped figures.")
     logs = {}
     for line in lines:
-        found = re.search(r"\s(logs/\d\d_\S+\.log)$", line)
+        found = re.fullmatch(r"(.+?)\s+\d+\.\d s\s+(logs/\d\d_\w+\.log)", line)
         if found:
-            logs[line.split("  ")[0].strip()] = out / found.group(1)
+            logs[found.group(1)] = out / found.group(2)
     assert logs and all(path.is_file() and path.stat().st_size > 0 for path in logs.values()), logs
     assert sorted(logs.values()) == sorted((out / "logs").iterdir())  # every log is named on the console
     return lines, logs

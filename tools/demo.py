@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -56,7 +57,7 @@ class _Steps:
     def run(self, title: str, main: Callable[[list[str]], int] | Callable[[], object], argv: list[str] | None = None) -> Path:
         """Run ``main(argv)`` (``main()`` when ``argv`` is None); returns its log file."""
         self.count += 1
-        log = self.logs / f"{self.count:02d}_{title.split(' (')[0].replace(' ', '_').replace('/', '_')}.log"
+        log = self.logs / f"{self.count:02d}_{re.sub(r'[^a-z0-9]+', '_', title.split(' (')[0].lower()).strip('_')}.log"
         root = logging.getLogger()
         t0 = time.perf_counter()
         with open(log, "w") as f:
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         steps.run(".bin through ONNX Runtime (tester.py --bins)", tester.main, [
             "--model", str(onnx_path), "--bins", str(out / "bins"), "--output", str(out / "raw"), "--no-progress",
         ])
-        steps.run("output .bin to COCO results, metrics (postprocess_bin_outputs.py)", postprocess_bin_outputs.main, [
+        steps.run(".bin to COCO results and metrics (postprocess_bin_outputs.py)", postprocess_bin_outputs.main, [
             "--outputs", str(out / "raw"), "--info", str(out / "bins" / "bin_info.json"), "--model", str(onnx_path),
             "--coco-json", gt, "--output-dir", str(out / "offline"), "--no-progress",
         ])
