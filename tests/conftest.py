@@ -7,6 +7,8 @@ with the case and the :class:`~centermask2.export.ExportSettings` wanted (plus `
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -57,3 +59,34 @@ def lite_dynamic(exported_model) -> Path:
 def lite_static(exported_model) -> Path:
     """The Lite case, static 1344x1344 uint8, batch 1 (padding ignored: upstream's default results)."""
     return exported_model(LITE, input_size=(1344, 1344))
+
+
+@pytest.fixture
+def read_only_dir(tmp_path, monkeypatch) -> Path:
+    """An existing folder in which no file or folder can be created, whoever runs the tests: mode
+    0o555, which the kernel enforces for every user but root; where this user can write there
+    anyway (root, as CI runs), creating anything in it fails as the kernel fails it for the
+    others (``PermissionError``, EACCES), so the code's own handling of that error runs."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        real_open, real_mkdir = os.open, os.mkdir
+
+        def inside(path) -> bool:
+            return os.path.dirname(os.path.abspath(os.fspath(path))) == str(folder)
+
+        def refusing_open(path, flags, *args, **kwargs):
+            if flags & os.O_CREAT and inside(path) and not os.path.exists(path):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        def refusing_mkdir(path, *args, **kwargs):
+            if inside(path):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refusing_open)
+        monkeypatch.setattr(os, "mkdir", refusing_mkdir)
+    yield folder
+    folder.chmod(0o700)

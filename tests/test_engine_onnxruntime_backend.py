@@ -1,11 +1,12 @@
 """centermask2.engine.onnxruntime_backend: an exported model's file is untrusted input."""
 
 import onnx
+import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
 from centermask2.contract import OUTPUT_NAMES
-from centermask2.engine.onnxruntime_backend import OnnxRuntimeBackend
+from centermask2.engine.onnxruntime_backend import PROVIDERS, OnnxRuntimeBackend
 from centermask2.errors import BackendError, InputError, MissingFileError
 from golden import META
 
@@ -41,6 +42,24 @@ def test_files_that_are_not_models(tmp_path):
         OnnxRuntimeBackend(tmp_path / "junk.onnx")
 
 
-def test_unknown_provider_is_named(tmp_path):
-    with pytest.raises(BackendError, match="not available here"):
-        OnnxRuntimeBackend(_model(tmp_path / "ok.onnx"), provider="tensorrt")
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_provider_runs_where_available_and_is_named_where_not(tmp_path, provider):
+    """What this machine's ONNX Runtime offers decides: an available provider opens the model (on it,
+    or the ones after it in ``PROVIDERS``), a missing one is a clear error naming what is there."""
+    wanted = PROVIDERS[provider]
+    available = onnxruntime.get_available_providers()
+    model = _model(tmp_path / "ok.onnx")
+    if wanted[0] in available:
+        used = OnnxRuntimeBackend(model, provider=provider).session.get_providers()
+        assert used and set(used) <= set(wanted), used
+    else:
+        with pytest.raises(BackendError, match=rf"{wanted[0]}' is not available here \(available: {available[0]}"):
+            OnnxRuntimeBackend(model, provider=provider)
+
+
+def test_missing_provider_is_named(tmp_path, monkeypatch):
+    """The error path on every machine: ONNX Runtime offering only the CPU."""
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    for provider in ("cuda", "tensorrt"):
+        with pytest.raises(BackendError, match="not available here .*available: CPUExecutionProvider.*onnxruntime-gpu"):
+            OnnxRuntimeBackend(_model(tmp_path / "ok.onnx"), provider=provider)

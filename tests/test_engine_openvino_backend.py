@@ -92,12 +92,30 @@ def test_precision_hint_is_reported(tmp_path, lite_dynamic):
     """bf16 is asked for: it takes effect where the CPU has AVX-512 BF16 or AMX; elsewhere
     OpenVINO keeps fp32 and the backend says so. fp32 stays fp32 (OpenVINO's own default on such
     CPUs would be bf16)."""
+    from centermask2.cpu import cpu_flags
     from centermask2.engine.openvino_backend import OpenVINOBackend
 
     model = lite_dynamic
     backend = OpenVINOBackend(model, precision="bf16")
-    from centermask2.cpu import cpu_flags
-
     assert backend.precision_used == ("bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32")
     assert OpenVINOBackend(model, precision="fp32").precision_used == "fp32"
     assert any((tmp_path / "cache" / "openvino").iterdir())  # the compiled model was cached
+
+
+def test_precision_not_reported_is_unknown(lite_dynamic, monkeypatch, caplog):
+    """A compiled model that does not say what it computes in (OpenVINO's AUTO device) gives
+    ``"unknown"``, never the precision that was asked for."""
+    import logging
+
+    import openvino as ov
+
+    from centermask2.engine.openvino_backend import OpenVINOBackend
+
+    def no_property(self, name):
+        raise RuntimeError(f"{name} is not supported")
+
+    monkeypatch.setattr(ov.CompiledModel, "get_property", no_property)
+    with caplog.at_level(logging.INFO):
+        backend = OpenVINOBackend(lite_dynamic, precision="bf16", cache_dir="")
+    assert backend.precision_used == "unknown"
+    assert "does not report the precision" in caplog.text and "bf16 was asked for" in caplog.text

@@ -18,7 +18,7 @@ from centermask2.data.categories import coco_class_names, coco_contiguous_to_dat
 from centermask2.engine.onnxruntime_backend import OnnxRuntimeBackend
 from centermask2.engine.torch_backend import TorchBackend
 from centermask2.export import ExportSettings, export_onnx
-from centermask2.export.verify import compare_outputs
+from centermask2.export.verify import BOUNDS, compare_outputs, verify_onnx
 from centermask2.modeling import OUTPUT_NAMES, build_model
 from golden import (
     CASES,
@@ -257,27 +257,115 @@ def test_export_bad_arguments_fail_fast(tmp_path, args, message):
     assert time.perf_counter() - t0 < 60
 
 
-def test_compare_outputs_flags_disagreement():
-    rng = np.random.default_rng(0)
-    k = 5
+def _outputs(k=5, seed=0):
+    rng = np.random.default_rng(seed)
     xy = rng.uniform(0, 100, (1, k, 2)).astype(np.float32)
-    ref = {"boxes": np.concatenate([xy, xy + 20], axis=2), "scores": np.linspace(0.9, 0.5, k)[None].astype(np.float32),
-           "classes": np.arange(k)[None], "masks": rng.uniform(size=(1, k, 28, 28)).astype(np.float32),
-           "mask_scores": np.full((1, k), 0.5, np.float32), "num_detections": np.array([k])}
+    return {"boxes": np.concatenate([xy, xy + 20], axis=2), "scores": np.linspace(0.9, 0.5, k)[None].astype(np.float32),
+            "classes": np.arange(k)[None], "masks": rng.uniform(size=(1, k, 28, 28)).astype(np.float32),
+            "mask_scores": np.full((1, k), 0.5, np.float32), "num_detections": np.array([k])}
+
+
+def test_compare_outputs_flags_disagreement():
+    ref = _outputs()
     assert compare_outputs(ref, ref).ok
     worse = dict(ref, scores=ref["scores"] + 0.01)
-    assert not compare_outputs(ref, worse).ok
+    assert compare_outputs(ref, worse).problems == ["scores: max |difference| 0.01 over matched detections > bound 0.002"]
     swapped = dict(ref, classes=ref["classes"][:, ::-1].copy())
     assert not compare_outputs(ref, swapped).ok
 
 
-def test_export_prints_our_lines_only(tmp_path):
-    """No PyTorch-internal FutureWarnings or exporter registry notices reach the user."""
+@pytest.mark.parametrize(
+    "name,change,bound",
+    [
+        ("boxes", lambda v: v + np.float32([0, 0, 1.5, 0]), BOUNDS["boxes"]),
+        ("masks", lambda v: np.where(np.arange(28) == 3, v * 0.5, v), BOUNDS["masks"]),
+        ("mask_scores", lambda v: v - 0.01, BOUNDS["mask_scores"]),
+        ("masks", lambda v: np.full_like(v, np.nan), BOUNDS["masks"]),
+    ],
+    ids=["boxes", "masks", "mask_scores", "masks_nan"],
+)
+def test_compare_outputs_names_the_output_that_disagrees(name, change, bound):
+    """Each output is bounded on its own, and the problem names it, what was measured and the bound."""
+    ref = _outputs()
+    report = compare_outputs(ref, dict(ref, **{name: change(ref[name])}))
+    assert len(report.problems) == 1, report.problems
+    unit = " px" if name == "boxes" else ""
+    assert report.problems[0].startswith(f"{name}: max |difference| ")
+    assert report.problems[0].endswith(f"over matched detections > bound {bound:g}{unit}")
+
+
+def test_compare_outputs_bounds_sem_seg():
+    """Panoptic models: the ``sem_seg`` logits are compared too (and must be there)."""
+    ref = dict(_outputs(), sem_seg=np.random.default_rng(1).normal(size=(1, 54, 40, 60)).astype(np.float32))
+    same = compare_outputs(ref, ref)
+    assert same.ok and same.max_sem_seg_diff == 0.0 and "sem_seg logits 0" in same.format()
+    off = ref["sem_seg"].copy()
+    off[0, 3, 10, 10] += 0.5
+    report = compare_outputs(ref, dict(ref, sem_seg=off))
+    assert report.problems == [f"sem_seg: max |difference| 0.5 over the whole output > bound {BOUNDS['sem_seg']:g}"]
+    missing = {k: v for k, v in ref.items() if k != "sem_seg"}
+    assert compare_outputs(ref, missing).problems == ["sem_seg: missing from the candidate's outputs"]
+    assert compare_outputs(missing, missing).max_sem_seg_diff is None
+
+
+@pytest.mark.parametrize("which", ["dynamic", "static"])
+def test_verify_bounds_hold_on_correct_exports(lite_model, lite_dynamic, lite_static, which):
+    """--verify's check on the Lite golden model's correct exports, both images: every output well
+    inside its bound (measured: see BOUNDS)."""
+    path = lite_dynamic if which == "dynamic" else lite_static
+    for image in sorted((CASES[LITE] / "images").iterdir()):
+        report = verify_onnx(lite_model, path, image)
+        assert report.ok, report.problems
+        assert report.matched == report.num_reference == report.num_candidate > 0
+        assert report.max_mask_diff <= BOUNDS["masks"] / 10 and report.max_mask_score_diff <= BOUNDS["mask_scores"] / 10
+
+
+def test_verify_exits_1_when_the_mask_branch_is_broken(tmp_path, monkeypatch, caplog):
+    """An export whose RoiAlign samples with the other coordinate rule (``output_half_pixel``, the
+    aligned=False flavour, for this model's ROIAlignV2) leaves boxes and scores intact and moves
+    every mask: convert_model_into_onnx.py --verify exits 1 and names the mask outputs."""
+    from centermask2.cli import export_onnx as cli
+    from centermask2.export import onnx_ops
+
+    right = onnx_ops.op.RoiAlign
+    other = {"half_pixel": "output_half_pixel", "output_half_pixel": "half_pixel"}
+
+    def wrong_roi_align(*args, **kwargs):
+        kwargs["coordinate_transformation_mode"] = other[kwargs["coordinate_transformation_mode"]]
+        return right(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_ops.op, "RoiAlign", wrong_roi_align)
     ckpt = write_checkpoint(LITE, tmp_path / "lite.pth")
-    cmd = [sys.executable, str(ROOT / "convert_model_into_onnx.py"), "--config-file",
-           str(CONFIGS / case_info(LITE)["config"]), "--output", str(tmp_path / "m.onnx"), "--input-size", "640x640",
+    onnx_path = tmp_path / "broken.onnx"
+    rc = cli.main(["--config-file", str(CONFIGS / case_info(LITE)["config"]), "--output", str(onnx_path), "--dynamic",
+                   "--verify", str(CASES[LITE] / "images" / "000000000001.png"), "MODEL.WEIGHTS", str(ckpt)])
+    modes = {a.s.decode() for n in onnx.load(str(onnx_path)).graph.node if n.op_type == "RoiAlign"
+             for a in n.attribute if a.name == "coordinate_transformation_mode"}
+    assert modes == {"output_half_pixel"}  # the export really is broken, and only there
+    assert rc == 1, caplog.text
+    disagree = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("PyTorch and ONNX Runtime disagree"))
+    assert "masks: max |difference|" in disagree and "mask_scores: max |difference|" in disagree
+    assert "boxes:" not in disagree and "scores: max" not in disagree.replace("mask_scores: max", "")
+    assert "agree." not in caplog.text
+
+
+#: runs convert_model_into_onnx.py with every warning raised in a centermask2 module shown, whatever
+#: its category (DeprecationWarnings included, which Python hides by default)
+_SHOW_OUR_WARNINGS = (
+    "import runpy, sys, warnings; "
+    "warnings.filterwarnings('always', module=r'centermask2(\\.|$)'); "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def test_export_prints_our_lines_only(tmp_path):
+    """No PyTorch-internal FutureWarnings or exporter registry notices reach the user, and our own
+    modules raise no warning at all (a dynamic export: its sizes are symbolic)."""
+    ckpt = write_checkpoint(LITE, tmp_path / "lite.pth")
+    cmd = [sys.executable, "-c", _SHOW_OUR_WARNINGS, str(ROOT / "convert_model_into_onnx.py"), "--config-file",
+           str(CONFIGS / case_info(LITE)["config"]), "--output", str(tmp_path / "m.onnx"), "--dynamic",
            "MODEL.WEIGHTS", str(ckpt)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     noise = [line for line in proc.stderr.splitlines() if "Warning" in line or "torchvision" in line]
     assert noise == [], proc.stderr

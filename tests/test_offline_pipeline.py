@@ -7,7 +7,6 @@ bins, unwritable output folder, and a run killed with SIGKILL then resumed.
 
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -226,18 +225,12 @@ def test_output_that_is_a_file_is_a_clear_error(bins_u8, lite_u8, tmp_path, capl
     assert "not writable" in caplog.text and str(blocker / "raw") in caplog.text
 
 
-def test_output_dir_not_writable(bins_u8, lite_u8, tmp_path, caplog):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as a user who can write to a read-only folder (root)")
-        rc = tester.main(["--model", str(lite_u8), "--bins", str(bins_u8), "--output", str(locked)])
-        assert rc == 2
-        assert "not writable" in caplog.text and str(locked) in caplog.text
-    finally:
-        locked.chmod(0o755)
+def test_output_dir_not_writable(bins_u8, lite_u8, read_only_dir, caplog):
+    """An existing folder no file can be created in (conftest's read_only_dir: as root too)."""
+    rc = tester.main(["--model", str(lite_u8), "--bins", str(bins_u8), "--output", str(read_only_dir)])
+    assert rc == 2
+    assert "not writable" in caplog.text and str(read_only_dir) in caplog.text and "Permission denied" in caplog.text
+    assert not any(read_only_dir.iterdir())
 
 
 def test_bins_mode_argument_errors(bins_u8, lite_u8, tmp_path, caplog):

@@ -4,7 +4,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -314,17 +313,11 @@ def test_coco_subfolders_and_ids(tmp_path, caplog):
     assert [(im.image_id, im.file_name, im.bin) for im in info.images] == [(7, "q.png", "q.bin"), (3, "sub/p.png", "p.bin")]
 
 
-def test_output_not_writable(tmp_path, caplog):
-    out = tmp_path / "readonly"
-    out.mkdir()
-    out.chmod(0o500)
-    try:
-        if os.access(out, os.W_OK):
-            pytest.skip("running as a user who can write to a read-only folder (root)")
-        rc, log = _run(caplog, _cfg_args(CASES[LITE] / "images", out))
-        assert rc == 2 and str(out) in log and "not writable" in log
-    finally:
-        out.chmod(0o700)
+def test_output_not_writable(read_only_dir, caplog):
+    """An existing folder no file can be created in (conftest's read_only_dir: as root too)."""
+    rc, log = _run(caplog, _cfg_args(CASES[LITE] / "images", read_only_dir))
+    assert rc == 2 and str(read_only_dir) in log and "not writable" in log and "Permission denied" in log
+    assert not any(read_only_dir.iterdir())
 
 
 def test_output_under_a_file(tmp_path, caplog):

@@ -87,6 +87,27 @@ def test_initial_weights_follow_upstream():
     assert model.roi_heads.mask_head.predictor.weight.std().item() == pytest.approx(0.001, rel=0.2)
 
 
+#: tools/train_net.py with the fourth solver step held until the process is killed: the run is
+#: killed after its first checkpoint (iteration 2) and after iteration 3's metrics line, every time
+_HELD_RUN = """
+import runpy, sys, time
+from pathlib import Path
+root, marker, args = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+sys.path.insert(0, str(root))
+from centermask2.engine import trainer
+step = trainer.Trainer.step
+def held(self, iteration, batch):
+    if iteration == 3:
+        marker.write_text("held")
+        time.sleep(900)
+    return step(self, iteration, batch)
+trainer.Trainer.step = held
+script = str(root / "tools" / "train_net.py")
+sys.argv = [script, *args]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
 def test_interrupted_training_resumes_to_the_same_run(tmp_path):
     """A run killed (SIGKILL) after its first checkpoint and continued with --resume reaches the
     same iteration, learning rates, losses and weights as a run that was never stopped."""
@@ -98,20 +119,21 @@ def test_interrupted_training_resumes_to_the_same_run(tmp_path):
     assert want[-1]["lr"] == pytest.approx(0.002 * 0.1)  # past the step at 3
     assert latest_checkpoint(whole).name == "model_final.pth"
 
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train_net.py"), *_argv(broken, "--num-workers", "1")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
+    held, log = tmp_path / "held", tmp_path / "broken.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _HELD_RUN, str(ROOT), str(held), *_argv(broken, "--num-workers", "1")],
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    deadline = time.monotonic() + 900
     try:
-        while latest_checkpoint(broken) is None:
-            assert proc.poll() is None, "the run ended before writing its first checkpoint"
-            assert time.monotonic() < deadline
+        while not held.exists():
+            assert proc.poll() is None, f"the run ended before its fourth step:\n{log.read_text()}"
+            assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    if latest_checkpoint(broken).name == "model_final.pth":
-        pytest.skip("the run finished before it could be killed")
     assert latest_checkpoint(broken).name == "model_0000001.pth"
+    assert [r["iteration"] for r in _metrics(broken)] == [1, 2, 3]  # iteration 3 is redone on resume
 
     assert train.main(_argv(broken, "--resume", "--num-workers", "0")) == 0
     got = _metrics(broken)

@@ -74,7 +74,8 @@ class OpenVINOBackend(OnnxFileBackend):
         threads: inference threads (None: OpenVINO's default).
         precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: OpenVINO's inference precision
             hint. Where the device lacks the type (bf16 needs AVX-512 BF16 or AMX on CPUs) OpenVINO
-            computes in fp32; ``precision_used`` says what it chose.
+            computes in fp32; ``precision_used`` says what it chose (``"unknown"`` where the
+            compiled model does not say, as with ``AUTO``).
         cache_dir: compiled-model cache (second runs start faster); None: :func:`default_cache_dir`;
             ``""``: no cache.
     """
@@ -121,14 +122,15 @@ class OpenVINOBackend(OnnxFileBackend):
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeError subclasses of its own
             raise BackendError(f"OpenVINO cannot compile {str(self.path)!r} for {device}: {exc}") from exc
         self.device = device
-        #: what OpenVINO computes in, as ``--precision`` names it (``fp32`` where the device lacks ``precision``)
-        self.precision_used = precision
+        #: what OpenVINO computes in, as ``--precision`` names it (``fp32`` where the device lacks
+        #: ``precision``); ``"unknown"`` where the compiled model does not say (``AUTO``)
+        self.precision_used = "unknown"
         try:
             hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
             name = hint.to_string() if hasattr(hint, "to_string") else str(hint)
             self.precision_used = {v: k for k, v in PRECISIONS.items()}.get(name, name)
         except Exception:  # noqa: BLE001 - AUTO does not report it
-            pass
+            logger.info("OpenVINO on %s does not report the precision it computes in (%s was asked for)", device, precision)
         self._check_graph(
             {next(iter(i.get_names())): [d.get_length() if d.is_static else None for d in i.get_partial_shape()]
              for i in self.compiled.inputs},

@@ -9,6 +9,7 @@ operators. Both RoIAlign flavours lower to ``RoiAlign`` (opset >= 16): detectron
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -92,12 +93,14 @@ def _shifted_index(size: Any, shift: Any) -> tuple[Any, Any]:
 
 
 def _is_batch_of_one(x: Any) -> bool:
-    """Whether ``x``'s first dimension is statically 1 (a batch-1 static export)."""
+    """Whether ``x``'s first dimension is statically 1 (a batch-1 static export). A symbolic
+    dimension (a dynamic export's ``SymbolicDim``, a ``torch.SymInt``) is not: it is never
+    converted with ``int()``, which it does not support (Python warns, then fails)."""
     shape = getattr(x, "shape", None)
-    try:
-        return shape is not None and len(shape) > 0 and int(shape[0]) == 1
-    except (TypeError, ValueError):
+    if shape is None or len(shape) == 0:
         return False
+    dim = shape[0]
+    return isinstance(dim, numbers.Integral) and not isinstance(dim, bool) and int(dim) == 1
 
 
 def _region_roi_align(
