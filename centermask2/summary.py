@@ -62,6 +62,21 @@ class StageSummary:
         return (f". {self.executor}, first result after {self.first_result_s:.1f} s, then "
                 f"{self.steady_images_per_s:.2f} images/s")
 
+    @property
+    def model_images_per_s(self) -> float:
+        """Items per second of model time alone (sum of the model calls; overlapping calls, as with
+        OpenVINO's throughput mode, count each in full): the rate a stage would reach with reading
+        and post-processing free."""
+        total = sum(self.model_s)
+        return self.num_images / total if total > 0 else 0.0
+
+    def rate_clause(self) -> str:
+        """``"; the model alone X images/s, the run Y% of it"`` (empty without model calls)."""
+        if not self.model_s or not self.num_images:
+            return ""
+        return (f"; the model alone {self.model_images_per_s:.2f} images/s, the run "
+                f"{100 * self.images_per_s / self.model_images_per_s:.0f}% of it")
+
     def per_image_model_ms(self) -> list[float]:
         """Milliseconds per image of every model call."""
         return [1000.0 * t / b for t, b in zip(self.model_s, self.batch_sizes) if b]

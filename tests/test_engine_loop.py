@@ -171,3 +171,74 @@ def test_a_progress_file_that_is_a_link_is_not_followed(tmp_path):
     (tmp_path / PARTIAL_NAME).symlink_to(tmp_path / "elsewhere.jsonl")
     with pytest.raises(InputError, match="is a symbolic link"):
         PartialResults(tmp_path / PARTIAL_NAME, identity={"model": "A"}).load()
+
+
+class _Gated(Job):
+    """A model job whose steps sleep, recording how many model calls run at once."""
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+
+    def prepare(self, item):
+        if item == "bad":
+            raise InputError("unreadable item")
+        import time
+
+        time.sleep(0.01)
+        return item
+
+    def infer(self, backend, prepared):
+        import time
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.02)
+        with self.lock:
+            self.running -= 1
+        return prepared * 10
+
+    def finish(self, item, inferred):
+        return inferred + 1
+
+
+class _Parallel:
+    """A backend that allows ``n`` calls at once."""
+
+    input_dtype = "uint8"
+
+    def __init__(self, n):
+        self.parallel_requests = n
+
+
+@pytest.mark.parametrize("requests", [1, 3])
+def test_overlapped_steps_give_the_same_results_and_respect_the_model_gate(requests):
+    """LocalExecutor overlaps reading and post-processing with the model: every item once, with the
+    value of the sequential run, never more model calls at once than the backend allows; a step's
+    error reaches the caller as it is."""
+    items = list(range(12))
+    source = _source(_Parallel(requests))
+    sequential = {d.index: d.value for d in LocalExecutor(overlap=False).map(_Gated(), items, source)}
+    job = _Gated()
+    done = list(LocalExecutor().map(job, items, source))
+    assert {d.index: d.value for d in done} == sequential == {i: i * 10 + 1 for i in items}
+    assert sorted(d.index for d in done) == items
+    assert job.most == requests  # the gate holds, and the calls do overlap up to it
+    assert all(d.model_s >= 0.015 for d in done)  # the model call alone, not the wait at the gate
+    with pytest.raises(InputError, match="unreadable item"):
+        list(LocalExecutor().map(_Gated(), [1, 2, "bad", 4], source))
+
+
+def test_the_image_stage_gives_the_same_files_with_and_without_overlap(images, tmp_path):
+    source = _source(FakeBackend(), batch_size=2)
+    records = list_images(images)
+    out = {}
+    for overlap in (False, True):
+        run_to_folder(source, records, tmp_path / str(overlap), executor=LocalExecutor(overlap=overlap),
+                      progress=False)
+        out[overlap] = (tmp_path / str(overlap) / RESULTS_NAME).read_bytes()
+    assert out[True] == out[False] and json.loads(out[True])

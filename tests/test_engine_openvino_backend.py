@@ -29,6 +29,7 @@ def test_missing_openvino_is_a_clear_error(monkeypatch, tmp_path):
     [
         (["--backend", "onnx", "--device", "GPU"], "--device is for --backend openvino"),
         (["--backend", "onnx", "--precision", "bf16"], "--precision is for --backend openvino"),
+        (["--backend", "onnx", "--requests", "2"], "--requests is for --backend openvino"),
         (["--backend", "openvino"], "--backend openvino needs --model"),
     ],
 )
@@ -48,6 +49,21 @@ def test_bad_device_and_precision_are_named(lite_dynamic):
         OpenVINOBackend(model, device="TPU")
     with pytest.raises(InputError, match="precision must be one of"):
         OpenVINOBackend(model, precision="int4")
+    with pytest.raises(InputError, match=r"--requests must be from 0 \(OpenVINO's choice\) to 64, got 65"):
+        OpenVINOBackend(model, requests=65)
+
+
+def test_several_infer_requests_give_the_same_results(tmp_path, lite_dynamic):
+    """OpenVINO's throughput mode (--requests 2: two images in flight, each call on its own infer
+    request) writes the results of its latency mode, byte for byte."""
+    case = CASES[LITE]
+    results = {}
+    for requests in ("1", "2"):
+        out = tmp_path / requests
+        assert tester.main(["--backend", "openvino", "--model", str(lite_dynamic), "--images", str(case / "images"),
+                            "--output-dir", str(out), "--requests", requests, "--threads", "2", "--no-progress"]) == 0
+        results[requests] = (out / "coco_instances_results.json").read_bytes()
+    assert results["1"] == results["2"]
 
 
 def test_dynamic_model_matches_upstream(tmp_path, lite_dynamic):

@@ -202,7 +202,7 @@ def make_executor(args: argparse.Namespace) -> Executor:
     if ray is None:
         if actors is not None:
             raise InputError("--ray-actors is for --ray (a Ray cluster or local instance)")
-        return PoolExecutor(workers) if workers and workers > 1 else LocalExecutor()
+        return PoolExecutor(workers) if workers and workers > 1 else LocalExecutor(overlap=not getattr(args, "no_overlap", False))
     if workers is not None:
         raise InputError("--workers is for runs without --ray (Ray runs one task per image on the cluster's CPUs)")
     from ..engine.ray_executor import RayExecutor

@@ -76,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", choices=list(PRECISIONS), default=None,
         help="[openvino] inference precision (default fp32; bf16 needs AVX-512 BF16 or AMX, else OpenVINO runs fp32)",
     )
+    p.add_argument(
+        "--requests", type=int, default=None, metavar="N",
+        help="[openvino] infer requests at once (default 1: OpenVINO's latency hint; N > 1, or 0 for OpenVINO's "
+        "choice: its throughput hint, several images in flight: more images/s where one call leaves cores idle)",
+    )
+    p.add_argument(
+        "--no-overlap", action="store_true",
+        help="run each image's reading, model and post-processing one after the other (default: reading the next "
+        "images and post-processing the last one overlap the model call; the same results)",
+    )
     p.add_argument("--images", help="folder of images (COCO file_name is relative to it)")
     p.add_argument("--coco-json", default=None, help="COCO annotation file: which images to run and how to score them")
     p.add_argument(
@@ -167,11 +177,13 @@ def _open_args(args: argparse.Namespace) -> tuple[str, str, dict]:
 
 
 def _runtime_options(args: argparse.Namespace) -> dict[str, str]:
-    """The runtime's own options: --device and --precision only with --backend openvino, --provider
-    only with ONNX Runtime."""
+    """The runtime's own options: --device, --precision and --requests only with --backend openvino,
+    --provider only with ONNX Runtime."""
     if args.backend == "openvino":
-        return {"device": args.device or "CPU", "precision": args.precision or "fp32"}
-    given = [name for name, value in (("--device", args.device), ("--precision", args.precision)) if value]
+        options = {"device": args.device or "CPU", "precision": args.precision or "fp32"}
+        return {**options, "requests": args.requests} if args.requests is not None else options
+    given = [name for name, value in (("--device", args.device), ("--precision", args.precision),
+                                      ("--requests", args.requests)) if value is not None]
     if given:
         verb = "is" if len(given) == 1 else "are"
         raise InputError(f"{' and '.join(given)} {verb} for --backend openvino (ONNX Runtime takes --provider)")

@@ -123,12 +123,71 @@ class ExecutorBase:
 
 
 class LocalExecutor(ExecutorBase):
-    """This process, item after item, on the source's own backend."""
+    """This process, on the source's own backend.
+
+    With a model and ``overlap`` (the default), the steps of consecutive items overlap: while the
+    model runs on one item, threads read and resize the next ones and post-process the previous
+    one, so that a folder runs at the model's own rate. The model runs one call at a time, or as
+    many as its backend's ``parallel_requests`` (OpenVINO's throughput mode). Each item's steps and
+    result are the same as one after the other; only the order in which items complete may differ
+    (stages put results in input order). Without a model, or with ``overlap=False``, items run one
+    after the other.
+
+    Args:
+        overlap: overlap reading / post-processing with the model (default True).
+    """
+
+    def __init__(self, overlap: bool = True) -> None:
+        self.overlap = overlap
 
     def map(self, job: Job, items: Sequence[Any], source: ModelSource | None = None) -> Iterator[Done]:
         backend = source.backend if source is not None else None
-        for index, item in enumerate(items):
-            yield run_steps(job, index, item, backend)
+        if backend is None or not self.overlap or len(items) < 2:
+            for index, item in enumerate(items):
+                yield run_steps(job, index, item, backend)
+            return
+        yield from _overlapped(job, items, backend)
+
+
+def _overlapped(job: Job, items: Sequence[Any], backend: Backend) -> Iterator[Done]:
+    """:class:`LocalExecutor`'s pipeline: each item's three steps in a thread, the model step
+    behind a gate of the backend's ``parallel_requests`` (default 1), at most that many + 2 items
+    in flight; :class:`Done` in order of completion. ``model_s`` is the model call alone (not the
+    wait at the gate)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    calls = max(int(getattr(backend, "parallel_requests", 1) or 1), 1)
+    gate = threading.BoundedSemaphore(calls)
+
+    def task(index: int, item: Any) -> Done:
+        t0 = time.perf_counter()
+        prepared = job.prepare(item)
+        t1 = time.perf_counter()
+        with gate:
+            t2 = time.perf_counter()
+            inferred = job.infer(backend, prepared)
+            t3 = time.perf_counter()
+        value = job.finish(item, inferred)
+        return Done(index, value, t1 - t0, t3 - t2, time.perf_counter() - t3, os.getpid())
+
+    window = calls + 2
+    pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="stage")
+    pending: set[Any] = set()
+    try:
+        todo = iter(enumerate(items))
+        for index, item in todo:
+            pending.add(pool.submit(task, index, item))
+            if len(pending) < window:
+                continue
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=lambda f: f.result().index):
+                yield future.result()
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=lambda f: f.result().index):
+                yield future.result()
+    finally:  # an error or Ctrl-C: items not started are dropped; running steps end on their own
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _exit_with_parent(parent_pid: int) -> None:

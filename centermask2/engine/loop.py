@@ -82,7 +82,8 @@ class InferenceSummary(StageSummary):
             f"{self.num_images} images{failed}, {self.num_detections} detections in {self.wall_s:.1f} s "
             f"({self.images_per_s:.2f} img/s). Per image: model median {self.model_ms_per_image():.1f} ms, "
             f"mean {1000 * sum(self.model_s) / n:.1f} ms; pre-processing {self.ms_per_image(sum(self.preprocess_s)):.1f} "
-            f"ms; post-processing {self.ms_per_image(sum(self.postprocess_s)):.1f} ms{self.executor_clause()}"
+            f"ms; post-processing {self.ms_per_image(sum(self.postprocess_s)):.1f} ms{self.rate_clause()}"
+            f"{self.executor_clause()}"
         )
 
 

@@ -167,6 +167,7 @@ def _open_onnx(
     device: str = "CPU",
     precision: str = "fp32",
     cache_dir: str | os.PathLike | None = None,
+    requests: int = 1,
 ) -> ModelSource:
     """Open an exported model in ONNX Runtime (``runtime="onnxruntime"``, on ``provider``) or
     OpenVINO (``runtime="openvino"``, on ``device`` with ``precision``); every setting comes from
@@ -176,7 +177,8 @@ def _open_onnx(
     if runtime == "openvino":
         from .openvino_backend import OpenVINOBackend
 
-        backend = OpenVINOBackend(model_path, device=device, threads=threads, precision=precision, cache_dir=cache_dir)
+        backend = OpenVINOBackend(model_path, device=device, threads=threads, precision=precision, cache_dir=cache_dir,
+                                  requests=requests)
         label = f"OpenVINO {name} ({device}, {precision})"
         runtime_id = f"openvino {device} {precision}"
     elif runtime == "onnxruntime":
@@ -220,7 +222,7 @@ RUNTIMES = ("torch", "onnxruntime", "openvino")
 _OPTIONS = {
     "torch": {"opts", "pad_to", "padding", "batch_size", "threads", "allow_incomplete"},
     "onnxruntime": {"provider", "threads", "batch_size"},
-    "openvino": {"device", "precision", "threads", "batch_size", "cache_dir"},
+    "openvino": {"device", "precision", "threads", "batch_size", "cache_dir", "requests"},
 }
 
 
@@ -236,7 +238,8 @@ def open_model(model: str | os.PathLike, runtime: str | None = None, **options: 
             overrides), ``pad_to`` ((H, W) every image is padded to), ``padding``
             (:data:`~centermask2.contract.PADDING_MODES`), ``allow_incomplete`` (missing weights);
             onnxruntime: ``provider`` (``cpu``, ``cuda``, ``tensorrt``); openvino: ``device``,
-            ``precision`` (``fp32``, ``bf16``, ``fp16``), ``cache_dir``.
+            ``precision`` (``fp32``, ``bf16``, ``fp16``), ``cache_dir``, ``requests`` (infer requests at
+            once: 1, OpenVINO's latency hint; more, or 0 for OpenVINO's choice, its throughput hint).
 
     Returns:
         the :class:`ModelSource`; its ``recipe`` reopens the same model elsewhere.
