@@ -49,6 +49,9 @@ __all__ = [
     "random_batch",
     "image_batch",
     "coco_ap",
+    "stream_rate",
+    "model_macs",
+    "peak_precision",
 ]
 
 
@@ -280,11 +283,14 @@ def runtime_targets(
     openvino: Sequence[str] | None = None,
     threads: int | None = None,
     provider: str = "cpu",
+    requests: int = 1,
 ) -> list[Target]:
     """The runtimes and precisions of one model: PyTorch eager (``config``, weights in ``opts``),
     ONNX Runtime on the export (``onnx``) and its int8 model (``int8``, ``tools/quantize.py``), and
     with ``openvino`` (precisions, default ``["fp32"]`` when given empty) OpenVINO on each at each
-    precision (for the int8 model: what its float layers compute in)."""
+    precision (for the int8 model: what its float layers compute in); with ``requests`` other than
+    1, each OpenVINO row again in OpenVINO's throughput mode with that many infer requests (0: its
+    choice)."""
     targets: list[Target] = []
     if config is not None:
         targets.append(Target("torch", os.fspath(config), options={"opts": list(opts), "threads": threads}))
@@ -298,6 +304,10 @@ def runtime_targets(
                               float32=False))
         targets += [Target("openvino", os.fspath(int8), "int8" if p == "fp32" else f"int8, rest {p}",
                            {"precision": p, "threads": threads, "cache_dir": ""}, float32=False) for p in precisions]
+    if requests != 1:
+        many = "OpenVINO's choice of" if requests == 0 else str(requests)
+        targets += [Target("openvino", t.model, f"{t.precision}, {many} requests", {**t.options, "requests": requests},
+                           float32=False) for t in list(targets) if t.runtime == "openvino"]
     return targets
 
 
@@ -379,3 +389,52 @@ def coco_ap(source: ModelSource, images_dir: str | os.PathLike, coco_json: str |
     results, _summary = run_inference(source, records, ids, progress=False)
     metrics = evaluate_coco(results, coco_json)
     return {task: metrics[task]["AP"] for task in ("bbox", "segm") if task in metrics}
+
+
+# ---------------------------------------------------------------------------------------- rates
+
+
+def stream_rate(source: ModelSource, feed: Mapping[str, np.ndarray], calls: int) -> float:
+    """Images per second of ``calls`` model calls on ``feed`` through the in-process executor (as a
+    folder runs: as many calls at once as the backend allows, e.g. OpenVINO's throughput mode)."""
+    from .engine.executors import Job, LocalExecutor
+
+    class _Call(Job):
+        def infer(self, backend: Any, prepared: Any) -> Any:
+            return backend.run(feed)
+
+    images = int(next(iter(feed.values())).shape[0])
+    start = time.perf_counter()
+    for _ in LocalExecutor().map(_Call(), list(range(calls)), source):
+        pass
+    return calls * images / (time.perf_counter() - start)
+
+
+def model_macs(source: ModelSource, height: int, width: int) -> Any:
+    """:func:`~centermask2.roofline.count_macs` of ``source``'s network (its config: the PyTorch
+    model's own, or the one an export carries) at ``height`` x ``width``."""
+    import tempfile
+
+    from .config import load_config
+    from .modeling import build_model
+    from .roofline import count_macs
+
+    model = getattr(source.backend, "model", None)
+    if model is None:
+        with tempfile.TemporaryDirectory(prefix="macs_") as tmp:
+            path = os.path.join(tmp, "config.yaml")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(source.config_yaml)
+            model = build_model(load_config(path, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]))
+    return count_macs(model, height, width)
+
+
+def peak_precision(label: str) -> str:
+    """The precision whose matrix-product peak bounds a benchmark row (:attr:`Target.label`): int8
+    for int8 models, bf16 where OpenVINO ran bf16, else fp32."""
+    precision = label.split(" ", 2)[-1] if label.startswith(("ONNX Runtime", "PyTorch eager")) else label.split(" ", 1)[1]
+    if precision.startswith("int8"):
+        return "int8"
+    if "(ran " in precision:
+        return precision.split("(ran ", 1)[1].split(")")[0].split(",")[0].strip()
+    return "bf16" if precision.startswith("bf16") else "fp32"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -77,6 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", default=None, help="dataset images: adds AP columns (with --coco-json)")
     p.add_argument("--coco-json", default=None, help="the dataset's COCO annotations")
     add_timing_arguments(p)
+    p.add_argument("--requests", type=int, default=1, metavar="N",
+                   help="also each OpenVINO row in its throughput mode with N infer requests (0: OpenVINO's choice)")
+    p.add_argument("--shapes", type=int, default=0, metavar="N",
+                   help="AP columns on the first N held-out images of the sample's shapes dataset, generated in a "
+                   "temporary folder (the sample model's test set: --shapes 120)")
+    p.add_argument("--stream", type=int, default=8, metavar="CALLS",
+                   help="model calls in the images/s-on-a-stream measurement (default 8; 0: none)")
+    p.add_argument("--no-roofline", action="store_true",
+                   help="skip the matrix-product peaks and the %% of floor column")
+    p.add_argument("--peak-size", type=int, default=2048, metavar="N",
+                   help="the N x N x N matrix product that measures each precision's peak (default 2048)")
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="ONNX Runtime's provider")
     p.add_argument("--device", default="cpu", help="PyTorch's MODEL.DEVICE (default cpu)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for the PyTorch row: KEY VALUE ...")
@@ -89,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--openvino runs --onnx / --int8: give one")
     if bool(args.images) != bool(args.coco_json):
         p.error("--images and --coco-json go together")
+    if args.shapes and args.images:
+        p.error("--shapes is instead of --images / --coco-json")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     from centermask2.benchmark import (
@@ -98,15 +112,19 @@ def main(argv: list[str] | None = None) -> int:
         image_batch,
         measure,
         model_inputs,
+        model_macs,
         ms,
         open_target,
+        peak_precision,
         random_batch,
         runtime_targets,
         set_threads,
+        stream_rate,
         summarize,
     )
     from centermask2.data import parse_hw
     from centermask2.errors import CenterMask2Error
+    from centermask2.roofline import floor_fraction, matmul_peaks
 
     notes = []
     set_threads(args.threads)
@@ -117,8 +135,16 @@ def main(argv: list[str] | None = None) -> int:
                 opts, note = _torch_opts(args, tmp)
                 notes += [note] if note else []
             targets = runtime_targets(config=args.config_file, opts=opts, onnx=args.onnx, int8=args.int8,
-                                      openvino=args.openvino, threads=args.threads, provider=args.provider)
+                                      openvino=args.openvino, threads=args.threads, provider=args.provider,
+                                      requests=args.requests)
             sources = [open_target(t) for t in targets]
+            if args.shapes:
+                from centermask2.data.shapes import make_split
+
+                dataset = Path(tempfile.mkdtemp(prefix="benchmark_shapes_"))  # removed after the AP columns
+                args.coco_json = make_split(dataset, "val", args.shapes, progress=False)
+                args.images = dataset / "val" / "images"
+                notes.append(f"AP on the first {args.shapes} held-out images of the shapes dataset (seed 0)")
         static = {tuple(s.backend.metadata.input_size) for s in sources
                   if s.backend.metadata is not None and s.backend.metadata.input_size is not None}
         if len(static) > 1:
@@ -140,7 +166,20 @@ def main(argv: list[str] | None = None) -> int:
             candidates[t.label] = lambda label=t.label, backend=s.backend, feed=feed: last.__setitem__(
                 label, backend.run(feed))
         times = summarize(measure(candidates, runs=args.runs, warmup=args.warmup))
-        ap = {t.label: coco_ap(s, args.images, args.coco_json) for t, s in zip(targets, sources)} if args.images else {}
+        streams = {t.label: stream_rate(s, model_inputs(s, images, sizes), args.stream)
+                   for t, s in zip(targets, sources)} if args.stream else {}
+        if args.images:
+            ap = {t.label: coco_ap(s, args.images, args.coco_json) for t, s in zip(targets, sources)}
+            if args.shapes:
+                shutil.rmtree(Path(args.images).parent.parent, ignore_errors=True)
+        else:
+            ap = {}
+        roof = None
+        if not args.no_roofline:
+            macs = model_macs(sources[0], h, w)
+            needed = sorted({peak_precision(t.label) for t in targets}, key=["fp32", "bf16", "int8"].index)
+            peaks = matmul_peaks(args.threads, needed, size=args.peak_size, runs=max(args.runs, 3))
+            roof = (macs, peaks)
     except CenterMask2Error as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -149,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     baseline = "ONNX Runtime fp32" if "ONNX Runtime fp32" in times else labels[0]
     reference = next((t.label for t in targets if t.float32), None) if ap else None
     headers = ["runtime", "model", "median ms", "min ms", "max ms", f"x {baseline}", "detections"]
+    if streams:
+        headers.append("images/s, stream")
+    if roof:
+        headers.append("% of floor")
     if ap:
         headers += ["bbox AP", "segm AP"]
     rows = []
@@ -156,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         stat = times[t.label]
         row = [t.label, Path(t.model).name, ms(stat.median), ms(stat.min), ms(stat.max),
                f"{stat.median / times[baseline].median:.2f}", int(last[t.label]["num_detections"].sum())]
+        if streams:
+            row.append(f"{streams[t.label]:.2f}")
+        if roof:
+            share = floor_fraction(stat.median, roof[0].total * batch, roof[1].get(peak_precision(t.label)))
+            row.append(f"{100 * share:.0f}% ({peak_precision(t.label)})" if share is not None else None)
         if ap:
             ref = ap.get(reference, {}) if t.label != reference else {}
             row += [_signed(ap[t.label][task], ref.get(task)) if task in ap[t.label] else None
@@ -165,6 +213,22 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"image: {args.image} (resized, padded to {h}x{w})")
     if ap:
         notes.append(f"AP: {args.coco_json} ({args.images}), whole pipeline; (+x) = difference to {reference}")
+    if streams:
+        notes.append(f"images/s, stream: {args.stream} calls through the in-process executor (as a folder runs; "
+                     "OpenVINO's throughput rows keep several in flight)")
+    if roof:
+        macs, peaks = roof
+        parts = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in macs.by_part.items())
+        notes.append(f"work: {macs.gmac * batch:.1f} GMAC of convolutions and linear layers at {h}x{w} "
+                     f"(batch {batch}; {parts})")
+        for precision, peak in peaks.items():
+            if peak.gmacs:
+                rates = ", ".join(f"{k} {v:.0f}" for k, v in peak.rates.items())
+                notes.append(f"{precision} peak: {peak.gmacs:.0f} GMAC/s ({args.peak_size}^3 matrix product; {rates}) "
+                             f"-> floor {macs.total * batch / peak.gmacs / 1e6:.0f} ms")
+            else:
+                notes.append(f"{precision} peak: none ({peak.note})")
+        notes.append("% of floor: the floor (work at the row's precision peak) over the median latency")
     print(header(threads=args.threads, runs=args.runs, warmup=args.warmup, input_shape=(batch, 3, h, w),
                  notes=notes))
     print(format_table(headers, rows))
