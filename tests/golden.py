@@ -56,13 +56,31 @@ def write_checkpoint(case: str, path: Path, fmt: str = "pth") -> Path:
     return _write_checkpoint(CASES[case], path, fmt)
 
 
-def compare_results(expected: list[dict], actual: list[dict], iou_thr: float = 0.9) -> dict:
+def _unmatched_off_the_edge(records: list[dict], matched: set[int], tol: float) -> list[dict]:
+    """The unmatched records that are not at a cut-off: a detection whose score is within ``tol``
+    of its image's lowest kept score (top-k) or of the score threshold may be swapped for a
+    near-tied one by rounding; any other unmatched detection is a real difference."""
+    lowest: dict[int, float] = {}
+    for r in records:
+        lowest[r["image_id"]] = min(lowest.get(r["image_id"], 1.0), float(r["score"]))
+    return [r for r in records if id(r) not in matched and abs(r["score"] - lowest[r["image_id"]]) > tol
+            and abs(r["score"] - SCORE_THRESHOLD) > tol]
+
+
+#: FCOS's test score threshold (every golden case's config)
+SCORE_THRESHOLD = 0.05
+
+
+def compare_results(expected: list[dict], actual: list[dict], iou_thr: float = 0.9, score_tol: float = 2e-3) -> dict:
     """Detection-by-detection match (:func:`centermask2.evaluation.matching.match_records`: same
     category, box IoU >= iou_thr, expected detections in decreasing score order, per image);
-    statistics over matched pairs."""
+    statistics over matched pairs; ``unmatched``: detections of either side without a partner
+    that are not at a cut-off (:func:`_unmatched_off_the_edge`, within ``score_tol``)."""
     pairs = match_records(expected, actual, iou_thr)
     out = {"expected": len(expected), "actual": len(actual), "matched": len(pairs),
-           "recall": len(pairs) / max(len(expected), 1), "precision": len(pairs) / max(len(actual), 1)}
+           "recall": len(pairs) / max(len(expected), 1), "precision": len(pairs) / max(len(actual), 1),
+           "unmatched": len(_unmatched_off_the_edge(expected, {id(e) for e, _ in pairs}, score_tol))
+           + len(_unmatched_off_the_edge(actual, {id(a) for _, a in pairs}, score_tol))}
     if pairs:
         box = [np.abs(np.array(e["bbox"]) - np.array(a["bbox"])).max() for e, a in pairs]
         mious = []
@@ -93,15 +111,31 @@ def _record_fidelity(r: dict) -> None:
             f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "?"), **r}) + "\n")
 
 
-def assert_results_match(expected: list[dict], actual: list[dict]) -> dict:
-    """The acceptance thresholds of the reference comparison tool (its defaults)."""
-    r = compare_results(expected, actual)
-    _record_fidelity(r)
-    assert r["matched"] > 0, r
-    assert r["recall"] >= 0.95 and r["precision"] >= 0.95, r
-    assert r["box_diff_p99"] <= 1.0, r
-    assert r["score_diff_max"] <= 2e-3, r
-    assert r["mask_iou_p5"] >= 0.9, r
+#: What the README's fidelity table promises, per kind of path (its rows name the tier):
+#: every detection matched both ways (except near-ties at a score cut-off), and bounds on the
+#: matched pairs' largest box difference (px), score and mask-score differences, and the 5th
+#: percentile and minimum of their mask IoU.
+TIERS = {
+    # PyTorch against upstream PyTorch: the same arithmetic, up to the CPU's kernels
+    "torch": {"box_diff_max": 0.01, "score_diff_max": 2e-4, "mask_score_diff_max": 2e-4, "mask_iou_p5": 0.99,
+              "mask_iou_min": 0.95},
+    # another runtime (ONNX Runtime, OpenVINO fp32, the .bin pipeline) against upstream PyTorch
+    "runtime": {"box_diff_max": 0.1, "score_diff_max": 2e-3, "mask_score_diff_max": 2e-3, "mask_iou_p5": 0.95,
+                "mask_iou_min": 0.5},
+}
+
+
+def assert_results_match(expected: list[dict], actual: list[dict], tier: str = "runtime") -> dict:
+    """``actual`` holds ``expected``'s detections within the README's bounds for ``tier``
+    (:data:`TIERS`)."""
+    bounds = TIERS[tier]
+    r = compare_results(expected, actual, score_tol=bounds["score_diff_max"])
+    _record_fidelity({"tier": tier, **r})
+    assert r["matched"] > 0, f"no detection matched: {r}"
+    assert r["unmatched"] == 0, f"{tier} tier: unmatched = {r['unmatched']} detection(s) not at a cut-off: {r}"
+    for key, bound in bounds.items():
+        ok = (r[key] >= bound) if key.startswith("mask_iou") else (r[key] <= bound)
+        assert ok, f"{tier} tier: {key} = {r[key]:.3g} beyond {bound:g}: {r}"
     return r
 
 

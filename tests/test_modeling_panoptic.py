@@ -234,7 +234,7 @@ def test_instances_match_upstream(golden_runs):
     for name, (im, orig, out) in runs.items():
         result = _instances(out, im.shape[:2], orig)
         actual += instances_to_coco_json(result, int(name[:-4]), coco_contiguous_to_dataset_id())
-    assert_results_match(expected, actual)
+    assert_results_match(expected, actual, "torch")
 
 
 # ---------------------------------------------------------------- golden: panoptic, end to end
