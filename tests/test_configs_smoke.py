@@ -131,26 +131,33 @@ def _liven(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> None:
             logits.append(out.flatten(1))
         return out
 
-    hooks = []
-    for name, module in model.named_modules():
-        if not isinstance(getattr(module, "weight", None), torch.Tensor):
-            continue
-        if not isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear, DeformConv2d)):
-            continue
-        if name.endswith("offset"):
-            module.weight.normal_(0.0, 1.0, generator=gen)
-        names[id(module)] = name
-        hooks.append(module.register_forward_hook(calibrate, with_kwargs=True))
-    try:
-        TorchBackend(model, padding=PADDING).run(inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    def calibration_pass(prefix: str = "") -> None:
+        hooks = []
+        for name, module in model.named_modules():
+            if not name.startswith(prefix) or not isinstance(getattr(module, "weight", None), torch.Tensor):
+                continue
+            if not isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear, DeformConv2d)):
+                continue
+            if name.endswith("offset") and not prefix:
+                module.weight.normal_(0.0, 1.0, generator=gen)
+            names[id(module)] = name
+            done.discard(id(module))
+            hooks.append(module.register_forward_hook(calibrate, with_kwargs=True))
+        try:
+            TorchBackend(model, padding=PADDING).run(inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    calibration_pass()
     # the _CANDIDATES-th largest logit of each image at the threshold's logit
     kth = torch.cat(logits, dim=1).topk(_CANDIDATES, dim=1).values[:, -1].min()
     threshold = model.proposal_generator.score_thresh
     head.cls_logits.bias.fill_(float(np.log(threshold / (1 - threshold)) - kth))
     head.bbox_pred.bias.fill_(1.0)  # distances of about one stride, +-25%
+    # the ROI heads again, on the boxes the model now finds (in the first pass every candidate
+    # passed and the boxes had no size, so the pooled features said little about their scale)
+    calibration_pass("roi_heads.")
 
 
 def smoke_model(name: str) -> tuple[torch.nn.Module, object]:
