@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the package, also from a checkout that is not installed
 #: the sample model: weights, the held-out figures it shipped with, its README
 MODEL_DIR = Path(__file__).resolve().parent / "sample_model"
 CONFIG = ROOT / "configs" / "sample" / "shapes_lite_V_19_slim_dw.yaml"
@@ -91,12 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # the console: the stages' own lines go to their logs
         handler.addFilter(_console_only_demo_and_warnings)
 
-    from make_shapes_dataset import make_split
-
     from centermask2.cli import export_onnx as convert_model_into_onnx
     from centermask2.cli import postprocess as postprocess_bin_outputs
     from centermask2.cli import preprocess as preprocess_inputs_to_bin
     from centermask2.cli import tester, visualizer
+    from centermask2.data.shapes import make_split
 
     out = Path(args.output_dir).resolve()
     shipped = json.loads((MODEL_DIR / "metrics.json").read_text())
