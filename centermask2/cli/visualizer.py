@@ -31,6 +31,7 @@ from .common import (
     positive_int,
     run_main,
     setup_logging,
+    unit_float,
 )
 
 logger = logging.getLogger("visualizer")
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"drawn under the --results detections (default: {PANOPTIC_NAME} next to the results file)")
     p.add_argument("--no-stuff", action="store_true",
                    help="draw instances only, not the stuff regions of panoptic sources")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this (0.5)")
+    p.add_argument("--score-threshold", type=unit_float, default=0.5,
+                   help="draw detections scoring at least this (0 to 1; default 0.5)")
     p.add_argument("--score", choices=["box", "mask"], default="box",
                    help="which score to threshold and show: box score or mask_score (default box)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="picture format (default png)")
