@@ -657,6 +657,10 @@ HOSTILE = [
     pytest.param("tools/train_net.py", lambda f: [*f["train"], "--output-dir", f["out"] / "train", *f["train_opts"],
                                                   "SOLVER.STEPS", "(5, 2)"], 2,
                  "SOLVER.STEPS = (5, 2) is out of range", id="train-solver-steps-out-of-order"),
+    pytest.param("convert_model_into_onnx.py", lambda f: [*f["torch"], "--output", f["fifo_onnx"], "MODEL.WEIGHTS",
+                                                          f["ckpt"]], 2,
+                 "is not a regular file (a named pipe): the toolkit writes the file next to it",
+                 id="export-output-a-named-pipe"),
 ]
 
 #: test id -> what to change before the script runs (monkeypatch, files)
