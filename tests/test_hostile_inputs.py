@@ -323,7 +323,8 @@ def _ground_truth_variants(root: Path, files: dict) -> None:
 
 def _second_probe_variants(root: Path, files: dict) -> None:
     """What the second hostile probe found: categories listed twice, a named pipe among the listed
-    images, training annotations whose masks do not decode or whose boxes are negative."""
+    images, training annotations whose masks do not decode or whose boxes are negative, results
+    without mask scores drawn by mask score."""
     def write(name, content):
         (root / name).write_text(json.dumps(content))
         files[name.split(".")[0]] = root / name
@@ -342,6 +343,8 @@ def _second_probe_variants(root: Path, files: dict) -> None:
     write("train_rle_garbage.json", {**train, "annotations": [first, *train["annotations"][1:]]})
     first = {**train["annotations"][0], "bbox": [10, 10, -50, -50]}
     write("train_negative_box.json", {**train, "annotations": [first, *train["annotations"][1:]]})
+    results = json.loads(files["results"].read_text())
+    write("results_no_mask_score.json", [{k: v for k, v in r.items() if k != "mask_score"} for r in results])
 
 
 def _corrupt_backend(**change):
@@ -661,6 +664,10 @@ HOSTILE = [
                                                           f["ckpt"]], 2,
                  "is not a regular file (a named pipe): the toolkit writes the file next to it",
                  id="export-output-a-named-pipe"),
+    pytest.param("visualizer.py", lambda f: ["--results", f["results_no_mask_score"], "--images", f["images"],
+                                             "--output-dir", f["out"], "--score", "mask"], 2,
+                 "--score mask: 1 of the 1 detections of in/results_no_mask_score.json have no 'mask_score'",
+                 id="visualizer-score-mask-without-mask-scores"),
 ]
 
 #: test id -> what to change before the script runs (monkeypatch, files)
