@@ -501,12 +501,23 @@ def check_output_file(path: str | os.PathLike, option: str = "--output") -> Path
     """Check, before any work, that the file ``path`` can be written (its folder is created).
 
     Raises:
-        OutputError: ``path`` is a folder, or its folder cannot be created or written; the message
-            names it and ``option``.
+        OutputError: ``path`` is a folder, or another file than a regular one (a device such as
+            ``/dev/null``, a named pipe, a socket: the atomic write would replace it with a regular
+            file), or its folder cannot be created or written; the message names it and ``option``.
     """
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"{option} {str(p)!r} is a folder; give a file path, e.g. {str(p / 'model.onnx')!r}")
+    try:
+        st = p.lstat()
+    except OSError:  # not there yet (or not examinable: the write will say)
+        st = None
+    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        kind = next((name for is_kind, name in _FILE_KINDS if is_kind(st.st_mode)), "not a plain file")
+        raise OutputError(
+            f"{option} {str(p)!r} is not a regular file ({kind}): the toolkit writes the file next to it and moves "
+            "it into place, which would replace it; give the path of a regular file"
+        )
     ensure_writable_dir(p.parent if str(p.parent) else ".", option, exclusive=False)  # a folder others may share
     return p
 

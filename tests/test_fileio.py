@@ -146,6 +146,21 @@ def test_output_folder_with_a_link_inside_is_refused(tmp_path):
     assert ensure_writable_dir(out) == out
 
 
+def test_an_output_file_that_is_a_device_or_pipe_is_refused_not_replaced(tmp_path):
+    """``--output /dev/null`` (or a named pipe): the atomic write would replace the device with a
+    regular file; refused by name, and the pipe is left as it was."""
+    import stat
+
+    os.mkfifo(tmp_path / "m.onnx")
+    with pytest.raises(OutputError, match=r"--output '.*m\.onnx' is not a regular file \(a named pipe\)"):
+        check_output_file(tmp_path / "m.onnx", "--output")
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "m.onnx").st_mode)
+    with pytest.raises(OutputError, match=r"is not a regular file \(a character device\)"):
+        check_output_file("/dev/null")
+    (tmp_path / "link.onnx").symlink_to("/dev/null")  # a link is replaced itself, never what it points to
+    assert check_output_file(tmp_path / "link.onnx") == tmp_path / "link.onnx"
+
+
 _HOLD = ("import sys\nfrom centermask2.fileio import ensure_writable_dir\nfrom centermask2.errors import OutputError\n"
          "try:\n    ensure_writable_dir(sys.argv[1], '--output')\nexcept OutputError as e:\n    print(e)\nelse:\n"
          "    print('ok')\n")

@@ -197,6 +197,7 @@ def hostile(tmp_path_factory):
     (work / "out_resume").mkdir()
     _bins_with_outputs(root, files)
     _ground_truth_variants(root, files)
+    _second_probe_variants(root, files)
     collide = root / "collide"
     (collide / "a").mkdir(parents=True)
     Image.new("RGB", (64, 48), (30, 200, 30)).save(collide / "a__b.png")
@@ -318,6 +319,32 @@ def _ground_truth_variants(root: Path, files: dict) -> None:
     write("results_rle_other_size.json", [{**result, "segmentation": _rle(300, 451)}])
     write("results_mixed_segmentation.json", [result, {k: v for k, v in result.items() if k != "segmentation"}])
     write("results_mixed_mask_score.json", [result, {k: v for k, v in result.items() if k != "mask_score"}])
+
+
+def _second_probe_variants(root: Path, files: dict) -> None:
+    """What the second hostile probe found: categories listed twice, a named pipe among the listed
+    images, training annotations whose masks do not decode or whose boxes are negative, results
+    without mask scores drawn by mask score."""
+    def write(name, content):
+        (root / name).write_text(json.dumps(content))
+        files[name.split(".")[0]] = root / name
+
+    write("dup_categories.json", {"images": [{"id": 1, "file_name": "000000000001.png", "height": 48, "width": 64}],
+                                  "categories": [{"id": 1, "name": "person"}, {"id": 1, "name": "car"}]})
+    fifo_images = root / "fifo_images"
+    fifo_images.mkdir()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(fifo_images / "000000000001.png")
+    _fifo(fifo_images / "000000000002.png")
+    files["fifo_images"] = fifo_images
+    write("fifo_images_list.json", {"images": [{"id": i, "file_name": f"00000000000{i}.png"} for i in (1, 2)],
+                               "categories": [{"id": 1, "name": "person"}]})
+    train = json.loads((SAMPLE / "annotations_gt.json").read_text())
+    first = {**train["annotations"][0], "segmentation": {"size": [5, 5], "counts": "zzzz"}}
+    write("train_rle_garbage.json", {**train, "annotations": [first, *train["annotations"][1:]]})
+    first = {**train["annotations"][0], "bbox": [10, 10, -50, -50]}
+    write("train_negative_box.json", {**train, "annotations": [first, *train["annotations"][1:]]})
+    results = json.loads(files["results"].read_text())
+    write("results_no_mask_score.json", [{k: v for k, v in r.items() if k != "mask_score"} for r in results])
 
 
 def _corrupt_backend(**change):
@@ -603,6 +630,44 @@ HOSTILE = [
     pytest.param("postprocess_bin_outputs.py", lambda f: ["--results", f["results_mixed_mask_score"],
                                                           "--coco-json", f["gt"]], 2,
                  "1 of 2 detections have no 'mask_score'", id="postprocess-results-without-mask-score"),
+    # the second probe: sizes no input can have, a threshold that selects nothing, categories listed twice
+    # (an export would write a model the tester refuses), a named pipe among the images, training
+    # masks that do not decode, negative training boxes, learning-rate steps out of order
+    pytest.param("tester.py", lambda f: [*f["torch"], "--images", f["images"], "--output-dir", f["out"], "--pad-to",
+                                         "65536x65536", *f["weights"]], 2,
+                 "--pad-to: size '65536x65536' is larger than 16384 pixels per side", id="tester-pad-to-65536"),
+    pytest.param("preprocess_inputs_to_bin.py", lambda f: [*f["torch"], "--input-size", "65536x65536", "--images",
+                                                           f["images"], "--output", f["out"]], 2,
+                 "--input-size: size '65536x65536' is larger than 16384", id="preprocess-input-size-65536"),
+    pytest.param("visualizer.py", lambda f: ["--results", f["results"], "--images", f["images"], "--output-dir",
+                                             f["out"], "--score-threshold", "nan"], 2,
+                 "--score-threshold: must be a number from 0 to 1", id="visualizer-score-threshold-nan"),
+    pytest.param("convert_model_into_onnx.py", lambda f: [*f["torch"], "--output", f["out"] / "m.onnx", "--coco-json",
+                                                          f["dup_categories"], "MODEL.WEIGHTS", f["ckpt"]], 2,
+                 "lists category id(s) [1] more than once", id="export-categories-duplicate-ids"),
+    pytest.param("tester.py", lambda f: [*f["torch"], "--images", f["images"], "--coco-json", f["dup_categories"],
+                                         "--output-dir", f["out"], *f["weights"]], 2,
+                 "lists category id(s) [1] more than once", id="tester-categories-duplicate-ids"),
+    pytest.param("tester.py", lambda f: [*f["torch"], "--images", f["fifo_images"], "--coco-json",
+                                         f["fifo_images_list"], "--output-dir", f["out"], *f["weights"]], 2,
+                 "are not regular files in", id="tester-image-a-named-pipe"),
+    pytest.param("tools/train_net.py", lambda f: [*f["train"][:2], "--coco-json", f["train_rle_garbage"],
+                                                  *f["train"][4:], "--output-dir", f["out"] / "train", *f["train_opts"]],
+                 2, "'segmentation' is not a valid RLE", id="train-annotations-rle-does-not-decode"),
+    pytest.param("tools/train_net.py", lambda f: [*f["train"][:2], "--coco-json", f["train_negative_box"],
+                                                  *f["train"][4:], "--output-dir", f["out"] / "train", *f["train_opts"]],
+                 2, "width and height must be >= 0", id="train-annotations-negative-box"),
+    pytest.param("tools/train_net.py", lambda f: [*f["train"], "--output-dir", f["out"] / "train", *f["train_opts"],
+                                                  "SOLVER.STEPS", "(5, 2)"], 2,
+                 "SOLVER.STEPS = (5, 2) is out of range", id="train-solver-steps-out-of-order"),
+    pytest.param("convert_model_into_onnx.py", lambda f: [*f["torch"], "--output", f["fifo_onnx"], "MODEL.WEIGHTS",
+                                                          f["ckpt"]], 2,
+                 "is not a regular file (a named pipe): the toolkit writes the file next to it",
+                 id="export-output-a-named-pipe"),
+    pytest.param("visualizer.py", lambda f: ["--results", f["results_no_mask_score"], "--images", f["images"],
+                                             "--output-dir", f["out"], "--score", "mask"], 2,
+                 "--score mask: 1 of the 1 detections of in/results_no_mask_score.json have no 'mask_score'",
+                 id="visualizer-score-mask-without-mask-scores"),
 ]
 
 #: test id -> what to change before the script runs (monkeypatch, files)

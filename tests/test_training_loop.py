@@ -195,7 +195,7 @@ def test_starting_weights_with_other_classes_and_backbone_only(tmp_path, caplog)
     ("extra", "message"),
     [
         (["MODEL.FCOS.NUM_CLASSES", "3"], "set both to 80"),
-        (["SOLVER.STEPS", "(3, 2)"], "STEPS must be increasing"),
+        (["SOLVER.STEPS", "(3, 2)"], "SOLVER.STEPS = (3, 2) is out of range"),
         (["INPUT.RANDOM_FLIP", "diagonal"], "RANDOM_FLIP"),
     ],
 )

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from ..config.ranges import MAX_IMAGE_SIDE
 from ..contract import MAX_DETECTIONS
 from ..data.spec import parse_hw
 from ..engine.onnxruntime_backend import PROVIDERS
@@ -33,6 +34,7 @@ __all__ = [
     "hw_type",
     "positive_int",
     "non_negative_int",
+    "unit_float",
     "MAX_BATCH_SIZE",
     "MAX_DETECTIONS",
     "MAX_RAY_ACTORS",
@@ -73,12 +75,20 @@ def new_parser(prog: str, description: str, epilog: str | None = None, *, raw: b
 
 
 def hw_type(text: str) -> tuple[int, int]:
-    """argparse type for ``HxW`` sizes, e.g. ``--input-size 1344x1344``."""
+    """argparse type for ``HxW`` sizes (``--input-size``, ``--pad-to``), e.g. ``1344x1344``: each side
+    from 1 to :data:`~centermask2.config.ranges.MAX_IMAGE_SIDE`, the largest resize target a config
+    may set (a larger padded input holds nothing but padding, and its buffers alone outgrow memory)."""
     try:
         size = parse_hw(text)
     except InputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     assert size is not None
+    if max(size) > MAX_IMAGE_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"size {text!r} is larger than {MAX_IMAGE_SIDE} pixels per side, the largest resize target a config may set "
+            f"(INPUT.MAX_SIZE_TEST): images are never resized beyond it, and one {size[0]}x{size[1]} input alone takes "
+            f"{3 * size[0] * size[1] / 1e9:.1f} GB as uint8"
+        )
     return size
 
 
@@ -100,6 +110,18 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type for counts that may be 0 (``--num-workers``: 0 loads data in the main process)."""
     return _int_at_least(text, 0)
+
+
+def unit_float(text: str) -> float:
+    """argparse type for a score threshold: a number from 0 to 1 (``nan`` would compare false with every
+    score and silently select nothing; ``inf`` would do the same)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1 (scores lie in [0, 1]), got {text!r}")
+    return value
 
 
 #: most images in one forward pass: a batch holds every padded image at once (1024 images of

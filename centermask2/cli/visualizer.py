@@ -31,6 +31,7 @@ from .common import (
     positive_int,
     run_main,
     setup_logging,
+    unit_float,
 )
 
 logger = logging.getLogger("visualizer")
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"drawn under the --results detections (default: {PANOPTIC_NAME} next to the results file)")
     p.add_argument("--no-stuff", action="store_true",
                    help="draw instances only, not the stuff regions of panoptic sources")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this (0.5)")
+    p.add_argument("--score-threshold", type=unit_float, default=0.5,
+                   help="draw detections scoring at least this (0 to 1; default 0.5)")
     p.add_argument("--score", choices=["box", "mask"], default="box",
                    help="which score to threshold and show: box score or mask_score (default box)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="picture format (default png)")
@@ -95,6 +97,22 @@ class _Source:
     categories: Mapping[int, tuple[str, bool]] = field(default_factory=dict)
     #: images drawn without stuff because the panoptic results have none for them
     missing: list[str] = field(default_factory=list)
+
+
+def _check_score(source: _Source, score: str) -> None:
+    """``--score mask`` needs a ``mask_score`` in every detection of ``source`` (else the box score
+    would be thresholded and shown in its place, labelled as the mask score).
+
+    Raises:
+        InputError: a detection without ``mask_score``; the message names the source and the fix.
+    """
+    if score != "mask":
+        return
+    lacking = sum("mask_score" not in r for r in source.records)
+    if lacking:
+        raise InputError(f"--score mask: {lacking} of the {len(source.records)} detections of {source.label} have no "
+                         "'mask_score' (a model without a MaskIoU head, or results written without it); use "
+                         "--score box")
 
 
 def _open_panoptic(json_path: str | Path, png_root: str | Path | None = None) -> tuple[Any, dict[int, tuple[str, bool]]]:
@@ -246,9 +264,11 @@ def _draw_all(args: argparse.Namespace, stack: ExitStack) -> int:
         images = images[: args.max_images]
     stems = picture_stems(images, args.format)  # before any model runs
     sources = [_open_source(*given[0], args, images, stack, args.panoptic_results)]
+    _check_score(sources[0], args.score)
     if args.compare:
         sources.append(_open_source("results" if args.compare.endswith(".json") else "onnx", args.compare, args,
                                     images, stack))
+        _check_score(sources[1], args.score)
     compare_stuff = len(sources) == 2 and all(s.panoptic is not None for s in sources)
     if len(sources) == 2 and not compare_stuff and any(s.panoptic is not None for s in sources):
         only = next(s.label for s in sources if s.panoptic is not None)

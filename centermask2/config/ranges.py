@@ -79,6 +79,17 @@ def _power_of_two() -> tuple[Callable[[Any], bool], str]:
             "must be a power of 2 (1, 2, 4, 8, ...)")
 
 
+def _increasing_steps() -> tuple[Callable[[Any], bool], str]:
+    """Iterations where the learning rate drops (``SOLVER.STEPS``): as detectron2's ``WarmupMultiStepLR``,
+    a list of non-negative integers in increasing order (unsorted ones would drop it at the wrong time)."""
+    def ok(value: Any) -> bool:
+        return (isinstance(value, (list, tuple))
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+                and list(value) == sorted(value))
+
+    return ok, "must be a list of non-negative integers in increasing order (iterations where the LR drops)"
+
+
 def _rules(spec: Mapping[str, tuple[Callable[[Any], bool], str]]) -> tuple[Rule, ...]:
     return tuple(Rule(key, ok, text) for key, (ok, text) in spec.items())
 
@@ -150,6 +161,7 @@ RULES: tuple[Rule, ...] = _rules({
     "SOLVER.WARMUP_ITERS": _COUNT0,
     "SOLVER.WARMUP_FACTOR": _PROBABILITY,
     "SOLVER.GAMMA": _between(0, low_open=True),
+    "SOLVER.STEPS": _increasing_steps(),
     "SOLVER.CHECKPOINT_PERIOD": _COUNT,
 })
 

@@ -79,6 +79,13 @@ def list_images(images_dir: str | os.PathLike, coco_json: str | os.PathLike | No
                 )
         missing = [r.file_name for r in records if not r.path.is_file()]
         if missing:
+            odd = [name for name in missing if (root / name).exists()]  # a folder, a named pipe, a device
+            if odd:
+                raise InputError(
+                    f"{len(odd)} image(s) listed in {str(path)!r} are not regular files in {str(root)!r} (folders, "
+                    f"named pipes or devices, which could block the run forever): {', '.join(odd[:10])}"
+                    f"{' ...' if len(odd) > 10 else ''}; replace them with the image files"
+                )
             raise MissingFileError(
                 f"{len(missing)} image(s) listed in {str(path)!r} are not in {str(root)!r}: "
                 f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"

@@ -9,6 +9,7 @@ model's metadata, or, for 80-class models without either, from COCO 2017
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -148,17 +149,21 @@ def load_coco_categories(coco_json: str | os.PathLike | Mapping[str, Any]) -> tu
         (contiguous_to_dataset_id, class_names), both indexed by contiguous id.
     """
     data = load_coco_dict(coco_json)
+    source = "the COCO annotation file" if isinstance(coco_json, Mapping) else repr(os.fspath(coco_json))
     try:
         bad = [c["id"] for c in data["categories"] if type(c["id"]) is not int]
         if bad:  # 1.5 would silently become category 1
-            raise InputError(f"the COCO annotation file's category id {bad[0]!r:.40} is not an integer; COCO category "
-                             "ids are integers")
+            raise InputError(f"{source}: category id {bad[0]!r:.40} is not an integer; COCO category ids are integers")
         cats = sorted(data["categories"], key=lambda c: c["id"])
         ids, names = [c["id"] for c in cats], [str(c["name"]) for c in cats]
     except (KeyError, TypeError) as exc:
-        raise InputError(f"the 'categories' of the COCO annotation file are malformed ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{source}: its 'categories' are malformed ({type(exc).__name__}: {exc})") from None
     if not cats:
-        raise InputError("The COCO annotation file has no categories.")
+        raise InputError(f"{source} has no categories.")
+    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if repeated:  # two classes would map to one dataset id: one class's detections scored as the other's
+        raise InputError(f"{source} lists category id(s) {repeated[:10]} more than once; every category needs its own "
+                         "id (fix 'categories')")
     return ids, names
 
 

@@ -32,6 +32,7 @@ import torch
 from pycocotools import mask as mask_util
 
 from ..errors import InputError
+from ..evaluation.rle import rle_problems, rle_size
 from ..fileio import path_inside
 from .categories import load_coco_categories, load_coco_dict
 from .transforms import get_resize_shape, read_image, resize_image
@@ -112,6 +113,37 @@ def _finite(value: Any) -> float:
     return float(value)
 
 
+def _training_polygons(segm: Any, image: TrainImage, path: str, ann_id: Any) -> list[np.ndarray]:
+    """The polygons of one annotation's ``segmentation``, checked: an RLE must decode to exactly its
+    image's size (pycocotools would decode garbage or fail), polygon coordinates must be finite
+    numbers; polygons of fewer than 3 points are left out, as detectron2 does in training.
+
+    Raises:
+        InputError: an RLE that does not decode or has another size than its image, or a polygon
+            with coordinates that are not finite numbers; the message names the file and annotation.
+    """
+    where = f"{path!r}: annotation {ann_id!r}"
+    if isinstance(segm, dict):
+        problem = rle_problems([segm])[0]
+        if problem:
+            raise InputError(f"{where}: 'segmentation' is not a valid RLE ({problem}); fix or remove the annotation")
+        size = rle_size(segm)
+        if size != (image.height, image.width):
+            raise InputError(f"{where}: its 'segmentation' is {size[0]}x{size[1]} but image {image.image_id} is "
+                             f"{image.height}x{image.width}; fix the mask or the image's 'height' / 'width'")
+        return rle_to_polygons(segm, image.height, image.width)
+    if not isinstance(segm, list):
+        return []
+    polygons = []
+    for poly in segm:
+        if not isinstance(poly, list) or len(poly) % 2 or len(poly) < 6:
+            continue  # detectron2 drops such polygons in training (counted and warned about by the caller)
+        if not all(type(v) in (int, float) and math.isfinite(v) for v in poly):
+            raise InputError(f"{where}: polygon coordinates must be finite numbers, got {poly!r:.80}")
+        polygons.append(np.asarray(poly, dtype=np.float64))
+    return polygons
+
+
 def load_training_annotations(
     coco_json: str | os.PathLike, images_dir: str | os.PathLike, *, filter_empty: bool = True
 ) -> tuple[list[TrainImage], list[int], list[str]]:
@@ -127,7 +159,9 @@ def load_training_annotations(
 
     Raises:
         MissingFileError / InputError: unreadable or malformed file, a ``file_name`` that
-            leaves ``images_dir``, an annotation of an unknown image or category, a malformed box.
+            leaves ``images_dir``, an annotation of an unknown image or category, a malformed box
+            (not 4 finite numbers, or a negative width or height), a malformed mask
+            (:func:`_training_polygons`).
     """
     path = os.fspath(coco_json)
     data = load_coco_dict(path)
@@ -138,6 +172,8 @@ def load_training_annotations(
         try:
             image_id, file_name = _integer(entry["id"]), entry["file_name"]
             h, w = _integer(entry["height"]), _integer(entry["width"])
+            if h <= 0 or w <= 0:
+                raise ValueError(f"its size must be positive, got {h} x {w}")
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{path!r}: image entry {entry!r:.120} needs id, file_name, height, width ({exc})") from None
         images[image_id] = TrainImage(image_id, path_inside(images_dir, file_name, "file_name"), h, w, [])
@@ -147,6 +183,8 @@ def load_training_annotations(
             image = images[_integer(ann["image_id"])]
             category = to_contiguous[_integer(ann["category_id"])]
             x, y, bw, bh = (_finite(v) for v in ann["bbox"])
+            if bw < 0 or bh < 0:
+                raise ValueError(f"its width and height must be >= 0, got {bw:g} x {bh:g}")
         except KeyError as exc:
             raise InputError(
                 f"{path!r}: annotation {ann.get('id')!r} refers to an unknown image or category ({exc})"
@@ -156,13 +194,7 @@ def load_training_annotations(
         if ann.get("iscrowd", 0):
             dropped_crowd += 1
             continue
-        segm = ann.get("segmentation")
-        if isinstance(segm, dict):
-            polygons = rle_to_polygons(segm, image.height, image.width)
-        elif isinstance(segm, list):
-            polygons = [np.asarray(p, dtype=np.float64) for p in segm if len(p) % 2 == 0 and len(p) >= 6]
-        else:
-            polygons = []
+        polygons = _training_polygons(ann.get("segmentation"), image, path, ann.get("id"))
         if not polygons:
             dropped_no_polygon += 1
             continue

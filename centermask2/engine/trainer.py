@@ -78,6 +78,8 @@ class SolverSettings:
         if s.LR_SCHEDULER_NAME != "WarmupMultiStepLR":
             raise InputError(f"SOLVER.LR_SCHEDULER_NAME={s.LR_SCHEDULER_NAME!r}: only 'WarmupMultiStepLR' is supported")
         steps = tuple(int(v) for v in s.STEPS)
+        if list(steps) != sorted(steps):  # checked before the steps past MAX_ITER are left out
+            raise InputError(f"SOLVER.STEPS must be increasing, got {list(steps)}")
         late = [v for v in steps if v > int(s.MAX_ITER)]
         if late:
             logger.warning("SOLVER.STEPS %s lie beyond SOLVER.MAX_ITER=%d and are ignored", late, int(s.MAX_ITER))
