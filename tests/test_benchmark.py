@@ -108,6 +108,24 @@ def test_runtime_targets_one_row_per_runtime_and_precision():
     assert all(t.options["threads"] == 2 for t in targets)
     assert [t.label for t in runtime_targets(onnx="m.onnx", openvino=[])] == ["ONNX Runtime fp32", "OpenVINO fp32"]
     assert [t.runtime for t in runtime_targets(onnx="m.onnx")] == ["onnxruntime"]
+    many = runtime_targets(onnx="m.onnx", openvino=["fp32"], requests=2)
+    assert [t.label for t in many] == ["ONNX Runtime fp32", "OpenVINO fp32", "OpenVINO fp32, 2 requests"]
+    assert many[2].options["requests"] == 2 and "requests" not in many[1].options
+
+
+def test_benchmark_command_prints_rates_and_the_share_of_the_floor(capsys):
+    """The whole command on the sample config with random weights at a small size: the header
+    names the work and the peaks, every row has its images/s and its % of the floor."""
+    from golden import ROOT
+
+    assert root_script("tools/benchmark.py").main([
+        "--config-file", str(ROOT / "configs" / "sample" / "shapes_lite_V_19_slim_dw.yaml"), "--size", "128x128",
+        "--runs", "1", "--warmup", "0", "--stream", "2", "--peak-size", "128", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "GMAC of convolutions and linear layers at 128x128" in out and "fp32 peak: " in out
+    row = next(line for line in out.splitlines() if line.startswith("| PyTorch eager fp32"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[7]) > 0 and cells[8].endswith("% (fp32)"), row
 
 
 @pytest.mark.parametrize("argv, message", [
