@@ -205,7 +205,7 @@ def multilevel_roi_align_onnx(
     aligned: bool,
     regions: Any = None,
 ) -> Any:
-    """One ``RoiAlign`` per level on every box, merged with ``Where`` on the level index.
+    """Per level, one ``RoiAlign`` of that level's boxes only, scattered into their rows.
 
     ``RoiAlign`` (opset >= 16) with ``coordinate_transformation_mode="half_pixel"`` is
     detectron2's ``ROIAlignV2`` (aligned=True: -0.5 shift, no size clamp); with
@@ -213,6 +213,10 @@ def multilevel_roi_align_onnx(
     width and height clamped to at least one feature pixel, like the reference
     :func:`~centermask2.modeling.ops.roi_align.roi_align`). ``sampling_ratio=0`` is the same
     adaptive rule in both. With ``regions`` each level is pooled by :func:`_region_roi_align`.
+
+    Each box is pooled on its own level alone (``NonZero`` / ``Gather`` of the level's rows, then
+    ``ScatterND``): RoIAlign's cost is per pooled box, so pooling every box on every level (and, with
+    ``regions``, on four copies of each) would do the work once per level.
     """
     mode = "half_pixel" if aligned else "output_half_pixel"
     boxes = op.Slice(rois, op.Constant(value_ints=[1]), op.Constant(value_ints=[5]), op.Constant(value_ints=[1]))
@@ -223,13 +227,18 @@ def multilevel_roi_align_onnx(
         ),
         to=_INT64,
     )
-    out = None
+    shape = op.Concat(op.Shape(boxes, start=0, end=1), op.Shape(features[0], start=1, end=2),
+                      op.Constant(value_ints=[int(output_size), int(output_size)]), axis=0)
+    out = op.CastLike(op.ConstantOfShape(shape), features[0])  # [M, C, R, R] zeros
     for level, (feature, scale) in enumerate(zip(features, scales)):
+        rows = op.NonZero(op.Equal(levels, op.Constant(value_int=level)))  # [1, m]: this level's boxes
+        level_boxes = op.Gather(boxes, op.Squeeze(rows, op.Constant(value_ints=[0])), axis=0)
+        level_batch = op.Gather(batch_index, op.Squeeze(rows, op.Constant(value_ints=[0])), axis=0)
         if regions is None:
             pooled = op.RoiAlign(
                 feature,
-                boxes,
-                batch_index,
+                level_boxes,
+                level_batch,
                 coordinate_transformation_mode=mode,
                 mode="avg",
                 output_height=int(output_size),
@@ -239,12 +248,9 @@ def multilevel_roi_align_onnx(
             )
         else:
             region = op.Gather(regions, op.Constant(value_int=level), axis=0)
-            pooled = _region_roi_align(feature, boxes, batch_index, region, scale, output_size, sampling_ratio, aligned)
-        if out is None:
-            out = pooled
-        else:
-            on_level = op.Unsqueeze(op.Equal(levels, op.Constant(value_int=level)), op.Constant(value_ints=[1, 2, 3]))
-            out = op.Where(on_level, pooled, out)
+            pooled = _region_roi_align(feature, level_boxes, level_batch, region, scale, output_size, sampling_ratio,
+                                       aligned)
+        out = op.ScatterND(out, op.Transpose(rows, perm=[1, 0]), pooled)  # rows [m, 1]
     return out
 
 
