@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         if streams:
             row.append(f"{streams[t.label]:.2f}")
         if roof:
-            share = floor_fraction(stat.median, roof[0].total * batch, roof[1].get(peak_precision(t.label)))
+            # a throughput row (several calls in flight) by its stream rate, the others by one call's latency
+            per_call = 1.0 / streams[t.label] * batch if streams and t.options.get("requests", 1) != 1 else stat.median
+            share = floor_fraction(per_call, roof[0].total * batch, roof[1].get(peak_precision(t.label)))
             row.append(f"{100 * share:.0f}% ({peak_precision(t.label)})" if share is not None else None)
         if ap:
             ref = ap.get(reference, {}) if t.label != reference else {}
@@ -228,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"-> floor {macs.total * batch / peak.gmacs / 1e6:.0f} ms")
             else:
                 notes.append(f"{precision} peak: none ({peak.note})")
-        notes.append("% of floor: the floor (work at the row's precision peak) over the median latency")
+        notes.append("% of floor: the floor (work at the row's precision peak) over the median latency (rows with "
+                     "several requests: over the time per image on the stream)")
     print(header(threads=args.threads, runs=args.runs, warmup=args.warmup, input_shape=(batch, 3, h, w),
                  notes=notes))
     print(format_table(headers, rows))
