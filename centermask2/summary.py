@@ -28,6 +28,7 @@ class StageSummary:
             images in each call.
         first_result_s: when the first item's result arrived (start-up of workers included).
         executor: the executor's clause (e.g. Ray's actors), empty in this process.
+        calls_at_once: model calls that ran at once in this process (OpenVINO's ``--requests``).
     """
 
     num_images: int = 0
@@ -38,6 +39,7 @@ class StageSummary:
     batch_sizes: list[int] = field(default_factory=list)
     first_result_s: float = 0.0
     executor: str = ""
+    calls_at_once: int = 1
 
     @property
     def ok(self) -> bool:
@@ -64,10 +66,9 @@ class StageSummary:
 
     @property
     def model_images_per_s(self) -> float:
-        """Items per second of model time alone (sum of the model calls; overlapping calls, as with
-        OpenVINO's throughput mode, count each in full): the rate a stage would reach with reading
-        and post-processing free."""
-        total = sum(self.model_s)
+        """Items per second of model time alone (the model calls' total, divided by the calls that ran
+        at once): the rate a stage would reach with reading and post-processing free."""
+        total = sum(self.model_s) / max(self.calls_at_once, 1)
         return self.num_images / total if total > 0 else 0.0
 
     def rate_clause(self) -> str:

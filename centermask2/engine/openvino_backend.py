@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,7 @@ class OpenVINOBackend(OnnxFileBackend):
         #: calls that may run at once (one infer request each)
         self.parallel_requests = max(int(requests), 1)
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._dispatch = threading.Lock()
         for _ in range(self.parallel_requests):
             self._requests.put(self.compiled.create_infer_request())
         logger.info("OpenVINO %s on %s, inference precision %s, %d infer request(s)", self.path.name, device,
@@ -164,9 +166,13 @@ class OpenVINOBackend(OnnxFileBackend):
     def _infer(self, images: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
         request = self._requests.get()  # one free request per call (threads may call at once)
         try:
-            result = request.infer({"images": images, "image_sizes": sizes})
+            # handing inputs to a request (which may reshape its tensors) from two Python threads at
+            # once deadlocks OpenVINO's Python layer: one at a time, then wait without the lock
+            with self._dispatch:
+                request.start_async({"images": images, "image_sizes": sizes})
+            request.wait()
             # the request's tensors are reused by its next call: copy
-            return {next(iter(k.get_names())): np.array(v) for k, v in result.items()}
+            return {next(iter(k.get_names())): np.array(v) for k, v in request.results.items()}
         except Exception as exc:  # noqa: BLE001
             raise BackendError(
                 f"OpenVINO failed running {str(self.path)!r} on input {list(images.shape)} {images.dtype}: {exc}"
