@@ -172,20 +172,37 @@ def _overlapped(job: Job, items: Sequence[Any], backend: Backend) -> Iterator[Do
 
     window = calls + 2
     pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="stage")
+    index_of: dict[Any, int] = {}
     pending: set[Any] = set()
+
+    def settle(finished: set[Any]) -> Iterator[Done]:
+        """Yield the finished items; where one failed, stop as a run one after the other would: on
+        the first failure in input order, after the items before it."""
+        failed = [f for f in finished if f.exception() is not None]
+        if failed:
+            first = min(index_of[f] for f in failed)
+            earlier = {f for f in pending if index_of[f] < first}
+            wait(earlier)
+            done = sorted(finished | earlier, key=index_of.__getitem__)
+            for future in done:
+                if future.exception() is not None:
+                    raise future.exception()
+                yield future.result()
+        for future in sorted(finished, key=index_of.__getitem__):
+            yield future.result()
+
     try:
-        todo = iter(enumerate(items))
-        for index, item in todo:
-            pending.add(pool.submit(task, index, item))
+        for index, item in enumerate(items):
+            future = pool.submit(task, index, item)
+            index_of[future] = index
+            pending.add(future)
             if len(pending) < window:
                 continue
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in sorted(finished, key=lambda f: f.result().index):
-                yield future.result()
+            yield from settle(finished)
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in sorted(finished, key=lambda f: f.result().index):
-                yield future.result()
+            yield from settle(finished)
     finally:  # an error or Ctrl-C: items not started are dropped; running steps end on their own
         pool.shutdown(wait=False, cancel_futures=True)
 
