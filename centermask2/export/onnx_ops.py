@@ -231,9 +231,9 @@ def multilevel_roi_align_onnx(
                       op.Constant(value_ints=[int(output_size), int(output_size)]), axis=0)
     out = op.CastLike(op.ConstantOfShape(shape), features[0])  # [M, C, R, R] zeros
     for level, (feature, scale) in enumerate(zip(features, scales)):
-        rows = op.NonZero(op.Equal(levels, op.Constant(value_int=level)))  # [1, m]: this level's boxes
-        level_boxes = op.Gather(boxes, op.Squeeze(rows, op.Constant(value_ints=[0])), axis=0)
-        level_batch = op.Gather(batch_index, op.Squeeze(rows, op.Constant(value_ints=[0])), axis=0)
+        rows = op.Squeeze(op.NonZero(op.Equal(levels, op.Constant(value_int=level))), op.Constant(value_ints=[0]))
+        level_boxes = op.Gather(boxes, rows, axis=0)  # this level's boxes, [m, 4]
+        level_batch = op.Gather(batch_index, rows, axis=0)
         if regions is None:
             pooled = op.RoiAlign(
                 feature,
@@ -250,7 +250,7 @@ def multilevel_roi_align_onnx(
             region = op.Gather(regions, op.Constant(value_int=level), axis=0)
             pooled = _region_roi_align(feature, level_boxes, level_batch, region, scale, output_size, sampling_ratio,
                                        aligned)
-        out = op.ScatterND(out, op.Transpose(rows, perm=[1, 0]), pooled)  # rows [m, 1]
+        out = op.ScatterND(out, op.Unsqueeze(rows, op.Constant(value_ints=[1])), pooled)  # indices [m, 1]
     return out
 
 
