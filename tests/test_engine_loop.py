@@ -59,7 +59,8 @@ def test_batches_padding_and_unreadable_images(images):
     records = list_images(images)
     results, summary = run_inference(_source(backend, 2), records, progress=False)
     # image 1 (30x40 -> 32x43) and 2 (48x64 -> 32x43) share a batch padded to 32x64; 3 alone; 4 unreadable
-    assert [shape for shape, _ in backend.batches] == [(2, 3, 32, 64), (1, 3, 64, 32)]
+    # (calls overlap with reading: the smaller second batch may reach the model first)
+    assert sorted(shape for shape, _ in backend.batches) == [(1, 3, 64, 32), (2, 3, 32, 64)]
     assert [r["image_id"] for r in results] == [1, 2, 3]
     assert [r["category_id"] for r in results] == [10, 20, 10]
     assert results[0]["bbox"] == pytest.approx([0, 0, 20, 15], abs=0.5)  # back in original pixels
