@@ -129,9 +129,10 @@ class LocalExecutor(ExecutorBase):
     model runs on one item, threads read and resize the next ones and post-process the previous
     one, so that a folder runs at the model's own rate. The model runs one call at a time, or as
     many as its backend's ``parallel_requests`` (OpenVINO's throughput mode). Each item's steps and
-    result are the same as one after the other; only the order in which items complete may differ
-    (stages put results in input order). Without a model, or with ``overlap=False``, items run one
-    after the other.
+    result are the same as one after the other; only the order in which items reach the model and
+    complete may differ (stages put results in input order), and a failure stops the map on the
+    first failing item in input order, as one after the other would. Without a model, or with
+    ``overlap=False``, items run one after the other.
 
     Args:
         overlap: overlap reading / post-processing with the model (default True).
