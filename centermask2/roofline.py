@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,13 +164,10 @@ def _matmul_model(path: Path, n: int, int8: bool) -> None:
 
 
 def _best_seconds(call: Any, runs: int) -> float:
-    call()  # warm-up
-    best = float("inf")
-    for _ in range(runs):
-        t = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - t)
-    return best
+    """The fastest of ``runs`` calls after one warm-up (:func:`~centermask2.benchmark.measure`)."""
+    from .benchmark import measure
+
+    return min(measure({"call": call}, runs=runs, warmup=1)["call"])
 
 
 def _onnxruntime_rate(path: Path, x: np.ndarray, threads: int | None, runs: int) -> float:
@@ -189,8 +185,9 @@ def _openvino_rate(path: Path, x: np.ndarray, threads: int | None, runs: int, pr
     """OpenVINO's rate, and the precision it says it computed in."""
     import openvino as ov
 
-    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY",
-                                 "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]}
+    from .engine.openvino_backend import PRECISIONS
+
+    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": PRECISIONS[precision]}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     compiled = ov.Core().compile_model(os.fspath(path), "CPU", config)
@@ -198,7 +195,7 @@ def _openvino_rate(path: Path, x: np.ndarray, threads: int | None, runs: int, pr
     used = hint.to_string() if hasattr(hint, "to_string") else str(hint)
     request = compiled.create_infer_request()
     rate = x.shape[0] ** 3 / _best_seconds(lambda: request.infer({0: x}), runs) / 1e9
-    return rate, {"f32": "fp32", "bf16": "bf16"}.get(used, used)
+    return rate, {v: k for k, v in PRECISIONS.items()}.get(used, used)
 
 
 def matmul_peaks(

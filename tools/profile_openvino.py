@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import openvino as ov
 
-    from centermask2.benchmark import format_table, header, random_batch
+    from centermask2.benchmark import format_table, header, measure, random_batch
     from centermask2.contract import read_metadata
     from centermask2.data import parse_hw
     from centermask2.engine.openvino_backend import PRECISIONS, _deform_conv
@@ -65,14 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     compiled = core.compile_model(args.model, "CPU", config)
     request = compiled.create_infer_request()
     feed = {"images": images.astype(meta.input_dtype), "image_sizes": sizes}
-    import time
-
-    walls = []
-    for i in range(args.warmup + args.runs):
-        start = time.perf_counter()
-        request.infer(feed)
-        if i >= args.warmup:
-            walls.append(time.perf_counter() - start)
+    walls = measure({"call": lambda: request.infer(feed)}, runs=args.runs, warmup=args.warmup)["call"]
     infos = request.get_profiling_info()
     groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     total = 0.0

@@ -19,6 +19,7 @@ everything in ``prepare``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -97,16 +98,18 @@ class Executor(Protocol):
         ...
 
 
-def run_steps(job: Job, index: int, item: Any, backend: Backend | None) -> Done:
-    """All three steps of ``job`` on one item in this process (the model step when ``backend`` is given)."""
+def run_steps(job: Job, index: int, item: Any, backend: Backend | None, gate: Any = None) -> Done:
+    """All three steps of ``job`` on one item in this process (the model step when ``backend`` is
+    given, inside ``gate`` when one is given: ``model_s`` then leaves out the wait for it)."""
     t0 = time.perf_counter()
     prepared = job.prepare(item)
     t1 = time.perf_counter()
-    inferred = job.infer(backend, prepared) if backend is not None else prepared
-    t2 = time.perf_counter()
+    with gate if gate is not None else contextlib.nullcontext():
+        t2 = time.perf_counter()
+        inferred = job.infer(backend, prepared) if backend is not None else prepared
+        t3 = time.perf_counter()
     value = job.finish(item, inferred)
-    t3 = time.perf_counter()
-    return Done(index, value, t1 - t0, t2 - t1, t3 - t2, os.getpid())
+    return Done(index, value, t1 - t0, t3 - t2, time.perf_counter() - t3, os.getpid())
 
 
 class ExecutorBase:
@@ -160,17 +163,6 @@ def _overlapped(job: Job, items: Sequence[Any], backend: Backend) -> Iterator[Do
     calls = max(int(getattr(backend, "parallel_requests", 1) or 1), 1)
     gate = threading.BoundedSemaphore(calls)
 
-    def task(index: int, item: Any) -> Done:
-        t0 = time.perf_counter()
-        prepared = job.prepare(item)
-        t1 = time.perf_counter()
-        with gate:
-            t2 = time.perf_counter()
-            inferred = job.infer(backend, prepared)
-            t3 = time.perf_counter()
-        value = job.finish(item, inferred)
-        return Done(index, value, t1 - t0, t3 - t2, time.perf_counter() - t3, os.getpid())
-
     window = calls + 2
     pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="stage")
     index_of: dict[Any, int] = {}
@@ -194,7 +186,7 @@ def _overlapped(job: Job, items: Sequence[Any], backend: Backend) -> Iterator[Do
 
     try:
         for index, item in enumerate(items):
-            future = pool.submit(task, index, item)
+            future = pool.submit(run_steps, job, index, item, backend, gate)
             index_of[future] = index
             pending.add(future)
             if len(pending) < window:
