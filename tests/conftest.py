@@ -2,7 +2,9 @@
 
 ONNX exports of the golden cases are made once per test session, on first use, and shared
 (read-only) by every module that needs the same model: ask for ``exported_model`` and call it
-with the case and the :class:`~centermask2.export.ExportSettings` wanted (plus ``simplify``).
+with the case and the :class:`~centermask2.export.ExportSettings` wanted (plus ``simplify``), or
+for ``script_export`` where the export is made by ``convert_model_into_onnx.py`` itself (the V-39
+and V-39-DCN exports: one export each, checked by the script test and run by the others).
 """
 
 from __future__ import annotations
@@ -10,13 +12,51 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from centermask2.export import ExportSettings
-from golden import LITE, export_case
+from golden import (
+    CASES,
+    CONFIGS,
+    LITE,
+    ROOT,
+    SCRIPT_FORMS,
+    SHOW_OUR_WARNINGS,
+    ScriptExport,
+    case_info,
+    export_case,
+    script_model,
+    write_checkpoint,
+)
+
+SMOKE = "test_configs_smoke.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The smoke of every config runs last: its exports start in the background once the tests are
+    collected (see :func:`pytest_collection_finish`) and have the whole session to get made."""
+    items.sort(key=lambda item: item.path.name == SMOKE)  # stable: the others keep their order
+
+
+def _smoke_module(items: list[pytest.Item]):
+    return next((item.module for item in items if item.path.name == SMOKE), None)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    module = _smoke_module(session.items)
+    if module is not None and not session.config.option.collectonly:
+        module.EXPORTS.start(module.configs_wanted(session.items))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    module = _smoke_module(session.items)
+    if module is not None:
+        module.EXPORTS.close()
 
 
 def _export_key(case: str, settings: dict) -> tuple:
@@ -50,9 +90,36 @@ def exported_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def lite_dynamic(exported_model) -> Path:
-    """The Lite case, dynamic (exported with a 640x960 sample)."""
-    return exported_model(LITE, dynamic=True, input_size=(640, 960))
+def script_export(tmp_path_factory):
+    """``script_export(case, form) -> ScriptExport``: ``convert_model_into_onnx.py --verify`` (on
+    the case's first image) run once per session on the case's golden checkpoint, ``form`` one of
+    :data:`SCRIPT_FORMS`, with our modules' warnings shown; the file is shared (do not change it).
+    The script's own test asserts on its output and exit code; the others run the file."""
+    folder = tmp_path_factory.mktemp("script exports")
+    made: dict[tuple[str, str], ScriptExport] = {}
+
+    def get(case: str, form: str) -> ScriptExport:
+        if (case, form) not in made:
+            ckpt = write_checkpoint(case, folder / f"{case}.pth")
+            path = folder / f"{case}_{form}.onnx"
+            cmd = [sys.executable, "-c", SHOW_OUR_WARNINGS, str(ROOT / "convert_model_into_onnx.py"),
+                   "--config-file", str(CONFIGS / case_info(case)["config"]), "--output", str(path),
+                   *SCRIPT_FORMS[form], "--verify", str(CASES[case] / "images" / "000000000001.png"),
+                   "MODEL.WEIGHTS", str(ckpt)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            made[case, form] = ScriptExport(path, proc.stdout + proc.stderr, proc.returncode)
+        return made[case, form]
+
+    yield get
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def lite_dynamic(script_export) -> Path:
+    """The Lite case, dynamic (exported with a 640x960 sample): the file convert_model_into_onnx.py
+    --dynamic writes (its own test, test_export_onnx::test_export_prints_our_lines_only, checks
+    what the script printed)."""
+    return script_model(script_export(LITE, "dynamic"))
 
 
 @pytest.fixture(scope="session")

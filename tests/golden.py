@@ -9,6 +9,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -276,3 +277,36 @@ def postprocess_golden(raw: Path, bins: Path, out: Path, *extra, case: str = "li
                     "--coco-json", ann, "--output-dir", out, *extra))
     check_golden_folder(out, case)
     return proc
+
+
+# --- exports made by convert_model_into_onnx.py (the session fixture script_export, tests/conftest.py) ---
+
+
+#: runs a script with every warning raised in a centermask2 module shown, whatever its category
+#: (DeprecationWarnings included, which Python hides by default)
+SHOW_OUR_WARNINGS = (
+    "import runpy, sys, warnings; "
+    "warnings.filterwarnings('always', module=r'centermask2(\\.|$)'); "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+#: the forms ``script_export`` makes: the script's arguments for each
+SCRIPT_FORMS = {
+    "dynamic": ["--dynamic"],
+    # 1344x1344 with the padding ignored (the default): upstream's default results
+    "static-uint8": ["--input-size", "1344x1344", "--input-dtype", "uint8"],
+    "static-float32": ["--input-size", "1344x1344", "--input-dtype", "float32"],
+}
+
+
+@dataclass(frozen=True)
+class ScriptExport:
+    path: Path
+    output: str  # the script's stdout and stderr
+    returncode: int
+
+
+def script_model(export: ScriptExport) -> Path:
+    """The export's file, once the script said it succeeded (for the tests that only run it)."""
+    assert export.returncode == 0, export.output
+    return export.path

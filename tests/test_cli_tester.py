@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from golden import CASES, CONFIGS, LITE, ROOT, assert_results_match, case_info, write_checkpoint
 
@@ -30,10 +31,9 @@ def _ap_close(got: dict, want: dict, tol: float) -> None:
         (LITE, "pth", "1344x1344"),  # padding ignored: upstream's default results
         (LITE, "pth", "1344x1344 include"),  # --static-padding include: the _pad1344 ones
         ("V_39", "pth", None),
-        pytest.param("V_39", "pkl", None, marks=pytest.mark.slow),
         pytest.param("V_39", "pth", "1344x1344", marks=pytest.mark.slow),
         ("V_39_dcn", "pth", None),
-        pytest.param("V_39_dcn", "pkl", None, marks=pytest.mark.slow),
+        # the V-39 .pkl files: test_pkl_loads_the_weights_of_the_pth below
         # V-39-DCN padded to 1344x1344: the static ONNX and .bin tests check it against the same golden
     ],
 )
@@ -59,6 +59,27 @@ def test_tester_matches_upstream(tmp_path, case, fmt, pad):
     assert_results_match(expected, actual, "torch")
     _ap_close(json.loads((out / "metrics.json").read_text()), json.loads((root / f"metrics_gt{suffix}.json").read_text()), 0.1)
     assert "Inference:" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("case", ["V_39", "V_39_dcn"])
+def test_pkl_loads_the_weights_of_the_pth(tmp_path, case):
+    """The V-39 checkpoints as detectron2 model-zoo ``.pkl`` files load the very tensors of their
+    ``.pth`` form, so tester.py gives the same results from either (the Lite case runs from both,
+    end to end, above)."""
+    from centermask2.checkpoint import load_weights
+    from centermask2.config import load_config
+    from centermask2.modeling import build_model
+
+    cfg = load_config(CONFIGS / case_info(case)["config"], ["MODEL.DEVICE", "cpu"])
+    loaded = {}
+    for fmt in ("pth", "pkl"):
+        model = build_model(cfg)
+        load_weights(model, write_checkpoint(case, tmp_path / f"ckpt.{fmt}", fmt))
+        loaded[fmt] = model.state_dict()
+    assert loaded["pth"].keys() == loaded["pkl"].keys()
+    assert all(torch.equal(loaded["pth"][k], loaded["pkl"][k]) for k in loaded["pth"])
+    assert not torch.equal(loaded["pth"]["roi_heads.mask_head.predictor.weight"],
+                           build_model(cfg).state_dict()["roi_heads.mask_head.predictor.weight"])
 
 
 def test_tester_folder_without_annotations(tmp_path):

@@ -14,8 +14,10 @@ symbolic shapes, ~40-100 CPU-seconds per config; the runtimes take a second or t
 - a batch of two small images, in a tensor of another size than the export's sample, and
   ``POST_NMS_TOPK_TEST`` 8 (few detections, each with a 28x28 mask);
 - one export per config, shared by ONNX Runtime and OpenVINO;
-- the exports run in worker processes, as many at a time as there are cores (up to 4), while
-  the test process runs the runtimes on the ones already made.
+- the exports run in worker processes: one in the background from the start of the session,
+  alongside the other tests, then, as the smoke runs last, as many at a time as there are cores
+  (up to 4), while the test process runs the runtimes on the ones already made
+  (:class:`SmokeExports`).
 
 Random initial weights detect nothing, so the weights are calibrated first (:func:`_liven`); the
 comparison asserts that it has detections, masks and mask scores worth comparing, and
@@ -25,11 +27,13 @@ comparison asserts that it has detections, masks and mask scores worth comparing
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
+import tempfile
+import threading
 import time
 from collections import Counter
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,11 +205,11 @@ class Smoke:
     cpu_seconds: float
 
 
-def _configs_wanted(session: pytest.Session, module) -> list[str]:
+def configs_wanted(items: list[pytest.Item]) -> list[str]:
     """The configs the selected tests of this module export, in the order they run."""
     names: list[str] = []
-    for item in session.items:
-        if getattr(item, "module", None) is not module:
+    for item in items:
+        if getattr(item, "module", None) is None or item.module.__name__ != __name__:
             continue
         params = getattr(getattr(item, "callspec", None), "params", {})
         name = params.get("name", CHEAPEST if "broken" in item.name else None)
@@ -214,31 +218,80 @@ def _configs_wanted(session: pytest.Session, module) -> list[str]:
     return names
 
 
+class SmokeExports:
+    """The smoke's exports, made in worker processes (an export is one thread of Python).
+
+    :meth:`start` runs at the end of the session's collection (``tests/conftest.py``): one worker
+    exports the configs the selected tests need, one after the other, in the background while
+    the other tests run (they leave a core idle much of the time: exporting, reading, starting
+    processes). The smoke's own tests run last; when the first of them asks for an export, the
+    exports not yet started go to a pool with one worker per core but one (at most 3; the
+    background worker is the last), and each test waits for its own. :meth:`close` stops the
+    workers, finished or not."""
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None
+        self.pools: list[multiprocessing.pool.Pool] = []
+        self.pending: list[str] = []  # not started yet
+        self.results: dict[str, multiprocessing.pool.AsyncResult] = {}
+        self.busy = False  # the background worker is exporting
+        self.widened = False
+        self.lock = threading.Lock()
+
+    def _submit(self, pool: multiprocessing.pool.Pool, name: str, **callbacks) -> None:
+        self.results[name] = pool.apply_async(export_smoke, (name, str(self.folder)), **callbacks)
+
+    def _next(self, _=None) -> None:
+        """Start the next pending export in the background worker (when it is free)."""
+        with self.lock:
+            if _ is not None:
+                self.busy = False
+            if self.widened or self.busy or not self.pending:
+                return
+            self.busy = True
+            self._submit(self.pools[0], self.pending.pop(0), callback=self._next, error_callback=self._next)
+
+    def start(self, names: list[str]) -> None:
+        """Export ``names`` in the background, in this order."""
+        with self.lock:
+            if self.folder is None:
+                self.folder = Path(tempfile.mkdtemp(prefix="centermask2 smoke exports "))
+                self.pools.append(multiprocessing.get_context("spawn").Pool(1))
+            self.pending += [n for n in names if n not in self.results and n not in self.pending]
+        self._next()
+
+    def get(self, name: str) -> Smoke:
+        """The config's export (made now if no one asked for it before)."""
+        self.start([name])
+        with self.lock:
+            if not self.widened:
+                self.widened = True
+                workers = min((os.cpu_count() or 1) - 1, 3)
+                if workers > 0 and self.pending:
+                    self.pools.append(multiprocessing.get_context("spawn").Pool(min(workers, len(self.pending))))
+            if self.pending:
+                for n in self.pending:
+                    self._submit(self.pools[-1], n)
+                self.pending = []
+        return Smoke(name, *self.results[name].get())
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.terminate()
+            pool.join()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.__init__()
+
+
+#: the session's smoke exports (started and closed by tests/conftest.py)
+EXPORTS = SmokeExports()
+
+
 @pytest.fixture(scope="module")
-def smoke_export(request, tmp_path_factory):
-    """``smoke_export(config) -> Smoke``: the config's export, made once, in a worker process.
-
-    On first use, every config the selected tests need is handed to a pool of worker processes
-    (one per core, at most 4: an export is one thread of Python); each test waits for its own."""
-    folder = tmp_path_factory.mktemp("smoke exports")
-    futures: dict[str, Future] = {}
-    pool: list[ProcessPoolExecutor] = []
-
-    def get(name: str) -> Smoke:
-        if not pool:
-            wanted = _configs_wanted(request.session, request.module) or [name]
-            workers = max(1, min(len(wanted), os.cpu_count() or 1, 4))
-            pool.append(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
-            for n in wanted:
-                futures[n] = pool[0].submit(export_smoke, n, str(folder))
-        if name not in futures:
-            futures[name] = pool[0].submit(export_smoke, name, str(folder))
-        return Smoke(name, *futures[name].result())
-
-    yield get
-    if pool:
-        pool[0].shutdown(wait=True, cancel_futures=True)
-    shutil.rmtree(folder, ignore_errors=True)
+def smoke_export():
+    """``smoke_export(config) -> Smoke``: the config's export, made once (see :class:`SmokeExports`)."""
+    return EXPORTS.get
 
 
 # ------------------------------------------------------------------------------------ the comparison

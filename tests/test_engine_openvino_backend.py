@@ -7,7 +7,10 @@ import pytest
 
 from centermask2.cli import tester
 from centermask2.errors import InputError, MissingDependencyError
-from golden import CASES, LITE, check_golden_folder, postprocess_golden, preprocess_bins
+from golden import CASES, LITE, check_golden_folder, postprocess_golden, preprocess_bins, script_model
+
+#: the static form of each V-39 case that the script test exports (one per input dtype)
+STATIC_FORM = {"V_39": "static-float32", "V_39_dcn": "static-uint8"}
 
 
 @pytest.fixture(autouse=True)
@@ -79,11 +82,15 @@ def test_dynamic_model_matches_upstream(tmp_path, lite_dynamic):
 
 @pytest.mark.parametrize("name", [LITE, pytest.param("V_39", marks=pytest.mark.slow),
                                   pytest.param("V_39_dcn", marks=pytest.mark.slow)])
-def test_static_model_bins_match_upstream(tmp_path, exported_model, name):
-    """The .bin pipeline with OpenVINO as the engine (static 1344x1344 uint8 model; V-39-DCN's
-    deformable convolutions as ONNX DeformConv, read by OpenVINO's own frontend)."""
+def test_static_model_bins_match_upstream(tmp_path, request, name):
+    """The .bin pipeline with OpenVINO as the engine (static 1344x1344 models: Lite and V-39-DCN
+    uint8, V-39 float32; V-39-DCN's deformable convolutions as ONNX DeformConv, read by OpenVINO's
+    own frontend). The V-39 files are the ones convert_model_into_onnx.py wrote in its own test."""
     case = CASES[name]
-    model = exported_model(name, input_size=(1344, 1344))
+    if name == LITE:
+        model = request.getfixturevalue("lite_static")
+    else:
+        model = script_model(request.getfixturevalue("script_export")(name, STATIC_FORM[name]))
     bins = preprocess_bins(tmp_path / "bins", case / "images", "--coco-json", case / "annotations_gt.json",
                            "--model", model)
     assert tester.main(["--backend", "openvino", "--model", str(model), "--bins", str(bins),
@@ -93,10 +100,11 @@ def test_static_model_bins_match_upstream(tmp_path, exported_model, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["V_39", "V_39_dcn"])
-def test_v39_dynamic_models_match_upstream(tmp_path, exported_model, name):
-    """Image mode on the other golden cases (the Lite case runs by default, above)."""
+def test_v39_dynamic_models_match_upstream(tmp_path, script_export, name):
+    """Image mode on the other golden cases (the Lite case runs by default, above), on the dynamic
+    files convert_model_into_onnx.py wrote in its own test."""
     case = CASES[name]
-    model = exported_model(name, dynamic=True)
+    model = script_model(script_export(name, "dynamic"))
     out = tmp_path / "out"
     assert tester.main(["--backend", "openvino", "--model", str(model), "--images", str(case / "images"),
                         "--coco-json", str(case / "annotations_gt.json"), "--output-dir", str(out),

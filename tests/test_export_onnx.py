@@ -200,25 +200,19 @@ def test_lite_golden_static_float32_opset16_simplified(tmp_path, lite_static_f32
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "case,form",
-    # static uint8: ONNX Runtime and the .bin pipeline on one export; V-39 float32 static runs through
-    # the .bin pipeline test (test_offline_pipeline::test_v39_end_to_end)
-    [("V_39", "dynamic"), ("V_39", "static-uint8"), ("V_39_dcn", "dynamic"), ("V_39_dcn", "static-uint8")],
+    # the static forms run through the .bin pipeline too, one per input dtype (the float32 one with
+    # --index-base 1); OpenVINO runs the same four files (test_engine_openvino_backend)
+    [("V_39", "dynamic"), ("V_39", "static-float32"), ("V_39_dcn", "dynamic"), ("V_39_dcn", "static-uint8")],
 )
-def test_v39_golden_through_the_scripts(tmp_path, case, form):
+def test_v39_golden_through_the_scripts(tmp_path, script_export, case, form):
     """Upstream's default-padding results from every form; the _dcn_ model exports at opset 19 by
-    default (ONNX DeformConv)."""
-    ckpt = write_checkpoint(case, tmp_path / f"{case}.pth")
-    onnx_path = tmp_path / f"{case}_{form}.onnx"
-    cmd = [sys.executable, str(ROOT / "convert_model_into_onnx.py"),
-           "--config-file", str(CONFIGS / case_info(case)["config"]), "--output", str(onnx_path)]
-    if form == "dynamic":
-        cmd += ["--dynamic", "--verify", str(CASES[case] / "images" / "000000000001.png")]
-    else:  # padding ignored by default: --verify runs PyTorch padded to 1344x1344 the same way
-        cmd += ["--input-size", "1344x1344", "--input-dtype", form.split("-")[1],
-                "--verify", str(CASES[case] / "images" / "000000000001.png")]
-    proc = subprocess.run(cmd + ["MODEL.WEIGHTS", str(ckpt)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "PyTorch and ONNX Runtime agree" in proc.stdout + proc.stderr
+    default (ONNX DeformConv); the export passes its own --verify and prints no warning of ours."""
+    export = script_export(case, form)
+    assert export.returncode == 0, export.output
+    assert "PyTorch and ONNX Runtime agree" in export.output
+    noise = [line for line in export.output.splitlines() if "Warning" in line or "torchvision" in line]
+    assert noise == [], export.output
+    onnx_path = export.path
     opsets = {o.version for o in onnx.load(str(onnx_path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")}
     assert opsets == ({19} if case == "V_39_dcn" else {17})
     # every form gives upstream's default-padding results; the dynamic one runs batches of 2
@@ -226,9 +220,12 @@ def test_v39_golden_through_the_scripts(tmp_path, case, form):
     if form != "dynamic":  # the .bin pipeline with the same static model
         root = CASES[case]
         bins = preprocess_bins(tmp_path / "bins", root / "images", "--coco-json", root / "annotations_gt.json",
-                           "--model", onnx_path)
-        script_ok(run_bins(onnx_path, bins, tmp_path / "raw"))
-        postprocess_golden(tmp_path / "raw", bins, tmp_path / "eval", case=case)
+                               "--model", onnx_path)
+        index_base = ["--index-base", "1"] if form == "static-float32" else []
+        raw = tmp_path / "raw"
+        script_ok(run_bins(onnx_path, bins, raw, *index_base))
+        assert (raw / ("000000000001_6.bin" if index_base else "000000000001_0.bin")).is_file()
+        postprocess_golden(raw, bins, tmp_path / "eval", case=case)
 
 
 @pytest.mark.parametrize(
@@ -337,8 +334,9 @@ def test_verify_exits_1_when_the_mask_branch_is_broken(tmp_path, monkeypatch, ca
     monkeypatch.setattr(onnx_ops.op, "RoiAlign", wrong_roi_align)
     ckpt = write_checkpoint(LITE, tmp_path / "lite.pth")
     onnx_path = tmp_path / "broken.onnx"
-    rc = cli.main(["--config-file", str(CONFIGS / case_info(LITE)["config"]), "--output", str(onnx_path), "--dynamic",
-                   "--verify", str(CASES[LITE] / "images" / "000000000001.png"), "MODEL.WEIGHTS", str(ckpt)])
+    # static (an export several times cheaper than a dynamic one; the lowering is the same)
+    rc = cli.main(["--config-file", str(CONFIGS / case_info(LITE)["config"]), "--output", str(onnx_path),
+                   "--input-size", "1344x1344", "--verify", str(CASES[LITE] / "images" / "000000000001.png"), "MODEL.WEIGHTS", str(ckpt)])
     modes = {a.s.decode() for n in onnx.load(str(onnx_path)).graph.node if n.op_type == "RoiAlign"
              for a in n.attribute if a.name == "coordinate_transformation_mode"}
     assert modes == {"output_half_pixel"}  # the export really is broken, and only there
@@ -349,24 +347,12 @@ def test_verify_exits_1_when_the_mask_branch_is_broken(tmp_path, monkeypatch, ca
     assert "agree." not in caplog.text
 
 
-#: runs convert_model_into_onnx.py with every warning raised in a centermask2 module shown, whatever
-#: its category (DeprecationWarnings included, which Python hides by default)
-_SHOW_OUR_WARNINGS = (
-    "import runpy, sys, warnings; "
-    "warnings.filterwarnings('always', module=r'centermask2(\\.|$)'); "
-    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-)
-
-
-def test_export_prints_our_lines_only(tmp_path):
+def test_export_prints_our_lines_only(script_export):
     """No PyTorch-internal FutureWarnings or exporter registry notices reach the user, and our own
-    modules raise no warning at all (a dynamic export: its sizes are symbolic)."""
-    ckpt = write_checkpoint(LITE, tmp_path / "lite.pth")
-    cmd = [sys.executable, "-c", _SHOW_OUR_WARNINGS, str(ROOT / "convert_model_into_onnx.py"), "--config-file",
-           str(CONFIGS / case_info(LITE)["config"]), "--output", str(tmp_path / "m.onnx"), "--dynamic",
-           "MODEL.WEIGHTS", str(ckpt)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
-    noise = [line for line in proc.stderr.splitlines() if "Warning" in line or "torchvision" in line]
-    assert noise == [], proc.stderr
-    assert "Exported" in proc.stderr
+    modules raise no warning at all (a dynamic export: its sizes are symbolic). The session's
+    Lite dynamic model (``lite_dynamic``) is this export."""
+    export = script_export(LITE, "dynamic")
+    assert export.returncode == 0, export.output
+    noise = [line for line in export.output.splitlines() if "Warning" in line or "torchvision" in line]
+    assert noise == [], export.output
+    assert "Exported" in export.output and "PyTorch and ONNX Runtime agree" in export.output

@@ -350,25 +350,6 @@ def test_problem_list_is_capped():
     assert "img19_0.bin: missing" in text and "img20_0.bin" not in text and "and 5 more" in text
 
 
-# ---------------------------------------------------------------- the main model
-
-
-@pytest.mark.slow
-# uint8 static V-39 and V-39-DCN models run through the .bin pipeline in
-# test_export_onnx::test_v39_golden_through_the_scripts, on the export the script writes
-@pytest.mark.parametrize("case,dtype", [("V_39", "float32")])
-def test_v39_end_to_end(tmp_path, exported_model, case, dtype):
-    root = CASES[case]
-    model = exported_model(case, input_size=SIZE, input_dtype=dtype)
-    bins = preprocess_bins(tmp_path / "bins", root / "images", "--coco-json", root / "annotations_gt.json",
-                       "--model", model)
-    raw = tmp_path / "raw"
-    index_base = ["--index-base", "1"] if dtype == "float32" else []
-    script_ok(run_bins(model, bins, raw, *index_base))
-    assert (raw / ("000000000001_6.bin" if index_base else "000000000001_0.bin")).is_file()
-    postprocess_golden(raw, bins, tmp_path / "eval", case=case)
-
-
 def test_resume_refuses_outputs_of_another_model(raw_u8, bins_u8, lite_u8, tmp_path):
     """Same output layout, other model file: resuming would mix two models' outputs."""
     raw = tmp_path / "raw"
