@@ -51,7 +51,6 @@ __all__ = [
     "coco_ap",
     "stream_rate",
     "model_macs",
-    "peak_precision",
 ]
 
 
@@ -260,6 +259,7 @@ class Target:
             OpenVINO :func:`open_target` replaces it with what it really ran.
         options: :func:`~centermask2.engine.sources.open_model`'s keyword arguments.
         float32: a float32 model in float32 (an accuracy reference).
+        ran: for OpenVINO, the precision it reported running in (:func:`open_target` sets it).
     """
 
     runtime: str
@@ -267,6 +267,17 @@ class Target:
     precision: str = "fp32"
     options: dict[str, Any] = field(default_factory=dict)
     float32: bool = True
+    ran: str | None = None
+
+    @property
+    def peak_precision(self) -> str:
+        """The precision whose matrix-product peak bounds this row: int8 for int8 models; for
+        OpenVINO what it ran (bf16 only where the CPU computes bf16); else fp32."""
+        if self.precision.startswith("int8"):
+            return "int8"
+        if self.runtime == "openvino":
+            return self.ran or self.options.get("precision", "fp32")
+        return "fp32"
 
     @property
     def label(self) -> str:
@@ -322,8 +333,10 @@ def open_target(target: Target) -> ModelSource:
     if not target.float32 and target.precision.startswith("int8") and meta is not None and not meta.quantization:
         raise InputError(f"{target.model} is not a quantized model (tools/quantize.py writes one)")
     used = getattr(source.backend, "precision_used", None)
-    if target.runtime == "openvino" and used and used != target.options.get("precision"):
-        target.precision += f" (ran {used})"
+    if target.runtime == "openvino" and used and used != "unknown":
+        target.ran = used
+        if used != target.options.get("precision"):
+            target.precision += f" (ran {used})"
     return source
 
 
@@ -413,28 +426,13 @@ def stream_rate(source: ModelSource, feed: Mapping[str, np.ndarray], calls: int)
 def model_macs(source: ModelSource, height: int, width: int) -> Any:
     """:func:`~centermask2.roofline.count_macs` of ``source``'s network (its config: the PyTorch
     model's own, or the one an export carries) at ``height`` x ``width``."""
-    import tempfile
-
-    from .config import load_config
+    from .config import load_config_text
     from .modeling import build_model
     from .roofline import count_macs
 
     model = getattr(source.backend, "model", None)
     if model is None:
-        with tempfile.TemporaryDirectory(prefix="macs_") as tmp:
-            path = os.path.join(tmp, "config.yaml")
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(source.config_yaml)
-            model = build_model(load_config(path, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]))
+        cfg = load_config_text(source.config_yaml, f"the config in {source.model_file or source.label}",
+                               ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+        model = build_model(cfg)
     return count_macs(model, height, width)
-
-
-def peak_precision(label: str) -> str:
-    """The precision whose matrix-product peak bounds a benchmark row (:attr:`Target.label`): int8
-    for int8 models, bf16 where OpenVINO ran bf16, else fp32."""
-    precision = label.split(" ", 2)[-1] if label.startswith(("ONNX Runtime", "PyTorch eager")) else label.split(" ", 1)[1]
-    if precision.startswith("int8"):
-        return "int8"
-    if "(ran " in precision:
-        return precision.split("(ran ", 1)[1].split(")")[0].split(",")[0].strip()
-    return "bf16" if precision.startswith("bf16") else "fp32"

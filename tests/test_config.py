@@ -560,3 +560,19 @@ def test_range_errors_name_where_the_value_came_from(tmp_path: Path) -> None:
 
 def test_zero_test_size_still_means_no_resize() -> None:
     assert load_config(CONFIGS / "Base-CenterMask-VoVNet.yaml", ["INPUT.MIN_SIZE_TEST", "0"]).INPUT.MIN_SIZE_TEST == 0
+
+
+def test_config_text_loads_what_a_dump_holds():
+    """An exported model's config metadata (a dump: no _BASE_) loads back to the same config."""
+    from centermask2.config import load_config_text
+
+    cfg = load_config(CONFIGS / "centermask_V_39_eSE_FPN_ms_3x.yaml")
+    again = load_config_text(cfg.dump(), "the config in m.onnx", ["MODEL.DEVICE", "cpu"])
+    assert again == load_config(CONFIGS / "centermask_V_39_eSE_FPN_ms_3x.yaml", ["MODEL.DEVICE", "cpu"])
+    with pytest.raises(ConfigError, match="the config in m.onnx names _BASE_"):
+        load_config_text("_BASE_: other.yaml\n", "the config in m.onnx")
+    with pytest.raises(ConfigError, match="the config in m.onnx must be a mapping"):
+        load_config_text("- 1\n", "the config in m.onnx")
+    with pytest.raises(ConfigError, match="the config in m.onnx"):
+        load_config_text("MODEL:\n  FCOS:\n    NMS_TH: 7.0\n", "the config in m.onnx")
+    assert load_config_text("", "empty") == load_config_text("{}", "empty")

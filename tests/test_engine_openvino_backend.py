@@ -1,8 +1,10 @@
 """The same exported .onnx in OpenVINO: golden parity (image mode and --bins, dynamic and static
 models), flag checks and the missing-extra error."""
 
+import importlib.util
 import sys
 
+import numpy as np
 import pytest
 
 from centermask2.cli import tester
@@ -67,6 +69,58 @@ def test_several_infer_requests_give_the_same_results(tmp_path, lite_dynamic):
                             "--output-dir", str(out), "--requests", requests, "--threads", "2", "--no-progress"]) == 0
         results[requests] = (out / "coco_instances_results.json").read_bytes()
     assert results["1"] == results["2"]
+
+
+def test_calls_from_many_threads_at_once(lite_dynamic):
+    """Two infer requests, eight threads calling at once with images of changing sizes (each call
+    may reshape its request's inputs): every call returns, with its own image's outputs. Without
+    the backend's one-at-a-time handover of inputs, OpenVINO's Python layer deadlocked here."""
+    import threading
+
+    from centermask2.engine.openvino_backend import OpenVINOBackend
+
+    backend = OpenVINOBackend(lite_dynamic, threads=2, cache_dir="", requests=2)
+    rng = np.random.default_rng(0)
+    sizes = [(128, 128), (160, 192), (192, 128)]
+    feeds = [{"images": rng.integers(0, 256, (1, 3, *sizes[i % 3]), dtype=np.uint8),
+              "image_sizes": np.array([sizes[i % 3]], dtype=np.int64)} for i in range(24)]
+    expected = [backend.run(feed) for feed in feeds]  # one call at a time
+    got: dict[int, dict] = {}
+
+    def call(i: int) -> None:
+        got[i] = backend.run(feeds[i])
+
+    for start in range(0, len(feeds), 8):
+        threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(start, start + 8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "calls from several threads at once never returned"
+    assert sorted(got) == list(range(len(feeds)))
+    for i, out in got.items():
+        assert all(np.array_equal(out[k], expected[i][k]) for k in expected[i]), i
+
+
+def test_per_layer_counters(lite_static, capsys):
+    """perf_count=True: OpenVINO's counters of the last call, which tools/profile_openvino.py groups."""
+    from centermask2.engine.openvino_backend import OpenVINOBackend
+    from centermask2.errors import BackendError
+    from golden import ROOT
+
+    backend = OpenVINOBackend(lite_static, threads=2, cache_dir="", perf_count=True)
+    with pytest.raises(BackendError, match="no call has run yet"):
+        backend.profiling_info()
+    backend.run({"images": np.zeros((1, 3, 1344, 1344), np.uint8), "image_sizes": np.array([[600, 900]])})
+    infos = backend.profiling_info()
+    assert any(i.node_type == "Convolution" and i.real_time.total_seconds() > 0 for i in infos)
+
+    spec = importlib.util.spec_from_file_location("profile_openvino", ROOT / "tools" / "profile_openvino.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([str(lite_static), "--by", "type", "--runs", "1", "--warmup", "0", "--threads", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "Convolution" in printed and "layer type" in printed
 
 
 def test_dynamic_model_matches_upstream(tmp_path, lite_dynamic):

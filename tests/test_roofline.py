@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from centermask2.benchmark import peak_precision
+from centermask2.benchmark import Target
 from centermask2.roofline import Peak, _layer_macs, count_macs, floor_fraction, matmul_peaks
 
 
@@ -51,7 +51,12 @@ def test_floor_fraction_and_row_precisions():
     peak = Peak("fp32", 100.0)
     assert floor_fraction(2.0, 100 * 10**9, peak) == pytest.approx(0.5)  # floor 1 s, latency 2 s
     assert floor_fraction(2.0, 10**9, Peak("bf16", None, note="none")) is None
-    assert [peak_precision(label) for label in (
-        "PyTorch eager fp32", "ONNX Runtime fp32", "ONNX Runtime int8", "OpenVINO bf16", "OpenVINO bf16 (ran fp32)",
-        "OpenVINO int8, rest bf16", "OpenVINO fp32, 2 requests", "OpenVINO bf16, 2 requests (ran fp32)",
-    )] == ["fp32", "fp32", "int8", "bf16", "fp32", "int8", "fp32", "fp32"]
+    targets = [
+        Target("torch", "c.yaml"), Target("onnxruntime", "m.onnx"), Target("onnxruntime", "q.onnx", "int8", float32=False),
+        Target("openvino", "m.onnx", "bf16", {"precision": "bf16"}, ran="bf16"),
+        Target("openvino", "m.onnx", "bf16 (ran fp32)", {"precision": "bf16"}, ran="fp32"),
+        Target("openvino", "q.onnx", "int8, rest bf16", {"precision": "bf16"}, float32=False, ran="bf16"),
+        Target("openvino", "m.onnx", "fp32, 2 requests", {"precision": "fp32", "requests": 2}),
+        Target("openvino", "m.onnx", "bf16, 2 requests (ran fp32)", {"precision": "bf16", "requests": 2}, ran="fp32"),
+    ]
+    assert [t.peak_precision for t in targets] == ["fp32", "fp32", "int8", "bf16", "fp32", "int8", "fp32", "fp32"]

@@ -115,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         model_macs,
         ms,
         open_target,
-        peak_precision,
         random_batch,
         runtime_targets,
         set_threads,
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         roof = None
         if not args.no_roofline:
             macs = model_macs(sources[0], h, w)
-            needed = sorted({peak_precision(t.label) for t in targets}, key=["fp32", "bf16", "int8"].index)
+            needed = sorted({t.peak_precision for t in targets}, key=["fp32", "bf16", "int8"].index)
             peaks = matmul_peaks(args.threads, needed, size=args.peak_size, runs=max(args.runs, 3))
             roof = (macs, peaks)
     except CenterMask2Error as e:
@@ -204,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         if roof:
             # a throughput row (several calls in flight) by its stream rate, the others by one call's latency
             per_call = 1.0 / streams[t.label] * batch if streams and t.options.get("requests", 1) != 1 else stat.median
-            share = floor_fraction(per_call, roof[0].total * batch, roof[1].get(peak_precision(t.label)))
-            row.append(f"{100 * share:.0f}% ({peak_precision(t.label)})" if share is not None else None)
+            share = floor_fraction(per_call, roof[0].total * batch, roof[1].get(t.peak_precision))
+            row.append(f"{100 * share:.0f}% ({t.peak_precision})" if share is not None else None)
         if ap:
             ref = ap.get(reference, {}) if t.label != reference else {}
             row += [_signed(ap[t.label][task], ref.get(task)) if task in ap[t.label] else None

@@ -39,12 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
-    import openvino as ov
-
     from centermask2.benchmark import format_table, header, measure, random_batch
     from centermask2.contract import read_metadata
     from centermask2.data import parse_hw
-    from centermask2.engine.openvino_backend import PRECISIONS, _deform_conv
+    from centermask2.engine.openvino_backend import OpenVINOBackend
     from centermask2.errors import CenterMask2Error
 
     try:
@@ -55,18 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     h, w = parse_hw(args.size) if args.size else (tuple(meta.input_size) if meta.input_size else (800, 1216))
     batch = meta.batch_size or 1
     images, sizes = random_batch(h, w, batch)
-    from openvino.frontend import ConversionExtension
-
-    core = ov.Core()
-    core.add_extension(ConversionExtension("DeformConv", _deform_conv))
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": PRECISIONS[args.precision], "PERF_COUNT": True}
-    if args.threads:
-        config["INFERENCE_NUM_THREADS"] = args.threads
-    compiled = core.compile_model(args.model, "CPU", config)
-    request = compiled.create_infer_request()
+    try:
+        backend = OpenVINOBackend(args.model, precision=args.precision, threads=args.threads or None, cache_dir="",
+                                  perf_count=True)
+    except CenterMask2Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     feed = {"images": images.astype(meta.input_dtype), "image_sizes": sizes}
-    walls = measure({"call": lambda: request.infer(feed)}, runs=args.runs, warmup=args.warmup)["call"]
-    infos = request.get_profiling_info()
+    walls = measure({"call": lambda: backend.run(feed)}, runs=args.runs, warmup=args.warmup)["call"]
+    infos = backend.profiling_info()
     groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     total = 0.0
     for info in infos:

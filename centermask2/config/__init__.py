@@ -7,6 +7,7 @@ from .config import (
     UnknownConfigKeyError,
     get_cfg,
     load_config,
+    load_config_text,
     load_yaml_with_base,
 )
 from .defaults import default_config_dict
@@ -19,5 +20,6 @@ __all__ = [
     "default_config_dict",
     "get_cfg",
     "load_config",
+    "load_config_text",
     "load_yaml_with_base",
 ]

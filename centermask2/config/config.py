@@ -673,12 +673,31 @@ def load_config(config_file: str | os.PathLike[str], opts: Sequence[str] = ()) -
         ConfigError: A value has the wrong type or is out of range (the message names the key, the
             valid range and the file or overrides that set it), or the overrides are not KEY VALUE pairs.
     """
+    path = os.fspath(config_file)
+    data, origins = _load_yaml_tree(path, (), budget=[_MAX_CONFIG_FILES])
+    return _build_config(data, origins, path, opts)
+
+
+def load_config_text(text: str, source: str, opts: Sequence[str] = ()) -> CfgNode:
+    """:func:`load_config` of a resolved config held as text (an exported model's config
+    metadata): no ``_BASE_``; ``source`` names it in messages."""
+    data = parse_yaml_text(text, source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping of keys (e.g. 'MODEL: ...'), got a {type(data).__name__}.")
+    if BASE_KEY in data:
+        raise ConfigError(f"{source} names {BASE_KEY}; a resolved config has no bases")
+    return _build_config(data, {key: source for key in _dotted_keys(data)}, source, opts)
+
+
+def _build_config(data: dict[str, Any], origins: Mapping[str, str], source: str, opts: Sequence[str]) -> CfgNode:
+    """The defaults, ``data`` over them (``origins``: where each dotted key was set, else
+    ``source``), then ``opts``; ranges checked; frozen."""
     from .ranges import check_config_ranges
 
     cfg = get_cfg()
-    path = os.fspath(config_file)
-    data, origins = _load_yaml_tree(path, (), budget=[_MAX_CONFIG_FILES])
-    cfg._merge_staged([(data, lambda key: origins.get(key, path))])
+    cfg._merge_staged([(data, lambda key: origins.get(key, source))])
     cfg.merge_from_list(opts)
     overridden = set(list(opts)[0::2]) if not isinstance(opts, (str, bytes)) else set()
     check_config_ranges(cfg, lambda key: _OVERRIDES_SOURCE if key in overridden else origins.get(key, "the defaults"))

@@ -97,6 +97,11 @@ class Executor(Protocol):
         """A clause for the stage's summary (e.g. the actors used), given the ``Done.worker`` seen."""
         ...
 
+    def calls_at_once(self, source: ModelSource | None) -> int:
+        """How many model calls on ``source`` one process of this executor runs at once (the
+        summary divides the model's seconds by it to give the model's own rate)."""
+        ...
+
 
 def run_steps(job: Job, index: int, item: Any, backend: Backend | None, gate: Any = None) -> Done:
     """All three steps of ``job`` on one item in this process (the model step when ``backend`` is
@@ -123,6 +128,9 @@ class ExecutorBase:
 
     def describe(self, workers: set[int]) -> str:
         return ""
+
+    def calls_at_once(self, source: ModelSource | None) -> int:
+        return 1
 
 
 class LocalExecutor(ExecutorBase):
@@ -152,6 +160,16 @@ class LocalExecutor(ExecutorBase):
             return
         yield from _overlapped(job, items, backend)
 
+    def calls_at_once(self, source: ModelSource | None) -> int:
+        if source is None or not self.overlap:
+            return 1
+        return _parallel_calls(source.backend)
+
+
+def _parallel_calls(backend: Backend) -> int:
+    """The backend's ``parallel_requests`` (OpenVINO's throughput mode), at least 1."""
+    return max(int(getattr(backend, "parallel_requests", 1) or 1), 1)
+
 
 def _overlapped(job: Job, items: Sequence[Any], backend: Backend) -> Iterator[Done]:
     """:class:`LocalExecutor`'s pipeline: each item's three steps in a thread, the model step
@@ -160,7 +178,7 @@ def _overlapped(job: Job, items: Sequence[Any], backend: Backend) -> Iterator[Do
     wait at the gate)."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    calls = max(int(getattr(backend, "parallel_requests", 1) or 1), 1)
+    calls = _parallel_calls(backend)
     gate = threading.BoundedSemaphore(calls)
 
     window = calls + 2

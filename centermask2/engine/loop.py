@@ -356,8 +356,7 @@ def run_inference(
             bar.update(len(batch.images) + len(batch.failed))
     summary.wall_s = time.perf_counter() - start
     summary.executor = executor.describe(workers)
-    if isinstance(executor, LocalExecutor) and executor.overlap:
-        summary.calls_at_once = max(int(getattr(source.backend, "parallel_requests", 1) or 1), 1)
+    summary.calls_at_once = executor.calls_at_once(source)
     order = {r.file_name: i for i, r in enumerate(records)}
     summary.failed.sort(key=lambda failure: order.get(failure[0], len(order)))  # input order, whatever the executor
     results: list[dict[str, Any]] = []

@@ -88,6 +88,8 @@ class OpenVINOBackend(OnnxFileBackend):
             throughput hint, which splits the threads into streams; a stage in this process then runs
             that many calls at once (:class:`~centermask2.engine.executors.LocalExecutor`), more
             images per second on a folder where one call leaves cores idle.
+        perf_count: collect OpenVINO's per-layer counters (:meth:`profiling_info`; some overhead,
+            for ``tools/profile_openvino.py``).
     """
 
     runtime = "OpenVINO"
@@ -100,6 +102,7 @@ class OpenVINOBackend(OnnxFileBackend):
         precision: str = "fp32",
         cache_dir: str | os.PathLike | None = None,
         requests: int = 1,
+        perf_count: bool = False,
     ) -> None:
         try:
             import openvino as ov
@@ -133,6 +136,8 @@ class OpenVINOBackend(OnnxFileBackend):
             config["PERFORMANCE_HINT_NUM_REQUESTS"] = int(requests)
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        if perf_count:
+            config["PERF_COUNT"] = True
         try:
             self.compiled = core.compile_model(os.fspath(self.path), device, config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeError subclasses of its own
@@ -160,6 +165,7 @@ class OpenVINOBackend(OnnxFileBackend):
         self._dispatch = threading.Lock()
         for _ in range(self.parallel_requests):
             self._requests.put(self.compiled.create_infer_request())
+        self._last: Any = None  # the request of the last call that completed
         logger.info("OpenVINO %s on %s, inference precision %s, %d infer request(s)", self.path.name, device,
                     self.precision_used, self.parallel_requests)
 
@@ -171,6 +177,7 @@ class OpenVINOBackend(OnnxFileBackend):
             with self._dispatch:
                 request.start_async({"images": images, "image_sizes": sizes})
             request.wait()
+            self._last = request
             # the request's tensors are reused by its next call: copy
             return {next(iter(k.get_names())): np.array(v) for k, v in request.results.items()}
         except Exception as exc:  # noqa: BLE001
@@ -179,3 +186,10 @@ class OpenVINOBackend(OnnxFileBackend):
             ) from exc
         finally:
             self._requests.put(request)
+
+    def profiling_info(self) -> list[Any]:
+        """OpenVINO's per-layer counters (``ProfilingInfo``: node name and type, kernel, status,
+        time) of the last call; the backend must be opened with ``perf_count=True``."""
+        if self._last is None:
+            raise BackendError("no call has run yet: run the model before reading its counters")
+        return list(self._last.get_profiling_info())
