@@ -12,8 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -21,17 +19,10 @@ import pytest
 
 from centermask2.export import ExportSettings
 from golden import (
-    CASES,
-    CONFIGS,
     LITE,
-    ROOT,
-    SCRIPT_FORMS,
-    SHOW_OUR_WARNINGS,
-    ScriptExport,
-    case_info,
+    ScriptExports,
     export_case,
     script_model,
-    write_checkpoint,
 )
 
 SMOKE = "test_configs_smoke.py"
@@ -48,12 +39,18 @@ def _smoke_module(items: list[pytest.Item]):
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the exports the selected tests will need in the background: the script exports
+    (:class:`~golden.ScriptExports`) and the smoke's (one worker each)."""
+    if session.config.option.collectonly:
+        return
+    SCRIPT_EXPORTS.prefetch(_script_exports_wanted(session.items))
     module = _smoke_module(session.items)
-    if module is not None and not session.config.option.collectonly:
+    if module is not None:
         module.EXPORTS.start(module.configs_wanted(session.items))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    SCRIPT_EXPORTS.close()
     module = _smoke_module(session.items)
     if module is not None:
         module.EXPORTS.close()
@@ -89,29 +86,35 @@ def exported_model(tmp_path_factory):
     shutil.rmtree(folder, ignore_errors=True)
 
 
+#: the session's convert_model_into_onnx.py exports (queued at collection, closed at the end)
+SCRIPT_EXPORTS = ScriptExports()
+
+
+def _script_exports_wanted(items: list[pytest.Item]) -> list[tuple[str, str]]:
+    """The script exports the selected tests ask for, in the order the first of them runs: the
+    Lite dynamic one (``lite_dynamic``), and the V-39 ones of the tests that name a V-39 case."""
+    wanted: list[tuple[str, str]] = []
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        case = params.get("case", params.get("name"))
+        keys = []
+        if "lite_dynamic" in names or ("script_export" in names and case == LITE):
+            keys.append((LITE, "dynamic"))
+        if "script_export" in names and case in ("V_39", "V_39_dcn"):
+            keys.append((case, params.get("form") or "dynamic"))
+        wanted += [k for k in keys if k not in wanted]
+    return wanted
+
+
 @pytest.fixture(scope="session")
-def script_export(tmp_path_factory):
+def script_export():
     """``script_export(case, form) -> ScriptExport``: ``convert_model_into_onnx.py --verify`` (on
     the case's first image) run once per session on the case's golden checkpoint, ``form`` one of
-    :data:`SCRIPT_FORMS`, with our modules' warnings shown; the file is shared (do not change it).
-    The script's own test asserts on its output and exit code; the others run the file."""
-    folder = tmp_path_factory.mktemp("script exports")
-    made: dict[tuple[str, str], ScriptExport] = {}
-
-    def get(case: str, form: str) -> ScriptExport:
-        if (case, form) not in made:
-            ckpt = write_checkpoint(case, folder / f"{case}.pth")
-            path = folder / f"{case}_{form}.onnx"
-            cmd = [sys.executable, "-c", SHOW_OUR_WARNINGS, str(ROOT / "convert_model_into_onnx.py"),
-                   "--config-file", str(CONFIGS / case_info(case)["config"]), "--output", str(path),
-                   *SCRIPT_FORMS[form], "--verify", str(CASES[case] / "images" / "000000000001.png"),
-                   "MODEL.WEIGHTS", str(ckpt)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            made[case, form] = ScriptExport(path, proc.stdout + proc.stderr, proc.returncode)
-        return made[case, form]
-
-    yield get
-    shutil.rmtree(folder, ignore_errors=True)
+    :data:`~golden.SCRIPT_FORMS`, with our modules' warnings shown; the file is shared (do not
+    change it). The script's own test asserts on its output and exit code; the others run the
+    file. Made in the background where the session's collection queued it (:class:`~golden.ScriptExports`)."""
+    return SCRIPT_EXPORTS.get
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -310,3 +313,93 @@ def script_model(export: ScriptExport) -> Path:
     """The export's file, once the script said it succeeded (for the tests that only run it)."""
     assert export.returncode == 0, export.output
     return export.path
+
+
+class ScriptExports:
+    """``convert_model_into_onnx.py`` runs (see :data:`SCRIPT_FORMS`), each made once per session.
+
+    :meth:`prefetch` (at the end of collection, ``tests/conftest.py``) queues the ones the selected
+    tests need; a background thread runs them one after the other, in subprocesses, while the
+    tests run. :meth:`get` returns a finished one, waits for a running one, or runs one that has
+    not started yet itself. :meth:`close` drops the queue and stops a running export."""
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None
+        self.made: dict[tuple[str, str], ScriptExport] = {}
+        self.queued: list[tuple[str, str]] = []
+        self.running: set[tuple[str, str]] = set()
+        self.procs: set[subprocess.Popen] = set()
+        self.cv = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.closed = False
+
+    def _folder(self) -> Path:
+        if self.folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix="centermask2 script exports "))
+        return self.folder
+
+    def _export(self, case: str, form: str) -> ScriptExport:
+        folder = self._folder()
+        ckpt = write_checkpoint(case, folder / f"{case}_{form}.pth")
+        path = folder / f"{case}_{form}.onnx"
+        cmd = [sys.executable, "-c", SHOW_OUR_WARNINGS, str(ROOT / "convert_model_into_onnx.py"),
+               "--config-file", str(CONFIGS / case_info(case)["config"]), "--output", str(path),
+               *SCRIPT_FORMS[form], "--verify", str(CASES[case] / "images" / "000000000001.png"),
+               "MODEL.WEIGHTS", str(ckpt)]
+        with self.cv:
+            if self.closed:
+                return ScriptExport(path, "the session ended first", -1)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+            self.procs.add(proc)
+        output, _ = proc.communicate()
+        with self.cv:
+            self.procs.discard(proc)
+        return ScriptExport(path, output, proc.returncode)
+
+    def _done(self, key: tuple[str, str], export: ScriptExport) -> ScriptExport:
+        with self.cv:
+            self.made[key] = export
+            self.running.discard(key)
+            self.cv.notify_all()
+        return export
+
+    def _background(self) -> None:
+        while True:
+            with self.cv:
+                if self.closed or not self.queued:
+                    self.thread = None
+                    return
+                key = self.queued.pop(0)
+                self.running.add(key)
+            self._done(key, self._export(*key))
+
+    def prefetch(self, keys: list[tuple[str, str]]) -> None:
+        with self.cv:
+            self.queued += [k for k in keys if k not in self.made and k not in self.running and k not in self.queued]
+            if self.queued and self.thread is None:
+                self.thread = threading.Thread(target=self._background, name="script exports", daemon=True)
+                self.thread.start()
+
+    def get(self, case: str, form: str) -> ScriptExport:
+        key = (case, form)
+        with self.cv:
+            if key in self.running:
+                self.cv.wait_for(lambda: key in self.made)
+            if key in self.made:
+                return self.made[key]
+            if key in self.queued:
+                self.queued.remove(key)
+            self.running.add(key)
+        return self._done(key, self._export(case, form))
+
+    def close(self) -> None:
+        with self.cv:
+            self.closed = True
+            self.queued.clear()
+            for proc in self.procs:
+                proc.kill()
+            thread = self.thread
+        if thread is not None:
+            thread.join()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
