@@ -308,6 +308,12 @@ class ScriptExport:
     output: str  # the script's stdout and stderr
     returncode: int
 
+    @property
+    def noise(self) -> list[str]:
+        """Lines of the output a user should not see: warnings (ours shown whatever their
+        category) and torchvision notices."""
+        return [line for line in self.output.splitlines() if "Warning" in line or "torchvision" in line]
+
 
 def script_model(export: ScriptExport) -> Path:
     """The export's file, once the script said it succeeded (for the tests that only run it)."""
