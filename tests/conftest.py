@@ -28,10 +28,19 @@ from golden import (
 SMOKE = "test_configs_smoke.py"
 
 
+#: the fixtures whose files are made in the background (:class:`~golden.ScriptExports`)
+BACKGROUND_FIXTURES = {"script_export", "lite_dynamic"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The smoke of every config runs last: its exports start in the background once the tests are
-    collected (see :func:`pytest_collection_finish`) and have the whole session to get made."""
-    items.sort(key=lambda item: item.path.name == SMOKE)  # stable: the others keep their order
+    """Tests that need a file made in the background run after the others, so that it is made by
+    the time they ask for it: first the modules none of whose tests needs one, then those with a
+    test that needs a script export (whole modules, so that module fixtures are set up once),
+    and the smoke of every config last. The background work starts once the tests are collected
+    (see :func:`pytest_collection_finish`)."""
+    waiting = {item.path for item in items if BACKGROUND_FIXTURES & set(getattr(item, "fixturenames", ()))}
+    # stable: within each group the modules keep their order
+    items.sort(key=lambda item: (item.path.name == SMOKE, item.path in waiting))
 
 
 def _smoke_module(items: list[pytest.Item]):
