@@ -3,8 +3,10 @@
 ONNX exports of the golden cases are made once per test session, on first use, and shared
 (read-only) by every module that needs the same model: ask for ``exported_model`` and call it
 with the case and the :class:`~centermask2.export.ExportSettings` wanted (plus ``simplify``), or
-for ``script_export`` where the export is made by ``convert_model_into_onnx.py`` itself (the V-39
-and V-39-DCN exports: one export each, checked by the script test and run by the others).
+for ``script_export`` where the export is made by ``convert_model_into_onnx.py`` itself (the
+V-39, V-39-DCN and panoptic exports: one export each, checked by the script test and run by the
+others). Those, and the demo's runs (``demo_full``, ``demo_quick``), are made in the background from the end of the
+collection (:class:`~golden.BackgroundRuns`).
 """
 
 from __future__ import annotations
@@ -20,16 +22,29 @@ import pytest
 from centermask2.export import ExportSettings
 from golden import (
     LITE,
-    ScriptExports,
+    PANOPTIC_CASE,
+    BackgroundRuns,
+    ScriptRun,
+    demo_run,
     export_case,
+    export_run,
     script_model,
 )
 
 SMOKE = "test_configs_smoke.py"
 
 
-#: the fixtures whose files are made in the background (:class:`~golden.ScriptExports`)
-BACKGROUND_FIXTURES = {"script_export", "lite_dynamic"}
+#: the fixtures whose files are made in the background (:class:`~golden.BackgroundRuns`) and the
+#: runs each needs; ``script_export`` needs the ones its test's parameters name (``case`` or ``name``,
+#: and ``form``: :func:`_runs_wanted`)
+BACKGROUND_FIXTURES = {
+    "lite_dynamic": [export_run(LITE, "dynamic")],
+    "panoptic_dynamic": [export_run(PANOPTIC_CASE, "dynamic")],
+    "panoptic_static": [export_run(PANOPTIC_CASE, "static-uint8")],
+    "demo_quick": [demo_run("quick")],
+    "demo_full": [demo_run("full")],
+    "script_export": [],
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -38,7 +53,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     test that needs a script export (whole modules, so that module fixtures are set up once),
     and the smoke of every config last. The background work starts once the tests are collected
     (see :func:`pytest_collection_finish`)."""
-    waiting = {item.path for item in items if BACKGROUND_FIXTURES & set(getattr(item, "fixturenames", ()))}
+    waiting = {item.path for item in items if BACKGROUND_FIXTURES.keys() & set(getattr(item, "fixturenames", ()))}
     # stable: within each group the modules keep their order
     items.sort(key=lambda item: (item.path.name == SMOKE, item.path in waiting))
 
@@ -48,18 +63,18 @@ def _smoke_module(items: list[pytest.Item]):
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the exports the selected tests will need in the background: the script exports
-    (:class:`~golden.ScriptExports`) and the smoke's (one worker each)."""
+    """Start what the selected tests will need in the background: the script runs
+    (:class:`~golden.BackgroundRuns`) and the smoke's exports (one worker each)."""
     if session.config.option.collectonly:
         return
-    SCRIPT_EXPORTS.prefetch(_script_exports_wanted(session.items))
+    BACKGROUND.prefetch(_runs_wanted(session.items))
     module = _smoke_module(session.items)
     if module is not None:
         module.EXPORTS.start(module.configs_wanted(session.items))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    SCRIPT_EXPORTS.close()
+    BACKGROUND.close()
     module = _smoke_module(session.items)
     if module is not None:
         module.EXPORTS.close()
@@ -95,35 +110,46 @@ def exported_model(tmp_path_factory):
     shutil.rmtree(folder, ignore_errors=True)
 
 
-#: the session's convert_model_into_onnx.py exports (queued at collection, closed at the end)
-SCRIPT_EXPORTS = ScriptExports()
+#: the session's background script runs (queued at collection, closed at the end)
+BACKGROUND = BackgroundRuns()
 
 
-def _script_exports_wanted(items: list[pytest.Item]) -> list[tuple[str, str]]:
-    """The script exports the selected tests ask for, in the order the first of them runs: the
-    Lite dynamic one (``lite_dynamic``), and the V-39 ones of the tests that name a V-39 case."""
-    wanted: list[tuple[str, str]] = []
+def _runs_wanted(items: list[pytest.Item]) -> list[tuple[str, ...]]:
+    """The background runs the selected tests ask for (:data:`BACKGROUND_FIXTURES`), in the order
+    the first of them runs."""
+    wanted: list[tuple[str, ...]] = []
     for item in items:
         names = getattr(item, "fixturenames", ())
         params = getattr(getattr(item, "callspec", None), "params", {})
+        keys = [key for name in names for key in BACKGROUND_FIXTURES.get(name, [])]
         case = params.get("case", params.get("name"))
-        keys = []
-        if "lite_dynamic" in names or ("script_export" in names and case == LITE):
-            keys.append((LITE, "dynamic"))
-        if "script_export" in names and case in ("V_39", "V_39_dcn"):
-            keys.append((case, params.get("form") or "dynamic"))
+        if "script_export" in names and case is not None:
+            keys.append(export_run(case, params.get("form") or "dynamic"))
         wanted += [k for k in keys if k not in wanted]
     return wanted
 
 
 @pytest.fixture(scope="session")
 def script_export():
-    """``script_export(case, form) -> ScriptExport``: ``convert_model_into_onnx.py --verify`` (on
+    """``script_export(case, form) -> ScriptRun``: ``convert_model_into_onnx.py --verify`` (on
     the case's first image) run once per session on the case's golden checkpoint, ``form`` one of
     :data:`~golden.SCRIPT_FORMS`, with our modules' warnings shown; the file is shared (do not
     change it). The script's own test asserts on its output and exit code; the others run the
-    file. Made in the background where the session's collection queued it (:class:`~golden.ScriptExports`)."""
-    return SCRIPT_EXPORTS.get
+    file. Made in the background where the session's collection queued it (:func:`_runs_wanted`)."""
+    return lambda case, form: BACKGROUND.get(export_run(case, form))
+
+
+@pytest.fixture(scope="session")
+def demo_full() -> ScriptRun:
+    """``tools/demo.py`` run once per session as users run it; ``path`` is its output folder
+    (shared: do not change it)."""
+    return BACKGROUND.get(demo_run("full"))
+
+
+@pytest.fixture(scope="session")
+def demo_quick() -> ScriptRun:
+    """``tools/demo.py --quick``, once per session (as :func:`demo_full`)."""
+    return BACKGROUND.get(demo_run("quick"))
 
 
 @pytest.fixture(scope="session")
@@ -132,6 +158,18 @@ def lite_dynamic(script_export) -> Path:
     --dynamic writes (its own test, test_export_onnx::test_export_prints_our_lines_only, checks
     what the script printed)."""
     return script_model(script_export(LITE, "dynamic"))
+
+
+@pytest.fixture(scope="session")
+def panoptic_dynamic(script_export) -> Path:
+    """The panoptic V-39 case, dynamic, as convert_model_into_onnx.py --dynamic writes it."""
+    return script_model(script_export(PANOPTIC_CASE, "dynamic"))
+
+
+@pytest.fixture(scope="session")
+def panoptic_static(script_export) -> Path:
+    """The panoptic V-39 case, static 1344x1344 uint8 (padding ignored), from convert_model_into_onnx.py."""
+    return script_model(script_export(PANOPTIC_CASE, "static-uint8"))
 
 
 @pytest.fixture(scope="session")

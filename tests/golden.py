@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LITE = "lite_V_19_slim_dw"
 #: upstream Panoptic-CenterMask's files for the panoptic and semantic evaluation tests
 PANOPTIC = DATA / "golden_panoptic_V_39"
+PANOPTIC_CASE = "panoptic_V_39"
 #: recorded state-dict key/shape listings of the official configs
 STATE_DICTS = DATA / "state_dicts"
 
@@ -282,7 +283,8 @@ def postprocess_golden(raw: Path, bins: Path, out: Path, *extra, case: str = "li
     return proc
 
 
-# --- exports made by convert_model_into_onnx.py (the session fixture script_export, tests/conftest.py) ---
+# --- scripts run in the background: exports made by convert_model_into_onnx.py, the demo ---
+# (the session fixtures script_export, demo_run, ... in tests/conftest.py)
 
 
 #: runs a script with every warning raised in a centermask2 module shown, whatever its category
@@ -301,10 +303,15 @@ SCRIPT_FORMS = {
     "static-float32": ["--input-size", "1344x1344", "--input-dtype", "float32"],
 }
 
+#: the demo's modes (``tools/demo.py``), its arguments for each
+DEMO_MODES = {"full": [], "quick": ["--quick"]}
+#: seconds a background run may take (a hung one fails its tests instead of the session)
+RUN_TIMEOUT = 1800
+
 
 @dataclass(frozen=True)
-class ScriptExport:
-    path: Path
+class ScriptRun:
+    path: Path  # what the run made: the .onnx file of an export, the demo's output folder
     output: str  # the script's stdout and stderr
     returncode: int
 
@@ -315,59 +322,84 @@ class ScriptExport:
         return [line for line in self.output.splitlines() if "Warning" in line or "torchvision" in line]
 
 
-def script_model(export: ScriptExport) -> Path:
+def script_model(export: ScriptRun) -> Path:
     """The export's file, once the script said it succeeded (for the tests that only run it)."""
     assert export.returncode == 0, export.output
     return export.path
 
 
-class ScriptExports:
-    """``convert_model_into_onnx.py`` runs (see :data:`SCRIPT_FORMS`), each made once per session.
+def export_run(case: str, form: str) -> tuple[str, ...]:
+    """Key of a background run: ``convert_model_into_onnx.py --verify`` (on the case's first
+    image) on the case's golden checkpoint, ``form`` one of :data:`SCRIPT_FORMS`, with our modules'
+    warnings shown."""
+    assert form in SCRIPT_FORMS, form
+    return ("export", case, form)
+
+
+def demo_run(mode: str) -> tuple[str, ...]:
+    """Key of a background run: ``tools/demo.py`` as users run it, ``mode`` one of :data:`DEMO_MODES`."""
+    assert mode in DEMO_MODES, mode
+    return ("demo", mode)
+
+
+class BackgroundRuns:
+    """Script runs (:func:`export_run`, :func:`demo_run`), each made once per session.
 
     :meth:`prefetch` (at the end of collection, ``tests/conftest.py``) queues the ones the selected
     tests need; a background thread runs them one after the other, in subprocesses, while the
     tests run. :meth:`get` returns a finished one, waits for a running one, or runs one that has
-    not started yet itself. :meth:`close` drops the queue and stops a running export."""
+    not started yet itself. :meth:`close` drops the queue, stops a running script and deletes what
+    the runs made."""
 
     def __init__(self) -> None:
         self.folder: Path | None = None
-        self.made: dict[tuple[str, str], ScriptExport] = {}
-        self.queued: list[tuple[str, str]] = []
-        self.running: set[tuple[str, str]] = set()
+        self.made: dict[tuple[str, ...], ScriptRun] = {}
+        self.queued: list[tuple[str, ...]] = []
+        self.running: set[tuple[str, ...]] = set()
         self.procs: set[subprocess.Popen] = set()
         self.cv = threading.Condition()
         self.thread: threading.Thread | None = None
         self.closed = False
 
-    def _folder(self) -> Path:
-        if self.folder is None:
-            self.folder = Path(tempfile.mkdtemp(prefix="centermask2 script exports "))
-        return self.folder
+    def _command(self, key: tuple[str, ...]) -> tuple[list[str], Path]:
+        """The run's command line and what it makes (inputs it needs written first)."""
+        with self.cv:
+            if self.folder is None:
+                self.folder = Path(tempfile.mkdtemp(prefix="centermask2 background runs "))
+        name = "_".join(key)
+        if key[0] == "demo":
+            out = self.folder / name
+            return [sys.executable, str(ROOT / "tools" / "demo.py"), "--output-dir", str(out), *DEMO_MODES[key[1]]], out
+        _, case, form = key
+        ckpt = write_checkpoint(case, self.folder / f"{name}.pth")
+        path = self.folder / f"{name}.onnx"
+        return [sys.executable, "-c", SHOW_OUR_WARNINGS, str(ROOT / "convert_model_into_onnx.py"),
+                "--config-file", str(CONFIGS / case_info(case)["config"]), "--output", str(path),
+                *SCRIPT_FORMS[form], "--verify", str(CASES[case] / "images" / "000000000001.png"),
+                "MODEL.WEIGHTS", str(ckpt)], path
 
-    def _export(self, case: str, form: str) -> ScriptExport:
-        folder = self._folder()
-        ckpt = write_checkpoint(case, folder / f"{case}_{form}.pth")
-        path = folder / f"{case}_{form}.onnx"
-        cmd = [sys.executable, "-c", SHOW_OUR_WARNINGS, str(ROOT / "convert_model_into_onnx.py"),
-               "--config-file", str(CONFIGS / case_info(case)["config"]), "--output", str(path),
-               *SCRIPT_FORMS[form], "--verify", str(CASES[case] / "images" / "000000000001.png"),
-               "MODEL.WEIGHTS", str(ckpt)]
+    def _run(self, key: tuple[str, ...]) -> ScriptRun:
+        cmd, path = self._command(key)
         with self.cv:
             if self.closed:
-                return ScriptExport(path, "the session ended first", -1)
+                return ScriptRun(path, "the session ended first", -1)
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
             self.procs.add(proc)
-        output, _ = proc.communicate()
+        try:
+            output, _ = proc.communicate(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output = proc.communicate()[0] + f"\n(killed: still running after {RUN_TIMEOUT} s)"
         with self.cv:
             self.procs.discard(proc)
-        return ScriptExport(path, output, proc.returncode)
+        return ScriptRun(path, output, proc.returncode)
 
-    def _done(self, key: tuple[str, str], export: ScriptExport) -> ScriptExport:
+    def _done(self, key: tuple[str, ...], run: ScriptRun) -> ScriptRun:
         with self.cv:
-            self.made[key] = export
+            self.made[key] = run
             self.running.discard(key)
             self.cv.notify_all()
-        return export
+        return run
 
     def _background(self) -> None:
         while True:
@@ -377,17 +409,16 @@ class ScriptExports:
                     return
                 key = self.queued.pop(0)
                 self.running.add(key)
-            self._done(key, self._export(*key))
+            self._done(key, self._run(key))
 
-    def prefetch(self, keys: list[tuple[str, str]]) -> None:
+    def prefetch(self, keys: list[tuple[str, ...]]) -> None:
         with self.cv:
             self.queued += [k for k in keys if k not in self.made and k not in self.running and k not in self.queued]
             if self.queued and self.thread is None:
-                self.thread = threading.Thread(target=self._background, name="script exports", daemon=True)
+                self.thread = threading.Thread(target=self._background, name="background runs", daemon=True)
                 self.thread.start()
 
-    def get(self, case: str, form: str) -> ScriptExport:
-        key = (case, form)
+    def get(self, key: tuple[str, ...]) -> ScriptRun:
         with self.cv:
             if key in self.running:
                 self.cv.wait_for(lambda: key in self.made)
@@ -396,7 +427,7 @@ class ScriptExports:
             if key in self.queued:
                 self.queued.remove(key)
             self.running.add(key)
-        return self._done(key, self._export(case, form))
+        return self._done(key, self._run(key))
 
     def close(self) -> None:
         with self.cv:

@@ -3,24 +3,22 @@ summary a person reads in one screen, every step's own output in the log file it
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from golden import ROOT
+from golden import ScriptRun
 
 #: a screen
 MAX_LINES = 40
 
 
-def _demo(out: Path, *extra: str) -> tuple[list[str], dict[str, Path]]:
-    """Run the demo as users do; returns its console lines and the step logs they name."""
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--output-dir", str(out), *extra],
-                          capture_output=True, text=True, cwd=ROOT, timeout=1200)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    assert proc.returncode == 0, "\n".join(lines)
+def _demo(run: ScriptRun) -> tuple[list[str], dict[str, Path]]:
+    """The demo's run as users run it (``tools/demo.py``, made in the background: the fixtures
+    ``demo_quick`` and ``demo_full``); returns its console lines and the step logs they name."""
+    out = run.path
+    lines = run.output.splitlines()
+    assert run.returncode == 0, run.output
     assert len(lines) <= MAX_LINES, "\n".join(lines)
     assert lines[-1].startswith("Done in ") and lines[-1].endswith("Every path within 0.1 AP of the shipped figures.")
     logs = {}
@@ -33,9 +31,9 @@ def _demo(out: Path, *extra: str) -> tuple[list[str], dict[str, Path]]:
     return lines, logs
 
 
-def test_quick_demo_prints_one_screen(tmp_path):
-    out = tmp_path / "demo"
-    lines, logs = _demo(out, "--quick")
+def test_quick_demo_prints_one_screen(demo_quick):
+    out = demo_quick.path
+    lines, logs = _demo(demo_quick)
     assert [name.split(" (")[0] for name in logs] == ["held-out images", "PyTorch", "pictures"]
     # the stages' own lines are in the logs, not on the console
     assert any("Drew 120 image(s)" in line for line in logs["pictures (visualizer.py)"].read_text().splitlines())
@@ -44,10 +42,10 @@ def test_quick_demo_prints_one_screen(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_demo_prints_one_screen(tmp_path):
+def test_full_demo_prints_one_screen(demo_full):
     """The 120 per-image comparison lines go to the comparison step's log; their total is on the console."""
-    out = tmp_path / "demo"
-    lines, logs = _demo(out)
+    out = demo_full.path
+    lines, logs = _demo(demo_full)
     compare = next(path for name, path in logs.items() if "--compare" in name)
     per_image = [line for line in compare.read_text().splitlines() if re.match(r"\d+\.\w+: ", line)]
     assert len(per_image) == 120

@@ -1,7 +1,8 @@
 """Panoptic-CenterMask on every path against upstream's golden outputs (golden_panoptic_V_39):
 PyTorch (.pth; the .pkl loads the same weights), ONNX Runtime and OpenVINO on a dynamic export,
 the .bin pipeline on a static 1344x1344 uint8 export, and a dynamic batch of the two images of
-different sizes.
+different sizes. Both exports are convert_model_into_onnx.py's, made with --verify (which must
+pass) in the background (the session fixtures ``panoptic_dynamic`` and ``panoptic_static``).
 
 Each run is scored as the issue asks: instances with the reference comparator's defaults;
 panoptic segments matched by category and IoU > 0.5 (>= 95% both ways) with >= 99.5% of pixels of
@@ -109,11 +110,6 @@ def checkpoint(tmp_path_factory) -> Path:
     return write_checkpoint(CASE, tmp_path_factory.mktemp("panoptic") / "model.pth")
 
 
-@pytest.fixture(scope="module")
-def dynamic_model(exported_model) -> Path:
-    return exported_model(CASE, dynamic=True)
-
-
 def test_pytorch_pth(tmp_path, checkpoint):
     from centermask2.cli import tester
 
@@ -146,17 +142,17 @@ def test_pkl_checkpoint_loads_the_same_weights(tmp_path, checkpoint):
 
 
 @pytest.mark.parametrize("backend", ["onnx", "openvino"])
-def test_dynamic_export(tmp_path, dynamic_model, backend):
-    _tester(tmp_path / "out", "--backend", backend, "--model", dynamic_model)
+def test_dynamic_export(tmp_path, panoptic_dynamic, backend):
+    _tester(tmp_path / "out", "--backend", backend, "--model", panoptic_dynamic)
     check_panoptic_folder(tmp_path / "out", metric_tol=0.5)
 
 
-def test_dynamic_batch_of_two_sizes_gives_each_image_its_batch1_result(tmp_path, dynamic_model):
+def test_dynamic_batch_of_two_sizes_gives_each_image_its_batch1_result(tmp_path, panoptic_dynamic):
     """The two images (741x500 and 512x512) in one call: each image's instances, panoptic PNG and
     semantic PNG are those of its own run."""
     one, two = tmp_path / "batch1", tmp_path / "batch2"
     for out, batch in ((one, "1"), (two, "2")):
-        script_ok(run_script("tester.py", "--backend", "onnx", "--model", dynamic_model, "--images", ROOT / "images",
+        script_ok(run_script("tester.py", "--backend", "onnx", "--model", panoptic_dynamic, "--images", ROOT / "images",
                              "--output-dir", out, "--batch-size", batch, "--threads", "2", timeout=900))
     assert_results_match(json.loads((one / "coco_instances_results.json").read_text()),
                          json.loads((two / "coco_instances_results.json").read_text()), "torch")
@@ -167,8 +163,8 @@ def test_dynamic_batch_of_two_sizes_gives_each_image_its_batch1_result(tmp_path,
         assert (a == b).mean() >= 0.9999, png.name
 
 
-def test_bin_pipeline_static_1344_uint8(tmp_path, exported_model):
-    model = exported_model(CASE, input_size=(1344, 1344))
+def test_bin_pipeline_static_1344_uint8(tmp_path, panoptic_static):
+    model = panoptic_static
     bins, raw, out = tmp_path / "bins", tmp_path / "raw", tmp_path / "out"
     script_ok(run_script("preprocess_inputs_to_bin.py", "--images", ROOT / "images", "--coco-json",
                          ROOT / "annotations.json", "--model", model, "--output", bins))
@@ -183,13 +179,13 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_ray_writes_the_same_files(tmp_path, dynamic_model):
+def test_ray_writes_the_same_files(tmp_path, panoptic_dynamic):
     """tester.py --ray on a panoptic model: the actors' tasks write the PNGs, the driver the JSON
     files; every file is the single-process run's, byte for byte."""
     runs = {}
     for name, extra in (("single", []), ("ray", ["--ray", "--ray-actors", "1"])):
         out = tmp_path / name
-        script_ok(run_script("tester.py", "--backend", "onnx", "--model", dynamic_model, "--images", ROOT / "images",
+        script_ok(run_script("tester.py", "--backend", "onnx", "--model", panoptic_dynamic, "--images", ROOT / "images",
                              "--output-dir", out, "--threads", "1", *extra, timeout=900))
         runs[name] = _files(out)
     assert sorted(runs["ray"]) == sorted(runs["single"])

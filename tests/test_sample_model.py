@@ -1,19 +1,21 @@
 """The shipped sample model (tools/sample_model): its held-out figures hold, and PyTorch, ONNX
 Runtime and the .bin pipeline (one static export) agree on them within 0.1 AP (the dynamic
-export's figures are in metrics.json; the golden tests cover dynamic exports). One int8 model
-(tools/quantize.py on that export, 8 calibration images) stays within its measured cost."""
+export's figures are in metrics.json; the golden tests cover dynamic exports). PyTorch, the static
+export and the .bin pipeline are the full demo's own steps (tools/demo.py, the session fixture
+``demo_full``: the same commands, run once for its test and this one); ONNX Runtime on the images,
+OpenVINO bf16 and one int8 model (tools/quantize.py on that export, 8 calibration images) run
+here, and the int8 model stays within its measured cost."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from centermask2.cli import export_onnx, postprocess, preprocess, quantize, tester
+from centermask2.cli import quantize, tester
 from centermask2.data.shapes import make_split
-from golden import ROOT
+from golden import ROOT, script_model
 
 MODEL_DIR = ROOT / "tools" / "sample_model"
-CONFIG = ROOT / "configs" / "sample" / "shapes_lite_V_19_slim_dw.yaml"
 SHIPPED = json.loads((MODEL_DIR / "metrics.json").read_text())
 #: int8 AP may lose this much against float32 with 8 calibration images (the shipped model loses
 #: at most 0.25 with 64 on CPUs with VNNI, 0.7-0.9 without: metrics.json, README; fewer images give
@@ -24,12 +26,11 @@ BF16_AP_COST = 0.5
 
 
 @pytest.fixture(scope="module")
-def held_out(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """Held-out images and annotations as in metrics.json, and 8 training images (calibration)."""
+def calibration(tmp_path_factory) -> Path:
+    """8 training images (calibration), as tools/quantize.py users would take them."""
     out = tmp_path_factory.mktemp("shapes")
-    ann = make_split(out, "val", int(SHIPPED["images"]), int(SHIPPED["dataset_seed"]), progress=False)
     make_split(out, "train", 8, int(SHIPPED["dataset_seed"]), progress=False)
-    return out / "val" / "images", ann, out / "train" / "images"
+    return out / "train" / "images"
 
 
 def _ap(folder: Path) -> dict[str, float]:
@@ -37,33 +38,24 @@ def _ap(folder: Path) -> dict[str, float]:
     return {task: metrics[task]["AP"] for task in ("bbox", "segm")}
 
 
-def test_every_path_gives_the_shipped_figures(held_out, tmp_path, caplog):
-    images, ann, calibration = held_out
-    weights = str(MODEL_DIR / "model_final.pth")
+def test_every_path_gives_the_shipped_figures(demo_full, calibration, tmp_path, caplog):
+    demo = script_model(demo_full)  # the demo's output folder
+    images, ann = demo / "shapes" / "val" / "images", demo / "shapes" / "val" / "annotations.json"
+    assert len(list(images.iterdir())) == int(SHIPPED["images"])
     common = ["--images", str(images), "--coco-json", str(ann), "--no-progress"]
-    assert tester.main(["--backend", "torch", "--config-file", str(CONFIG), *common,
-                        "--output-dir", str(tmp_path / "torch"), "MODEL.WEIGHTS", weights]) == 0
-    torch_ap = _ap(tmp_path / "torch")
+    torch_ap = _ap(demo / "torch")
     for task in ("bbox", "segm"):
         assert abs(torch_ap[task] - SHIPPED[task]["AP"]) <= 0.1, (task, torch_ap, SHIPPED[task]["AP"])
 
-    static = tmp_path / "static.onnx"
-    assert export_onnx.main(["--config-file", str(CONFIG), "--output", str(static), "--input-size", "384x384",
-                             "--input-dtype", "uint8", "--coco-json", str(ann), "MODEL.WEIGHTS", weights]) == 0
-    # ONNX Runtime on the images (the static model pads each to 384x384), then the .bin pipeline
+    # the demo's static 384x384 uint8 export: its .bin pipeline, and ONNX Runtime on the images
+    # (the static model pads each to 384x384)
+    static = demo / "sample_384x384_uint8.onnx"
     assert tester.main(["--backend", "onnx", "--model", str(static), *common,
                         "--output-dir", str(tmp_path / "onnx")]) == 0
-    assert preprocess.main(["--model", str(static), "--images", str(images), "--coco-json", str(ann),
-                            "--output", str(tmp_path / "bins"), "--no-progress"]) == 0
-    assert tester.main(["--model", str(static), "--bins", str(tmp_path / "bins"), "--output", str(tmp_path / "raw"),
-                        "--no-progress"]) == 0
-    assert postprocess.main(["--outputs", str(tmp_path / "raw"), "--info", str(tmp_path / "bins" / "bin_info.json"),
-                             "--model", str(static), "--coco-json", str(ann), "--output-dir", str(tmp_path / "bin"),
-                             "--no-progress"]) == 0
-    for path in ("onnx", "bin"):
-        ap = _ap(tmp_path / path)
+    for folder in (tmp_path / "onnx", demo / "offline"):
+        ap = _ap(folder)
         for task in ("bbox", "segm"):
-            assert abs(ap[task] - torch_ap[task]) <= 0.1, (path, task, ap, torch_ap)
+            assert abs(ap[task] - torch_ap[task]) <= 0.1, (folder, task, ap, torch_ap)
     # OpenVINO bf16 (fp32 on CPUs without AVX-512 BF16 / AMX) stays within the 0.5 AP goal
     assert tester.main(["--backend", "openvino", "--precision", "bf16", "--model", str(static), *common,
                         "--output-dir", str(tmp_path / "bf16")]) == 0
