@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,15 +53,15 @@ def checkpoint(work) -> Path:
 
 
 @pytest.fixture(scope="module")
-def models(checkpoint, exported_model):
-    """The Lite case for each backend: its checkpoint, and (made on first use) its dynamic ONNX export."""
-    return _Models(checkpoint, exported_model)
+def models(checkpoint, lite_dynamic):
+    """The Lite case for each backend: its checkpoint, and the session's dynamic ONNX export of it."""
+    return _Models(checkpoint, lite_dynamic)
 
 
 @dataclass(frozen=True)
 class _Models:
     checkpoint: Path
-    exported_model: Callable[..., Path]
+    onnx: Path
 
     def args(self, backend: str) -> tuple[list[str], list[str]]:
         """(options, trailing overrides) of tester.py for ``backend`` on the Lite case."""
@@ -70,10 +69,6 @@ class _Models:
             return (["--backend", "torch", "--config-file", str(CONFIGS / case_info(LITE)["config"])],
                     ["MODEL.WEIGHTS", str(self.checkpoint), "MODEL.DEVICE", "cpu"])
         return ["--backend", backend, "--model", str(self.onnx)], []
-
-    @property
-    def onnx(self) -> Path:
-        return self.exported_model(LITE, dynamic=True, input_size=(640, 960))  # the session's lite_dynamic
 
 
 @pytest.fixture(scope="module")
