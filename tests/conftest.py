@@ -4,23 +4,15 @@ ONNX exports of the golden cases are made once per test session, on first use, a
 (read-only) by every module that needs the same model: ask for ``exported_model`` and call it
 with the case and the :class:`~centermask2.export.ExportSettings` wanted (plus ``simplify``), or
 for ``script_export`` where the export is made by ``convert_model_into_onnx.py`` itself (the
-V-39, V-39-DCN and panoptic exports: one export each, checked by the script test and run by the
-others). Those, and the demo's runs (``demo_full``, ``demo_quick``), are made in the background from the end of the
-collection (:class:`~golden.BackgroundRuns`).
+V-39, V-39-DCN, panoptic and Lite dynamic exports: one export each, checked by the script test
+and run by the others). Those, and the demo's runs (``demo_full``, ``demo_quick``), are made in
+the background from the end of the collection (:class:`~golden.BackgroundRuns`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
-
-# The suite runs exports in the background while tests compute, so the two cores are shared by
-# more threads than there are cores. OpenMP's threads (PyTorch's) then spin-wait for each other
-# for their time slice: with them sleeping instead, a V-39 training test under such a load took
-# 53 s instead of 63 s (52 instead of 63 CPU-seconds) and ran as fast alone (26 s). Set before
-# PyTorch loads (here and in every process the tests start, which inherit it).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import errno  # noqa: E402
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -58,7 +50,7 @@ BACKGROUND_FIXTURES = {
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that need a file made in the background run after the others, so that it is made by
     the time they ask for it: first the modules none of whose tests needs one, then those with a
-    test that needs a script export (whole modules, so that module fixtures are set up once),
+    test that needs one (whole modules, so that module fixtures are set up once),
     and the smoke of every config last. The background work starts once the tests are collected
     (see :func:`pytest_collection_finish`)."""
     waiting = {item.path for item in items if BACKGROUND_FIXTURES.keys() & set(getattr(item, "fixturenames", ()))}

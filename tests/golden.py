@@ -284,7 +284,8 @@ def postprocess_golden(raw: Path, bins: Path, out: Path, *extra, case: str = "li
 
 
 # --- scripts run in the background: exports made by convert_model_into_onnx.py, the demo ---
-# (the session fixtures script_export, demo_run, ... in tests/conftest.py)
+# (the session fixtures script_export, lite_dynamic, panoptic_dynamic, panoptic_static, demo_full and
+# demo_quick in tests/conftest.py)
 
 
 #: runs a script with every warning raised in a centermask2 module shown, whatever its category

@@ -184,10 +184,12 @@ def test_killed_run_resumes_to_the_same_files(work, lite_u8, bins6, raw6):
         proc.wait()
     done = _complete_images(raw, stems)
     assert 2 <= done < len(stems), f"{done} of {len(stems)} images were done when the run was killed"
-    # what a kill in the middle of a write leaves behind, and a damaged output
+    # what a kill in the middle of a write leaves behind, and a damaged output (of an image that
+    # was done: not necessarily the first, the images need not finish in their order)
     (raw / f".{stems[-1]}_3.bin.abc123.tmp").write_bytes(b"partial")
-    first = output_path(raw, stems[0], 3)
-    first.write_bytes(first.read_bytes()[:100])
+    finished = [s for s in stems if _complete_images(raw, [s]) == 1]
+    damaged = output_path(raw, finished[0], 3)
+    damaged.write_bytes(damaged.read_bytes()[:100])
     proc = script_ok(run_bins(lite_u8, bins6, raw, "--resume"))
     assert f"{len(stems) - done + 1} images ({done - 1} already done)" in proc.stderr, proc.stderr
     assert _files(raw) == _files(raw6)
