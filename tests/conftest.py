@@ -122,9 +122,10 @@ def _runs_wanted(items: list[pytest.Item]) -> list[tuple[str, ...]]:
         names = getattr(item, "fixturenames", ())
         params = getattr(getattr(item, "callspec", None), "params", {})
         keys = [key for name in names for key in BACKGROUND_FIXTURES.get(name, [])]
-        case = params.get("case", params.get("name"))
-        if "script_export" in names and case is not None:
-            keys.append(export_run(case, params.get("form") or "dynamic"))
+        # a test parametrized by case (or name) and form; no form: the dynamic one; form None: none
+        case, form = params.get("case", params.get("name")), params.get("form", "dynamic")
+        if "script_export" in names and case is not None and form is not None:
+            keys.append(export_run(case, form))
         wanted += [k for k in keys if k not in wanted]
     return wanted
 

@@ -324,7 +324,8 @@ class ScriptRun:
 
 
 def script_model(export: ScriptRun) -> Path:
-    """The export's file, once the script said it succeeded (for the tests that only run it)."""
+    """What the run made (an export's file, the demo's folder), once the script said it succeeded
+    (for the tests that only use it)."""
     assert export.returncode == 0, export.output
     return export.path
 
@@ -361,6 +362,15 @@ class BackgroundRuns:
         self.cv = threading.Condition()
         self.thread: threading.Thread | None = None
         self.closed = False
+        self.checkpoint_lock = threading.Lock()  # a case's checkpoint is written once, by one thread
+
+    def _checkpoint(self, case: str) -> Path:
+        """The case's golden checkpoint, written on first use and shared by its exports."""
+        with self.checkpoint_lock:
+            path = self.folder / f"{case}.pth"
+            if not path.exists():
+                write_checkpoint(case, path)
+            return path
 
     def _command(self, key: tuple[str, ...]) -> tuple[list[str], Path]:
         """The run's command line and what it makes (inputs it needs written first)."""
@@ -372,7 +382,7 @@ class BackgroundRuns:
             out = self.folder / name
             return [sys.executable, str(ROOT / "tools" / "demo.py"), "--output-dir", str(out), *DEMO_MODES[key[1]]], out
         _, case, form = key
-        ckpt = write_checkpoint(case, self.folder / f"{name}.pth")
+        ckpt = self._checkpoint(case)
         path = self.folder / f"{name}.onnx"
         return [sys.executable, "-c", SHOW_OUR_WARNINGS, str(ROOT / "convert_model_into_onnx.py"),
                 "--config-file", str(CONFIGS / case_info(case)["config"]), "--output", str(path),
