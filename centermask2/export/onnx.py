@@ -282,6 +282,7 @@ def export_onnx(
     """
     import onnx
 
+    from .lowering import decompose_only_where_needed
     from .onnx_ops import translation_table
     from .opset import NATIVE_OPSET, downgrade_opset
 
@@ -304,7 +305,7 @@ def export_onnx(
         settings.input_dtype,
         settings.opset,
     )
-    with torch.no_grad(), _quiet_exporter():
+    with torch.no_grad(), _quiet_exporter(), decompose_only_where_needed():
         program = torch.onnx.export(
             module,
             sample,

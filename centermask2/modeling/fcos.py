@@ -129,7 +129,8 @@ def compute_locations(height: int, width: int, stride: int, device: torch.device
     """
     xs = torch.arange(width, device=device, dtype=torch.float32) * stride
     ys = torch.arange(height, device=device, dtype=torch.float32) * stride
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    grid_x = xs[None, :].expand(height, width)  # meshgrid(ys, xs, indexing="ij"), in plain ops
+    grid_y = ys[:, None].expand(height, width)
     return torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=1) + (stride // 2)
 
 
