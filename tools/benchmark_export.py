@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +27,20 @@ sys.path.insert(0, str(ROOT))
 from centermask2.benchmark import add_timing_arguments  # noqa: E402 - after the path
 
 DEFAULT_CONFIGS = ("centermask_V_39_eSE_FPN_ms_3x.yaml", "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x.yaml")
+
+
+def _export(model, cfg, settings, file: Path, *, lowered: bool) -> None:
+    from centermask2.export import export_onnx, lowering
+
+    hook = lowering.decompose_only_where_needed
+    # export_onnx looks the hook up when it runs: swapped for a no-op, the exporter's own path
+    lowering.decompose_only_where_needed = hook if lowered else contextlib.nullcontext
+    try:
+        classes = cfg.MODEL.FCOS.NUM_CLASSES
+        export_onnx(model, cfg, file, settings, class_names=[f"c{i}" for i in range(classes)],
+                    category_ids=list(range(1, classes + 1)))
+    finally:
+        lowering.decompose_only_where_needed = hook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,11 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from centermask2.benchmark import format_table, header, measure, set_threads, summarize
     from centermask2.config import load_config
-    from centermask2.export import ExportSettings, default_opset, export_onnx, lowering
+    from centermask2.export import ExportSettings, default_opset
     from centermask2.modeling import build_model
 
     set_threads(args.threads)
-    hook = lowering.decompose_only_where_needed
     print(header(threads=args.threads, runs=args.runs, warmup=args.warmup,
                  input_shape="1x3x800x1216 (static)" if args.static else "dynamic (sample 1x3x256x320)"))
     rows = []
@@ -57,20 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             model = build_model(cfg).eval()
             settings = ExportSettings(input_size=(800, 1216) if args.static else (256, 320), dynamic=not args.static,
                                       padding="include", opset=default_opset(model))
-            classes = cfg.MODEL.FCOS.NUM_CLASSES
             files = {"exporter": Path(tmp) / "exporter.onnx", "lowered": Path(tmp) / "lowered.onnx"}
-
-            def export(kind: str) -> None:
-                # export_onnx looks the hook up when it runs: swapped for a no-op, the exporter's own path
-                lowering.decompose_only_where_needed = hook if kind == "lowered" else contextlib.nullcontext
-                try:
-                    export_onnx(model, cfg, files[kind], settings, class_names=[f"c{i}" for i in range(classes)],
-                                category_ids=list(range(1, classes + 1)))
-                finally:
-                    lowering.decompose_only_where_needed = hook
-
-            stats = summarize(measure({kind: (lambda k=kind: export(k)) for kind in files},
-                                      runs=args.runs, warmup=args.warmup))
+            calls = {kind: functools.partial(_export, model, cfg, settings, file, lowered=kind == "lowered")
+                     for kind, file in files.items()}
+            stats = summarize(measure(calls, runs=args.runs, warmup=args.warmup))
             ops = {kind: [n.op_type for n in onnx.load(str(f)).graph.node] for kind, f in files.items()}
             same = "same" if ops["exporter"] == ops["lowered"] else f"{len(ops['exporter'])} vs {len(ops['lowered'])} nodes"
             rows.append([path.stem, f"{stats['exporter'].median:.1f}", f"{stats['lowered'].median:.1f}",
