@@ -5,7 +5,10 @@ batch of two small images of different sizes; both must give PyTorch's detection
 classes, masks, mask scores; ``sem_seg`` for the panoptic models).
 
 What keeps 20 dynamic exports cheap enough for every run (the cost is the export: tracing with
-symbolic shapes, ~40-100 CPU-seconds per config; the runtimes take a second or two):
+symbolic shapes, tens of CPU-seconds per config; the runtimes take a second or two):
+
+- one trace per export (``centermask2/export/lowering.py``: the exporter's decomposition re-trace
+  skipped; each test asserts it was);
 
 - ``--static-padding include``: the padding-invariant graph (``ignore``, the default) is larger
   and slower to export; the golden tests export it for V-39, Lite V-19-slim-dw, V-39-DCN and
@@ -26,6 +29,7 @@ comparison asserts that it has detections, masks and mask scores worth comparing
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -180,20 +184,37 @@ def smoke_inputs() -> dict[str, np.ndarray]:
     return {"images": images, "image_sizes": np.array(VALID_SIZES, dtype=np.int64)}
 
 
-def export_smoke(name: str, folder: str) -> tuple[Path, dict[str, np.ndarray], float, float]:
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def export_smoke(name: str, folder: str) -> tuple[Path, dict[str, np.ndarray], float, float, str]:
     """Export the config's smoke model (dynamic) into ``folder``; return the file, PyTorch's
-    outputs on :func:`smoke_inputs` and the seconds it took, wall and CPU (run in a worker process:
-    one thread, like the exporter)."""
+    outputs on :func:`smoke_inputs`, the seconds it took, wall and CPU (run in a worker process:
+    one thread, like the exporter), and what ``centermask2.export.lowering`` logged."""
     start, cpu = time.perf_counter(), time.process_time()
     torch.set_num_threads(1)
     model, cfg = smoke_model(name)
     path = Path(folder) / f"{Path(name).stem}.onnx"
     settings = ExportSettings(input_size=SAMPLE_SIZE, dynamic=True, padding=PADDING, opset=default_opset(model))
     classes = cfg.MODEL.FCOS.NUM_CLASSES
-    export_onnx(model, cfg, path, settings, class_names=[f"c{i}" for i in range(classes)],
-                category_ids=list(range(1, classes + 1)))
+    lowering, messages = logging.getLogger("centermask2.export.lowering"), _Messages()
+    level = lowering.level
+    lowering.addHandler(messages)
+    lowering.setLevel(logging.DEBUG)
+    try:
+        export_onnx(model, cfg, path, settings, class_names=[f"c{i}" for i in range(classes)],
+                    category_ids=list(range(1, classes + 1)))
+    finally:
+        lowering.removeHandler(messages)
+        lowering.setLevel(level)
     reference = TorchBackend(model, padding=PADDING).run(smoke_inputs())
-    return path, reference, time.perf_counter() - start, time.process_time() - cpu
+    return path, reference, time.perf_counter() - start, time.process_time() - cpu, "\n".join(messages.lines)
 
 
 @dataclass
@@ -203,6 +224,7 @@ class Smoke:
     reference: dict[str, np.ndarray]  # PyTorch's outputs on smoke_inputs()
     seconds: float  # to build, calibrate, export and run it in PyTorch
     cpu_seconds: float
+    lowering: str  # what centermask2.export.lowering logged during the export
 
 
 def configs_wanted(items: list[pytest.Item]) -> list[str]:
@@ -382,6 +404,8 @@ def test_config_exports_and_runs_like_pytorch(smoke_export, tmp_path, name, runt
     print(f"{name}: export {smoke.seconds:.1f} s (CPU {smoke.cpu_seconds:.1f} s), {runtime} "
           f"{time.perf_counter() - start:.1f} s (CPU {time.process_time() - cpu:.1f} s)")
     check_same_outputs(smoke.reference, got, f"{name} in {runtime}")
+    # the export took one trace: every operator left after the capture has a rewrite in lowering.py
+    assert "no decomposition re-trace" in smoke.lowering, f"{name}: exported with the re-trace: {smoke.lowering}"
 
 
 # ------------------------------------------------------------------------------------ it can fail

@@ -175,7 +175,8 @@ def lowered_in_place(program: torch.export.ExportedProgram, implemented: set) ->
     """
     module = program.graph_module
     if any(isinstance(m, fx.GraphModule) for name, m in module.named_modules() if name):
-        return False  # control flow: subgraphs
+        logger.debug("full decomposition: the graph has subgraphs (control flow)")
+        return False
     graph = module.graph
     to_rewrite = []
     for node in graph.nodes:
