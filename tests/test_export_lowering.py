@@ -1,6 +1,7 @@
 """The exporter's decomposition re-trace is skipped only where our one-node rewrites make it
 redundant, and the graph then computes what the decomposed one computes (export/lowering.py)."""
 
+import contextlib
 import logging
 
 import numpy as np
@@ -31,6 +32,7 @@ class EveryRewrite(torch.nn.Module):
     def forward(self, x: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, ...]:
         y = F.batch_norm(self.conv(x.to(torch.float32)), self.bn_mean, self.bn_var, self.bn_weight, self.bn_bias, False, 0.1, 1e-5)
         y = y.relu_()  # in place, on a tensor nothing else reads
+        y = F.hardtanh(y * 1.5, 0.0, 6.0, inplace=True)  # nn.ReLU6(inplace=True): hardtanh_
         gate = F.adaptive_avg_pool2d(y, 1)
         y = self.deconv(y * gate)
         inside = (y > 0.1) & (y < 0.9)
@@ -49,14 +51,27 @@ class KeepsTheInput(torch.nn.Module):
         return view + 0, sizes
 
 
-def _export(module: torch.nn.Module, path, lowered: bool) -> None:
+def _sample() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.rand(2, 3, 16, 24), torch.tensor([50, 70])
+
+
+def _dynamic_shapes() -> tuple[dict, dict]:
     batch = torch.export.Dim("batch", min=1, max=8)
     h, w = torch.export.Dim("h", min=1, max=64), torch.export.Dim("w", min=1, max=64)
-    sample = (torch.rand(2, 3, 16, 24), torch.tensor([50, 70]))
-    hook = lowering.decompose_only_where_needed() if lowered else torch.no_grad()
+    return {0: batch, 2: 4 * h, 3: 4 * w}, {0: batch}
+
+
+def test_the_module_holds_every_operator_there_is_a_rewrite_for():
+    program = torch.export.export(EveryRewrite().eval(), _sample(), dynamic_shapes=_dynamic_shapes())
+    targets = {node.target for node in program.graph.nodes if node.op == "call_function"}
+    assert set(lowering._REWRITES) <= targets, set(lowering._REWRITES) - targets
+
+
+def _export(module: torch.nn.Module, path, lowered: bool) -> None:
+    hook = lowering.decompose_only_where_needed() if lowered else contextlib.nullcontext()
     with torch.no_grad(), hook:
-        program = torch.onnx.export(module.eval(), sample, dynamo=True, optimize=False, external_data=False,
-                                    dynamic_shapes=({0: batch, 2: 4 * h, 3: 4 * w}, {0: batch}), verbose=False)
+        program = torch.onnx.export(module.eval(), _sample(), dynamo=True, optimize=False, external_data=False,
+                                    dynamic_shapes=_dynamic_shapes(), verbose=False)
     program.save(str(path))
 
 
